@@ -1,0 +1,1 @@
+// Compiles cmake/pch.h once; other targets reuse the result.
