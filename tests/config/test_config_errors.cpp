@@ -1,0 +1,261 @@
+// Bad configs: each must fail with ONE line naming the file and line (or the
+// override), the key path and, where one exists, the closest valid key/choice.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "common/test_env.h"
+#include "trainer/config/config.h"
+#include "trainer/io/error.h"
+
+namespace loratune::config {
+namespace {
+
+// Lines 1-6 of every case; a case's own lines start at line 7.
+const char* kHead =
+    "model:\n"
+    "  path: m\n"
+    "data:\n"
+    "  train: t.jsonl\n"
+    "output:\n"
+    "  dir: o\n";
+
+struct BadConfig {
+  const char* name;
+  std::string yaml;                    // the whole file
+  std::vector<std::string> overrides;  // applied after it
+  std::vector<std::string> expect;     // substrings of the error; "@" stands for the file path
+};
+
+std::vector<BadConfig> bad_configs() {
+  const std::string h = kHead;
+  return {
+      {"unknown_top_level_key",
+       "modle:\n  path: m\n",
+       {},
+       {"@:1: unknown key 'modle' (did you mean 'model'?)"}},
+      {"unknown_nested_key_alias",
+       h + "lora:\n  rank: 8\n",
+       {},
+       {"@:8: unknown key 'lora.rank' (did you mean 'lora.r'?)"}},
+      {"unknown_nested_key_typo",
+       h + "lora:\n  r: 8\n  dropuot: 0.1\n",
+       {},
+       {"@:9: unknown key 'lora.dropuot' (did you mean 'lora.dropout'?)"}},
+      {"key_in_wrong_section",
+       h + "train:\n  lr: 1e-4\n",
+       {},
+       {"@:8: unknown key 'train.lr' (did you mean 'train.optimizer.lr'?)"}},
+      {"key_from_axolotl",
+       h + "learning_rate: 1e-4\n",
+       {},
+       {"@:7: unknown key 'learning_rate' (did you mean 'train.optimizer.lr'?)"}},
+      {"wrong_type_number",
+       h + "train:\n  optimizer:\n    lr: fast\n",
+       {},
+       {"@:9: train.optimizer.lr: expected a number, got 'fast'"}},
+      {"wrong_type_integer",
+       h + "lora:\n  r: 8.5\n",
+       {},
+       {"@:8: lora.r: expected an integer, got '8.5'"}},
+      {"duplicate_section",
+       h + "data:\n  packing: true\n",
+       {},
+       {"@:7: duplicate key 'data' (first set at line 3)"}},
+      {"wrong_type_bool_in_section",
+       "data:\n  train: t\n  packing: maybe\nmodel: {path: m}\noutput: {dir: o}\n",
+       {},
+       {"@:3: data.packing: expected true or false, got 'maybe'"}},
+      {"wrong_type_list",
+       h + "lora:\n  target_modules: {q: 1}\n",
+       {},
+       {"@:8: lora.target_modules: expected a list of module names", "got a map"}},
+      {"single_module_name_is_not_a_list",
+       h + "lora:\n  target_modules: q_proj\n",
+       {},
+       {"@:8: lora.target_modules:", "got 'q_proj'"}},
+      {"section_not_a_map",
+       h + "lora: 8\n",
+       {},
+       {"@:7: lora: expected a map with keys r, alpha", "got '8'"}},
+      {"betas_wrong_length",
+       h + "train:\n  optimizer:\n    betas: [0.9]\n",
+       {},
+       {"@:9: train.optimizer.betas: expected a list of two numbers"}},
+      {"r_zero", h + "lora:\n  r: 0\n", {}, {"@:8: lora.r: must be >= 1, got 0"}},
+      {"negative_lr",
+       h + "train:\n  optimizer:\n    lr: -1e-4\n",
+       {},
+       {"@:9: train.optimizer.lr: must be > 0, got -0.0001"}},
+      {"dropout_too_big",
+       h + "lora:\n  dropout: 1.5\n",
+       {},
+       {"@:8: lora.dropout: must be in [0.0, 1.0), got 1.5"}},
+      {"beta_one",
+       h + "train:\n  optimizer:\n    betas: [0.9, 1.0]\n",
+       {},
+       {"@:9: train.optimizer.betas: must be in [0.0, 1.0), got 1.0"}},
+      {"warmup_steps_and_ratio",
+       h + "train:\n  scheduler:\n    warmup_steps: 10\n    warmup_ratio: 0.1\n",
+       {},
+       {"@:10: ", "train.scheduler.warmup_steps (10)", "train.scheduler.warmup_ratio (0.1)",
+        "both set"}},
+      {"unknown_scheduler",
+       h + "train:\n  scheduler:\n    name: cosin\n",
+       {},
+       {"@:9: train.scheduler.name: 'cosin' is not one of constant, linear, cosine (did you mean "
+        "'cosine'?)"}},
+      {"unknown_dtype",
+       "model:\n  path: m\n  dtype: bf16\n",
+       {},
+       {"@:3: model.dtype: 'bf16' is not one of float32, bfloat16, float16 (did you mean "
+        "'bfloat16'?)"}},
+      {"unknown_chat_template",
+       "data:\n  train: t\n  chat_template: llama-3\nmodel: {path: m}\noutput: {dir: o}\n",
+       {},
+       {"@:3: data.chat_template: 'llama-3' is not one of auto, llama2, llama3, chatml, mistral, "
+        "gemma, "
+        "phi3 (did you mean 'llama3'?)"}},
+      {"unknown_device",
+       h + "device: gpu\n",
+       {},
+       {"@:7: device: 'gpu' is not one of auto, cpu, cuda, cuda:N", "(did you mean 'cuda'?)"}},
+      {"missing_data_train",
+       "model:\n  path: m\noutput:\n  dir: o\n",
+       {},
+       {"@: data.train: required: one file or a list of files"}},
+      {"empty_data_train",
+       "model:\n  path: m\ndata:\n  train: []\noutput:\n  dir: o\n",
+       {},
+       {"@:4: data.train: must not be empty"}},
+      {"missing_model_path",
+       "data:\n  train: t\noutput:\n  dir: o\n",
+       {},
+       {"@: model.path: required"}},
+      {"missing_output_dir",
+       "model:\n  path: m\ndata:\n  train: t\n",
+       {},
+       {"@: output.dir: required"}},
+      {"unknown_top_level_key_typo",
+       h + "data2: 1\n",
+       {},
+       {"@:7: unknown key 'data2' (did you mean 'data'?)"}},
+      {"validation_files_and_fraction",
+       "data:\n  train: t\n  validation: v\n  val_fraction: 0.1\nmodel: {path: m}\noutput: {dir: "
+       "o}\n",
+       {},
+       {"@:4: data.validation and data.val_fraction are both set"}},
+      {"eval_without_validation",
+       h + "train:\n  eval_every: 10\n",
+       {},
+       {"@:8: train.eval_every: is 10 but there is no validation data"}},
+      {"no_length",
+       h + "train:\n  epochs: 0\n",
+       {},
+       {"@:8: train.epochs and train.max_steps are both 0"}},
+      {"all_linear_in_list",
+       h + "lora:\n  target_modules: [all-linear, q_proj]\n",
+       {},
+       {"@:8: lora.target_modules: all-linear already covers"}},
+      {"dotted_key_in_file", h + "lora.r: 4\n", {}, {"@:7: key 'lora.r' contains '.'"}},
+      {"duplicate_key",
+       h + "lora:\n  r: 8\n  r: 16\n",
+       {},
+       {"@:9: duplicate key 'lora.r' (first set at line 8)"}},
+      {"yaml_syntax_error",
+       "model:\n  path: m\n  dtype: [float32,\n",
+       {},
+       {"@:", "YAML syntax error"}},
+      {"yaml_bad_indent",
+       "model:\n  path: m\n dtype: float32\n",
+       {},
+       {"@:3:", "YAML syntax error"}},
+      {"not_a_map", "- a\n- b\n", {}, {"@:1: expected a map of config keys"}},
+      {"two_documents", h + "---\nlora: {r: 4}\n", {}, {"@: expected one YAML document, found 2"}},
+      {"override_without_equals", h, {"train.lr"}, {"override 'train.lr': expected key=value"}},
+      {"override_empty_key", h, {"=3"}, {"override '=3': expected key=value"}},
+      {"override_unknown_key",
+       h,
+       {"train.lr=1"},
+       {"override 'train.lr=1': unknown key 'train.lr' (did you mean 'train.optimizer.lr'?)"}},
+      {"override_unknown_nested_key",
+       h,
+       {"lora.rnak=4"},
+       {"override 'lora.rnak=4': unknown key 'lora.rnak' (did you mean 'lora.r'?)"}},
+      {"override_wrong_type",
+       h,
+       {"train.optimizer.lr=fast"},
+       {"override 'train.optimizer.lr=fast': train.optimizer.lr: expected a number, got 'fast'"}},
+      {"override_out_of_range",
+       h,
+       {"lora.r=0"},
+       {"override 'lora.r=0': lora.r: must be >= 1, got 0"}},
+      {"override_bad_yaml",
+       h,
+       {"lora.target_modules=[q_proj,"},
+       {"override 'lora.target_modules=[q_proj,': lora.target_modules: the value is not valid "
+        "YAML"}},
+      {"override_adds_second_warmup",
+       h + "train:\n  scheduler:\n    warmup_steps: 10\n",
+       {"train.scheduler.warmup_ratio=0.1"},
+       {"override 'train.scheduler.warmup_ratio=0.1': ", "both set"}},
+  };
+}
+
+// Runs `f`, expecting a loratune::Error of one line containing every string
+// in `expect`.
+template <typename F>
+void expect_error(F f, const std::vector<std::string>& expect) {
+  try {
+    f();
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << "not one line: " << msg;
+    for (const auto& s : expect)
+      EXPECT_NE(msg.find(s), std::string::npos) << "'" << s << "' not in: " << msg;
+    return;
+  } catch (const std::exception& e) {
+    FAIL() << "expected loratune::Error, got std::exception: " << e.what();
+  }
+  FAIL() << "no error; expected one containing '" << expect.front() << "'";
+}
+
+TEST(ConfigErrors, EachBadConfigFailsWithOneLineNamingFileLineKeyAndSuggestion) {
+  const std::string dir = test::make_temp_dir("config-errors");
+  for (const BadConfig& bad : bad_configs()) {
+    SCOPED_TRACE(bad.name);
+    const std::string path = dir + "/" + bad.name + ".yaml";
+    test::write_file(path, bad.yaml);
+    std::vector<std::string> expect;
+    for (std::string s : bad.expect) {
+      if (const size_t at = s.find('@'); at != std::string::npos) s.replace(at, 1, path);
+      expect.push_back(s);
+    }
+    expect_error([&] { load_config(path, bad.overrides); }, expect);
+  }
+}
+
+TEST(ConfigErrors, StringSourceIsNamedLikeAFile) {
+  expect_error([] { config_from_yaml_string("lora:\n  rank: 8\n", {}, "configs/x.yaml"); },
+               {"configs/x.yaml:2: unknown key 'lora.rank' (did you mean 'lora.r'?)"});
+}
+
+TEST(ConfigErrors, MissingFileIsNamed) {
+  const std::string path = test::make_temp_dir("config-missing") + "/nope.yaml";
+  expect_error([&] { load_config(path, {}); }, {path + ": cannot open config file"});
+}
+
+TEST(ConfigErrors, DirectoryIsNotAConfig) {
+  const std::string dir = test::make_temp_dir("config-dir");
+  expect_error([&] { load_config(dir, {}); }, {dir + ": is a directory"});
+}
+
+TEST(ConfigErrors, EmptyFileNamesTheFirstMissingRequiredKey) {
+  const std::string path = test::make_temp_dir("config-empty") + "/empty.yaml";
+  test::write_file(path, "# nothing here\n");
+  expect_error([&] { load_config(path, {}); }, {path + ": model.path: required"});
+}
+
+}  // namespace
+}  // namespace loratune::config

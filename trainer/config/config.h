@@ -1,0 +1,258 @@
+// trainer/config/config.h — the typed training configuration, parsed once from YAML.
+//
+// A config file holds only overrides on the typed defaults below (as in nanoGPT):
+// every key is optional except model.path, data.train and output.dir. Unknown
+// keys, duplicate keys, wrong types, out-of-range values and unknown choice
+// names are errors; each error is one line naming where the value came from
+// (`<file>:<line>` or `override '<text>'`), the key path, and the closest valid
+// key or choice:
+//   configs/x.yaml:12: unknown key 'lora.rank' (did you mean 'lora.r'?)
+//   configs/x.yaml:7: train.optimizer.lr: expected a number, got 'fast'
+//   override 'train.lr=1': unknown key 'train.lr' (did you mean 'train.optimizer.lr'?)
+//
+// Keys are nested maps (`lora: {r: 8}`); dotted keys are for overrides only.
+// Numbers follow YAML 1.2: 2e-4 is a number (PyYAML would read a string).
+//
+// Paths (model.path, data.*, output.dir, ...) are kept exactly as written.
+// Relative paths resolve against the process's working directory when they are
+// used, not against the YAML file's directory — the behaviour of torchtune,
+// axolotl and the HF Trainer, so a config written for `loratune train -c
+// configs/x.yaml` run from the repository root works unchanged.
+//
+// The training loop consumes these structs; it relies on validate() having
+// accepted them (load_config and config_from_yaml_string always validate).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace loratune::config {
+
+// Floating-point types for weights (model.dtype, output.merge_dtype).
+enum class DType { kFloat32, kBFloat16, kFloat16 };  // float32 | bfloat16 | float16
+// How data files are read (data.format); see DataConfig::format.
+enum class DataFormat { kAuto, kText, kInstruction, kPromptCompletion, kChat, kTokenized };
+enum class OptimizerName { kAdamW };                       // adamw
+enum class SchedulerName { kConstant, kLinear, kCosine };  // constant | linear | cosine
+enum class MixedPrecision { kNone, kBF16, kFP16 };         // none | bf16 | fp16
+
+// The YAML spelling of each choice ("bfloat16", "prompt_completion", "bf16", ...).
+std::string to_string(DType v);
+std::string to_string(DataFormat v);
+std::string to_string(OptimizerName v);
+std::string to_string(SchedulerName v);
+std::string to_string(MixedPrecision v);
+
+// Built-in chat template names accepted by data.chat_template besides "auto".
+const std::vector<std::string>& chat_template_names();  // llama2 llama3 chatml mistral gemma phi3
+
+struct ModelConfig {
+  // model.path: a Hugging Face model directory (config.json, *.safetensors,
+  // tokenizer files). Required.
+  std::string path;
+  // model.dtype: dtype of the frozen base weights. Default bfloat16 (what a
+  // 7-8B model needs to fit one GPU). LoRA weights are always kept in float32,
+  // as PEFT does.
+  DType dtype = DType::kBFloat16;
+};
+
+struct LoraConfig {
+  // lora.r: adapter rank, >= 1. Default 8 (PEFT's default).
+  int64_t r = 8;
+  // lora.alpha: scaling numerator, > 0. Default 16. The update is scaled by
+  // alpha / r, or alpha / sqrt(r) with use_rslora.
+  double alpha = 16.0;
+  // lora.dropout: dropout on the adapter input, in [0, 1). Default 0.05.
+  double dropout = 0.05;
+  // lora.target_modules: names of the linear layers that get adapters, matched
+  // against the last component of the module name (as PEFT does), or exactly
+  // {"all-linear"}: every linear layer in the decoder blocks (lm_head
+  // excluded, as in PEFT). In YAML a list, or the string all-linear.
+  // Default [q_proj, k_proj, v_proj, o_proj]. Names are checked against the
+  // model's layers when the model loads, not here.
+  std::vector<std::string> target_modules = {"q_proj", "k_proj", "v_proj", "o_proj"};
+  // lora.use_rslora: rank-stabilized scaling alpha / sqrt(r). Default false.
+  bool use_rslora = false;
+  // lora.init_from: a PEFT adapter directory (adapter_config.json +
+  // adapter_model.safetensors) to start from instead of the standard init
+  // (A Kaiming-uniform, B zero). Default "" (none).
+  std::string init_from;
+
+  // True when target_modules is {"all-linear"}.
+  bool all_linear() const {
+    return target_modules.size() == 1 && target_modules[0] == "all-linear";
+  }
+};
+
+struct DataConfig {
+  // data.train: training files, read as data.format says. In YAML one path
+  // or a list. Required, non-empty.
+  std::vector<std::string> train;
+  // data.validation: validation files; in YAML one path or a list. Default
+  // none. Mutually exclusive with val_fraction > 0.
+  std::vector<std::string> validation;
+  // data.val_fraction: fraction of the training examples held out (after a
+  // seeded shuffle) for validation when no validation files are given, in
+  // [0, 1). Default 0 (no validation).
+  double val_fraction = 0.0;
+  // data.format: auto (detected per file from the first record's fields) |
+  // text {"text"} | instruction {"instruction","input"?,"output"} (Alpaca) |
+  // prompt_completion {"prompt","completion"} | chat {"messages":[{role,
+  // content}]} | tokenized {"input_ids", "labels"?}. Default auto.
+  DataFormat format = DataFormat::kAuto;
+  // data.chat_template: how chat and instruction examples become text: auto
+  // (the tokenizer's own chat template from tokenizer_config.json) or a
+  // built-in name from chat_template_names(). Default auto.
+  std::string chat_template = "auto";
+  // data.max_seq_len: tokens per sequence, >= 2 (one input and one target);
+  // longer examples are truncated. Default 2048.
+  int64_t max_seq_len = 2048;
+  // data.packing: concatenate examples into max_seq_len sequences with
+  // attention kept inside each example. Default false.
+  bool packing = false;
+  // data.shuffle: reshuffle the training examples every epoch (seeded).
+  // Default true.
+  bool shuffle = true;
+  // data.train_on_prompt: also compute the loss on prompt/user tokens, not
+  // only on responses. Default false (axolotl's train_on_inputs: false).
+  bool train_on_prompt = false;
+  // data.allow_special_tokens: parse special-token text such as
+  // "<|eot_id|>" inside data as the special token. Default false: it stays
+  // plain text, so data cannot inject control tokens.
+  bool allow_special_tokens = false;
+  // data.skip_malformed: skip (and count) malformed records instead of
+  // failing on the first one with its file:line. Default false.
+  bool skip_malformed = false;
+  // data.cache_dir: directory for the tokenized-data cache. Default "" (no
+  // on-disk cache; data are tokenized at every start).
+  std::string cache_dir;
+};
+
+struct OptimizerConfig {
+  // train.optimizer.name: adamw (decoupled weight decay, torch.optim.AdamW).
+  OptimizerName name = OptimizerName::kAdamW;
+  // train.optimizer.lr: peak learning rate, > 0. Default 2e-4 (the usual LoRA lr).
+  double lr = 2e-4;
+  // train.optimizer.betas: [beta1, beta2], each in [0, 1). Default [0.9, 0.999].
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  // train.optimizer.eps: > 0. Default 1e-8.
+  double eps = 1e-8;
+  // train.optimizer.weight_decay: >= 0, applied to the LoRA weights. Default 0.
+  double weight_decay = 0.0;
+};
+
+struct SchedulerConfig {
+  // train.scheduler.name: constant | linear | cosine (decay to 0 at the last
+  // step, after warmup). Default cosine.
+  SchedulerName name = SchedulerName::kCosine;
+  // train.scheduler.warmup_steps (>= 0) or train.scheduler.warmup_ratio (of
+  // the total optimizer steps, in [0, 1]): linear warmup from 0. Setting both
+  // is an error (ambiguous); null unsets one (useful in overrides). When
+  // neither is set, validate() sets warmup_ratio to 0.03.
+  std::optional<int64_t> warmup_steps;
+  std::optional<double> warmup_ratio;
+};
+
+struct TrainLoopConfig {
+  // train.epochs (>= 0, default 1) and train.max_steps (optimizer steps, >= 0,
+  // default 0 = off). Exactly one decides the length: max_steps > 0 takes
+  // precedence over epochs (as in the HF Trainer and axolotl); otherwise the
+  // run lasts `epochs` epochs. At least one must be > 0.
+  int64_t epochs = 1;
+  int64_t max_steps = 0;
+  // train.micro_batch_size: sequences per forward pass, >= 1. Default 1.
+  int64_t micro_batch_size = 1;
+  // train.gradient_accumulation_steps: micro-batches per optimizer step, >= 1.
+  // Default 1.
+  int64_t gradient_accumulation_steps = 1;
+  OptimizerConfig optimizer;
+  SchedulerConfig scheduler;
+  // train.max_grad_norm: clip the global gradient L2 norm to this, >= 0;
+  // 0 turns clipping off. Default 1.0.
+  double max_grad_norm = 1.0;
+  // train.mixed_precision: autocast compute dtype: none | bf16 | fp16 (fp16
+  // uses a dynamic loss scaler). Default none.
+  MixedPrecision mixed_precision = MixedPrecision::kNone;
+  // train.gradient_checkpointing: recompute decoder-block activations in the
+  // backward pass (less memory, ~30% more compute). Default false.
+  bool gradient_checkpointing = false;
+  // train.eval_every: evaluate every N optimizer steps, >= 0; 0 = only at the
+  // end. Needs validation data when > 0. Default 0.
+  int64_t eval_every = 0;
+  // train.save_every: checkpoint every N optimizer steps, >= 0; 0 = only the
+  // final adapter. Default 0.
+  int64_t save_every = 0;
+  // train.keep_checkpoints: newest intermediate checkpoints kept, >= 0;
+  // 0 = keep all. Default 3.
+  int64_t keep_checkpoints = 3;
+  // train.log_every: log loss/lr/grad-norm every N optimizer steps, >= 1.
+  // Default 1.
+  int64_t log_every = 1;
+  // train.max_bad_steps: consecutive optimizer steps with a non-finite loss
+  // (each one skipped) before the run aborts, >= 1. Default 5.
+  int64_t max_bad_steps = 5;
+};
+
+struct OutputConfig {
+  // output.dir: run directory (resolved config, checkpoints, logs, final
+  // adapter in PEFT format). Required.
+  std::string dir;
+  // output.merge: also write the base model with the adapter merged in
+  // (HF safetensors) to <dir>/merged. Default false.
+  bool merge = false;
+  // output.merge_dtype: dtype of the merged weights; nullopt ("auto" in
+  // YAML) = model.dtype. Default auto.
+  std::optional<DType> merge_dtype;
+  // output.overwrite: allow a non-empty output.dir to be replaced. Default
+  // false: an existing run is never clobbered.
+  bool overwrite = false;
+};
+
+struct TrainConfig {
+  ModelConfig model;
+  // device: auto (cuda:0 if available, else cpu) | cpu | cuda | cuda:N.
+  // Default auto.
+  std::string device = "auto";
+  // seed: seeds init, dropout, shuffling and the validation split, >= 0.
+  // Default 42.
+  int64_t seed = 42;
+  LoraConfig lora;
+  DataConfig data;
+  TrainLoopConfig train;
+  OutputConfig output;
+};
+
+bool operator==(const TrainConfig& a, const TrainConfig& b);
+inline bool operator!=(const TrainConfig& a, const TrainConfig& b) {
+  return !(a == b);
+}
+
+// Reads the YAML file at `yaml_path`, applies `overrides` in order, then
+// validate()s. Each override is `a.b=value` where value is a YAML scalar or
+// flow collection (`train.optimizer.lr=1e-4`, `lora.target_modules=[q_proj,v_proj]`,
+// `train.optimizer={lr: 1e-4, eps: 1e-6}`: sets only the keys it names);
+// `key=null` unsets an optional key (lora.init_from, data.validation,
+// data.cache_dir, train.scheduler.warmup_steps/warmup_ratio).
+// Throws loratune::Error (one line) for a missing/unreadable file, YAML syntax
+// errors (file:line:column), unknown or duplicate keys, wrong types, bad
+// override syntax and everything validate() rejects.
+TrainConfig load_config(const std::string& yaml_path, const std::vector<std::string>& overrides);
+
+// As load_config, from YAML text; `source_name` stands for the file in errors.
+TrainConfig config_from_yaml_string(const std::string& yaml,
+                                    const std::vector<std::string>& overrides = {},
+                                    const std::string& source_name = "<string>");
+
+// The fully resolved config as YAML: every key with its value, in schema
+// order, for the run directory. load(to_yaml(c)) == c for any c that
+// validate() accepted (it resolves the warmup default).
+std::string to_yaml(const TrainConfig& cfg);
+
+// Checks ranges and cross-field rules (see each field) and resolves the
+// warmup default. Throws loratune::Error naming the key path and the rule.
+void validate(TrainConfig& cfg);
+
+}  // namespace loratune::config

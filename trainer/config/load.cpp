@@ -1,0 +1,288 @@
+// Reading a config: the YAML file, then the `a.b=value` overrides, then validate().
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "trainer/config/config.h"
+#include "trainer/config/detail.h"
+#include "trainer/io/error.h"
+
+namespace loratune::config {
+namespace {
+
+using detail::describe;
+using detail::Origins;
+
+// Where values come from: a file (errors carry its line numbers) or one
+// override (errors quote it).
+struct Source {
+  std::string name;  // "configs/x.yaml" or "override 'lora.r=0'"
+  bool has_lines;
+
+  std::string where(const YAML::Mark& m) const {
+    if (!has_lines || m.line < 0) return name;
+    return name + ":" + std::to_string(m.line + 1);
+  }
+};
+
+std::string join(const std::string& prefix, const std::string& key) {
+  return prefix.empty() ? key : prefix + "." + key;
+}
+
+std::string last_component(const std::string& path) {
+  const size_t dot = path.rfind('.');
+  return dot == std::string::npos ? path : path.substr(dot + 1);
+}
+
+// The schema as a tree: leaf keys, and the child names of every section.
+struct Schema {
+  std::map<std::string, const detail::Field*> leaves;
+  std::map<std::string, std::vector<std::string>> children;  // "" is the root
+  std::vector<std::string> all_paths;                        // leaves and sections
+
+  bool is_section(const std::string& path) const {
+    return !path.empty() && children.count(path) > 0;
+  }
+};
+
+const Schema& schema() {
+  static const Schema s = [] {
+    Schema out;
+    for (const auto& f : detail::fields()) {
+      out.leaves[f.path] = &f;
+      out.all_paths.push_back(f.path);
+      std::string child = f.path;
+      // Register each ancestor section with its child, once, in schema order.
+      for (size_t dot = child.rfind('.');; dot = child.rfind('.')) {
+        const std::string parent = dot == std::string::npos ? "" : child.substr(0, dot);
+        auto& kids = out.children[parent];
+        const std::string name = last_component(child);
+        if (std::find(kids.begin(), kids.end(), name) != kids.end()) break;
+        kids.push_back(name);
+        if (parent.empty()) break;
+        if (std::find(out.all_paths.begin(), out.all_paths.end(), parent) == out.all_paths.end()) {
+          out.all_paths.push_back(parent);
+        }
+        child = parent;
+      }
+    }
+    return out;
+  }();
+  return s;
+}
+
+// Names the same settings have in PEFT, the HF Trainer, axolotl and
+// torchtune, so users coming from there get pointed at our key.
+const std::map<std::string, std::string>& key_aliases() {
+  static const std::map<std::string, std::string> m = {
+      {"rank", "lora.r"},
+      {"lora_r", "lora.r"},
+      {"lora_rank", "lora.r"},
+      {"lora_alpha", "lora.alpha"},
+      {"lora_dropout", "lora.dropout"},
+      {"lora_target_modules", "lora.target_modules"},
+      {"lora_attn_modules", "lora.target_modules"},
+      {"lora_target_linear", "lora.target_modules"},
+      {"lora_model_dir", "lora.init_from"},
+      {"base_model", "model.path"},
+      {"model_name_or_path", "model.path"},
+      {"torch_dtype", "model.dtype"},
+      {"datasets", "data.train"},
+      {"dataset", "data.train"},
+      {"train_file", "data.train"},
+      {"validation_file", "data.validation"},
+      {"val_set_size", "data.val_fraction"},
+      {"sequence_len", "data.max_seq_len"},
+      {"max_seq_length", "data.max_seq_len"},
+      {"seq_len", "data.max_seq_len"},
+      {"sample_packing", "data.packing"},
+      {"packed", "data.packing"},
+      {"train_on_inputs", "data.train_on_prompt"},
+      {"dataset_prepared_path", "data.cache_dir"},
+      {"num_epochs", "train.epochs"},
+      {"num_train_epochs", "train.epochs"},
+      {"batch_size", "train.micro_batch_size"},
+      {"per_device_train_batch_size", "train.micro_batch_size"},
+      {"learning_rate", "train.optimizer.lr"},
+      {"optim", "train.optimizer.name"},
+      {"adam_beta1", "train.optimizer.betas"},
+      {"adam_beta2", "train.optimizer.betas"},
+      {"adam_epsilon", "train.optimizer.eps"},
+      {"lr_scheduler", "train.scheduler.name"},
+      {"lr_scheduler_type", "train.scheduler.name"},
+      {"num_warmup_steps", "train.scheduler.warmup_steps"},
+      {"clip_grad_norm", "train.max_grad_norm"},
+      {"bf16", "train.mixed_precision"},
+      {"fp16", "train.mixed_precision"},
+      {"enable_activation_checkpointing", "train.gradient_checkpointing"},
+      {"activation_checkpointing", "train.gradient_checkpointing"},
+      {"eval_steps", "train.eval_every"},
+      {"save_steps", "train.save_every"},
+      {"save_total_limit", "train.keep_checkpoints"},
+      {"logging_steps", "train.log_every"},
+      {"log_every_n_steps", "train.log_every"},
+      {"output_dir", "output.dir"},
+      {"overwrite_output_dir", "output.overwrite"},
+  };
+  return m;
+}
+
+// The valid key path closest to `prefix.key`, or "".
+std::string suggest_key(const std::string& prefix, const std::string& key) {
+  const Schema& s = schema();
+  const std::string full = join(prefix, key);
+  // 1. a name another tool uses for one of our keys
+  if (auto it = key_aliases().find(key); it != key_aliases().end()) return it->second;
+  // 2. a typo among the keys of the same section
+  if (auto it = s.children.find(prefix); it != s.children.end()) {
+    const std::string m = closest_match(key, it->second);
+    if (!m.empty()) return join(prefix, m);
+  }
+  // 3. the same name in another section ("train.lr" -> "train.optimizer.lr")
+  std::vector<std::string> same;
+  for (const auto& p : s.all_paths) {
+    if (last_component(p) == key && p != full) same.push_back(p);
+  }
+  if (same.size() == 1) return same[0];
+  // 4. the closest full path
+  return closest_match(full, s.all_paths);
+}
+
+void apply_map(TrainConfig& cfg, const YAML::Node& map, const std::string& prefix,
+               const Source& src, Origins& origins);
+
+// Sets the key at `path` (a leaf or a whole section) from `node`.
+void apply_value(TrainConfig& cfg, const std::string& path, const YAML::Node& node,
+                 const std::string& where, const Source& src, Origins& origins) {
+  const Schema& s = schema();
+  if (auto it = s.leaves.find(path); it != s.leaves.end()) {
+    it->second->read(cfg, node, {where, path});
+    origins[path] = where;
+    return;
+  }
+  if (s.is_section(path)) {
+    if (!node.IsDefined() || node.IsNull()) return;  // an empty section keeps the defaults
+    if (!node.IsMap()) {
+      std::string keys;
+      for (const auto& k : s.children.at(path)) keys += (keys.empty() ? "" : ", ") + k;
+      throw Error(where + ": " + path + ": expected a map with keys " + keys + ", got " +
+                  describe(node));
+    }
+    apply_map(cfg, node, path, src, origins);
+    return;
+  }
+  const size_t dot = path.rfind('.');
+  const std::string prefix = dot == std::string::npos ? "" : path.substr(0, dot);
+  const std::string best = suggest_key(prefix, last_component(path));
+  throw Error(where + ": unknown key '" + path + "'" +
+              (best.empty() ? "" : " (did you mean '" + best + "'?)"));
+}
+
+void apply_map(TrainConfig& cfg, const YAML::Node& map, const std::string& prefix,
+               const Source& src, Origins& origins) {
+  std::map<std::string, int> seen;  // key -> its 1-based line (0 when unknown)
+  for (const auto& kv : map) {
+    const std::string where = src.where(kv.first.Mark());
+    if (!kv.first.IsScalar()) {
+      throw Error(where + ": expected a key name" + (prefix.empty() ? "" : " in " + prefix) +
+                  ", got " + describe(kv.first));
+    }
+    const std::string path = join(prefix, kv.first.Scalar());
+    // A dotted key would be a second spelling of a nested one, so `lora.r: 8`
+    // next to `lora: {r: 16}` could not be caught as a duplicate.
+    if (kv.first.Scalar().find('.') != std::string::npos) {
+      throw Error(where + ": key '" + kv.first.Scalar() +
+                  "' contains '.'; nest it in its section instead (dotted paths are for "
+                  "command-line overrides)");
+    }
+    const auto [it, fresh] = seen.emplace(kv.first.Scalar(), kv.first.Mark().line + 1);
+    if (!fresh) {
+      const bool line_known = src.has_lines && it->second > 0;
+      throw Error(where + ": duplicate key '" + path + "'" +
+                  (line_known ? " (first set at line " + std::to_string(it->second) + ")" : ""));
+    }
+    apply_value(cfg, path, kv.second, where, src, origins);
+  }
+}
+
+void apply_override(TrainConfig& cfg, const std::string& text, Origins& origins) {
+  const Source src{"override '" + text + "'", false};
+  const size_t eq = text.find('=');
+  auto trim = [](std::string s) {
+    const char* ws = " \t";
+    s.erase(0, s.find_first_not_of(ws));
+    s.erase(s.find_last_not_of(ws) + 1);
+    return s;
+  };
+  const std::string key = eq == std::string::npos ? "" : trim(text.substr(0, eq));
+  if (key.empty()) {
+    throw Error(src.name + ": expected key=value, e.g. train.optimizer.lr=1e-4");
+  }
+  YAML::Node node;
+  try {
+    node = YAML::Load(text.substr(eq + 1));
+  } catch (const YAML::Exception& e) {
+    throw Error(src.name + ": " + key + ": the value is not valid YAML: " + e.msg);
+  }
+  apply_value(cfg, key, node, src.name, src, origins);
+}
+
+TrainConfig parse_document(const std::string& text, const std::string& name,
+                           const std::vector<std::string>& overrides) {
+  std::vector<YAML::Node> docs;
+  try {
+    docs = YAML::LoadAll(text);
+  } catch (const YAML::Exception& e) {
+    const std::string pos = e.mark.line < 0 ? ""
+                                            : ":" + std::to_string(e.mark.line + 1) + ":" +
+                                                  std::to_string(e.mark.column + 1);
+    throw Error(name + pos + ": YAML syntax error: " + e.msg);
+  }
+  if (docs.size() > 1) {
+    throw Error(name + ": expected one YAML document, found " + std::to_string(docs.size()));
+  }
+  TrainConfig cfg;
+  Origins origins;
+  const Source src{name, true};
+  if (!docs.empty() && docs[0].IsDefined() && !docs[0].IsNull()) {
+    if (!docs[0].IsMap()) {
+      throw Error(src.where(docs[0].Mark()) +
+                  ": expected a map of config keys (model, lora, data, train, output, ...), "
+                  "got " +
+                  describe(docs[0]));
+    }
+    apply_map(cfg, docs[0], "", src, origins);
+  }
+  for (const auto& o : overrides) apply_override(cfg, o, origins);
+  detail::validate_with_origins(cfg, origins, name);
+  return cfg;
+}
+
+}  // namespace
+
+TrainConfig load_config(const std::string& yaml_path, const std::vector<std::string>& overrides) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(yaml_path, ec)) {
+    throw Error(yaml_path + ": is a directory, expected a YAML config file");
+  }
+  std::ifstream in(yaml_path, std::ios::binary);
+  if (!in) throw Error(yaml_path + ": cannot open config file: " + std::strerror(errno));
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) throw Error(yaml_path + ": cannot read config file: " + std::strerror(errno));
+  return parse_document(text.str(), yaml_path, overrides);
+}
+
+TrainConfig config_from_yaml_string(const std::string& yaml,
+                                    const std::vector<std::string>& overrides,
+                                    const std::string& source_name) {
+  return parse_document(yaml, source_name, overrides);
+}
+
+}  // namespace loratune::config

@@ -1,0 +1,194 @@
+// Range and cross-field checks on a TrainConfig; see the contract of each
+// field in config.h.
+#include <algorithm>
+#include <cmath>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "trainer/config/config.h"
+#include "trainer/config/detail.h"
+#include "trainer/io/error.h"
+
+namespace loratune::config {
+namespace {
+
+using detail::format_double;
+
+// Throws "<origin>: <path>: <message>", the origin being where the key was
+// set (file:line or override) or, for a key left at its default, the source.
+class Checker {
+ public:
+  Checker(const detail::Origins& origins, std::string source)
+      : origins_(origins), source_(std::move(source)) {}
+
+  std::string origin(const std::string& path) const {
+    auto it = origins_.find(path);
+    return it != origins_.end() ? it->second : source_;
+  }
+  bool was_set(const std::string& path) const { return origins_.count(path) > 0; }
+
+  [[noreturn]] void fail(const std::string& path, const std::string& msg) const {
+    fail_at(path, path + ": " + msg);
+  }
+  // As fail(), with the whole message given; `origin_path` picks the origin.
+  [[noreturn]] void fail_at(const std::string& origin_path, const std::string& msg) const {
+    const std::string where = origin(origin_path);
+    throw Error(where.empty() ? msg : where + ": " + msg);
+  }
+
+  void at_least(const std::string& path, int64_t v, int64_t min) const {
+    if (v < min) fail(path, "must be >= " + std::to_string(min) + ", got " + std::to_string(v));
+  }
+  void positive(const std::string& path, double v) const {
+    if (!(std::isfinite(v) && v > 0)) fail(path, "must be > 0, got " + format_double(v));
+  }
+  void non_negative(const std::string& path, double v) const {
+    if (!(std::isfinite(v) && v >= 0)) fail(path, "must be >= 0, got " + format_double(v));
+  }
+  // v in [lo, hi] or, when !hi_inclusive, [lo, hi).
+  void in_range(const std::string& path, double v, double lo, double hi, bool hi_inclusive) const {
+    const bool ok = v >= lo && (hi_inclusive ? v <= hi : v < hi);  // false for NaN
+    if (!ok) {
+      fail(path, "must be in [" + format_double(lo) + ", " + format_double(hi) +
+                     (hi_inclusive ? "]" : ")") + ", got " + format_double(v));
+    }
+  }
+  void file_list(const std::string& path, const std::vector<std::string>& files) const {
+    for (const auto& f : files) {
+      if (f.empty()) fail(path, "file names must not be empty");
+    }
+  }
+
+ private:
+  const detail::Origins& origins_;
+  std::string source_;
+};
+
+void check_model_and_lora(const TrainConfig& cfg, const Checker& c) {
+  if (cfg.model.path.empty()) {
+    c.fail("model.path", "required: a Hugging Face model directory (config.json, *.safetensors)");
+  }
+  if (!detail::is_valid_device(cfg.device)) {
+    c.fail("device", "'" + cfg.device + "' is not one of auto, cpu, cuda, cuda:N (N a GPU index)" +
+                         detail::did_you_mean(cfg.device, {"auto", "cpu", "cuda"},
+                                              {{"gpu", "cuda"}, {"cuda0", "cuda:0"}}));
+  }
+  c.at_least("seed", cfg.seed, 0);
+
+  const LoraConfig& l = cfg.lora;
+  c.at_least("lora.r", l.r, 1);
+  c.positive("lora.alpha", l.alpha);
+  c.in_range("lora.dropout", l.dropout, 0.0, 1.0, false);
+  const std::string tm = "lora.target_modules";
+  if (l.target_modules.empty()) {
+    c.fail(tm, "must not be empty: list module names (e.g. [q_proj, v_proj]) or use all-linear");
+  }
+  std::set<std::string> seen;
+  for (const auto& name : l.target_modules) {
+    if (name.empty()) c.fail(tm, "module names must not be empty");
+    if (name == "all-linear" && l.target_modules.size() > 1) {
+      c.fail(tm, "all-linear already covers every linear layer; use it alone, not in a list");
+    }
+    if (!seen.insert(name).second) c.fail(tm, "'" + name + "' is listed twice");
+  }
+}
+
+void check_data(const TrainConfig& cfg, const Checker& c) {
+  const DataConfig& d = cfg.data;
+  if (d.train.empty()) {
+    c.fail("data.train", c.was_set("data.train")
+                             ? "must not be empty: give one file or a list of files"
+                             : "required: one file or a list of files (data: {train: ...})");
+  }
+  c.file_list("data.train", d.train);
+  c.file_list("data.validation", d.validation);
+  c.in_range("data.val_fraction", d.val_fraction, 0.0, 1.0, false);
+  if (!d.validation.empty() && d.val_fraction > 0) {
+    c.fail_at("data.val_fraction",
+              "data.validation and data.val_fraction are both set; use validation files or a "
+              "held-out fraction, not both");
+  }
+  const auto& templates = chat_template_names();
+  if (d.chat_template != "auto" &&
+      std::find(templates.begin(), templates.end(), d.chat_template) == templates.end()) {
+    std::vector<std::string> names = {"auto"};
+    names.insert(names.end(), templates.begin(), templates.end());
+    c.fail("data.chat_template", detail::not_one_of(d.chat_template, names,
+                                                    {{"llama-2", "llama2"},
+                                                     {"llama-3", "llama3"},
+                                                     {"llama3.1", "llama3"},
+                                                     {"llama-3.1", "llama3"},
+                                                     {"qwen", "chatml"},
+                                                     {"qwen2", "chatml"},
+                                                     {"qwen2.5", "chatml"},
+                                                     {"phi-3", "phi3"},
+                                                     {"gemma2", "gemma"}}));
+  }
+  // One input token and one target token at least.
+  c.at_least("data.max_seq_len", d.max_seq_len, 2);
+}
+
+void check_optimizer_and_schedule(TrainConfig& cfg, const Checker& c) {
+  const OptimizerConfig& o = cfg.train.optimizer;
+  c.positive("train.optimizer.lr", o.lr);
+  c.in_range("train.optimizer.betas", o.beta1, 0.0, 1.0, false);
+  c.in_range("train.optimizer.betas", o.beta2, 0.0, 1.0, false);
+  c.positive("train.optimizer.eps", o.eps);
+  c.non_negative("train.optimizer.weight_decay", o.weight_decay);
+
+  SchedulerConfig& s = cfg.train.scheduler;
+  if (s.warmup_steps && s.warmup_ratio) {
+    c.fail_at("train.scheduler.warmup_ratio",
+              "train.scheduler.warmup_steps (" + std::to_string(*s.warmup_steps) +
+                  ") and train.scheduler.warmup_ratio (" + format_double(*s.warmup_ratio) +
+                  ") are both set; set only one (an override can unset the other with =null)");
+  }
+  if (s.warmup_steps) c.at_least("train.scheduler.warmup_steps", *s.warmup_steps, 0);
+  if (s.warmup_ratio) c.in_range("train.scheduler.warmup_ratio", *s.warmup_ratio, 0.0, 1.0, true);
+  if (!s.warmup_steps && !s.warmup_ratio) s.warmup_ratio = 0.03;
+}
+
+void check_train(TrainConfig& cfg, const Checker& c) {
+  const TrainLoopConfig& t = cfg.train;
+  c.at_least("train.epochs", t.epochs, 0);
+  c.at_least("train.max_steps", t.max_steps, 0);
+  if (t.epochs == 0 && t.max_steps == 0) {
+    c.fail_at(c.was_set("train.max_steps") ? "train.max_steps" : "train.epochs",
+              "train.epochs and train.max_steps are both 0; set one of them > 0");
+  }
+  c.at_least("train.micro_batch_size", t.micro_batch_size, 1);
+  c.at_least("train.gradient_accumulation_steps", t.gradient_accumulation_steps, 1);
+  check_optimizer_and_schedule(cfg, c);
+  c.non_negative("train.max_grad_norm", t.max_grad_norm);
+  c.at_least("train.eval_every", t.eval_every, 0);
+  c.at_least("train.save_every", t.save_every, 0);
+  c.at_least("train.keep_checkpoints", t.keep_checkpoints, 0);
+  c.at_least("train.log_every", t.log_every, 1);
+  c.at_least("train.max_bad_steps", t.max_bad_steps, 1);
+  if (t.eval_every > 0 && cfg.data.validation.empty() && cfg.data.val_fraction == 0) {
+    c.fail("train.eval_every", "is " + std::to_string(t.eval_every) +
+                                   " but there is no validation data; set data.validation or "
+                                   "data.val_fraction > 0");
+  }
+}
+
+}  // namespace
+
+namespace detail {
+
+void validate_with_origins(TrainConfig& cfg, const Origins& origins, const std::string& source) {
+  const Checker c(origins, source);
+  check_model_and_lora(cfg, c);
+  check_data(cfg, c);
+  check_train(cfg, c);
+  if (cfg.output.dir.empty()) c.fail("output.dir", "required: the run directory");
+}
+
+}  // namespace detail
+
+void validate(TrainConfig& cfg) {
+  detail::validate_with_origins(cfg, {}, "");
+}
+
+}  // namespace loratune::config
