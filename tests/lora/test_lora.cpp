@@ -1,0 +1,156 @@
+// LoRA projections and PEFT adapters: injection, PEFT's adapters loaded here
+// give PEFT's logits, and PEFT loads loratune's adapters with the same logits.
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/allclose.h>
+#include <ATen/ops/arange.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+
+#include "common/test_env.h"
+#include "trainer/io/error.h"
+#include "trainer/io/safetensors.h"
+#include "trainer/lora/lora.h"
+#include "trainer/lora/peft_io.h"
+#include "trainer/model/loader.h"
+
+namespace fs = std::filesystem;
+using namespace loratune;
+
+namespace {
+
+std::string tiny(const std::string& variant) {
+  return test::testdata_dir() + "/models/" + variant;
+}
+
+// float32 logits [T,V] of one sequence.
+at::Tensor logits_of(model::CausalLMImpl& m, const at::Tensor& ids) {
+  at::NoGradGuard no_grad;
+  return m.forward(ids.unsqueeze(0)).squeeze(0).to(at::kFloat);
+}
+
+// For each case of tests/python/ref_peft.py (the peft_adapters fixture): PEFT
+// wrote an adapter with random A and B; loratune loads it and must give PEFT's
+// logits. loratune then saves the adapter again, and PEFT loading that must
+// find exactly its own keys and give loratune's logits.
+TEST(PeftParity, LoadsPeftAdaptersAndPeftLoadsOurs) {
+  const std::string dir = test::testdata_dir() + "/peft";
+  auto cases = nlohmann::json::parse(test::read_file(dir + "/cases.json"));
+  ASSERT_GE(cases.size(), 5u);
+  for (const auto& c : cases) {
+    const std::string name = c["name"], variant = c["variant"];
+    SCOPED_TRACE(name);
+    auto ref = io::SafetensorsFile::open(dir + "/" + name + "/ref.safetensors");
+    at::Tensor ids = ref->tensor("input_ids").clone();
+    model::CausalLM m = model::load_model(tiny(variant));
+    m->eval();
+    lora::LoraSpec spec = lora::load_adapter(dir + "/" + name + "/adapter", *m);
+    at::Tensor got = logits_of(*m, ids);
+    double diff = (got - ref->tensor("logits")).abs().max().item<double>();
+    std::cout << name << ": max |loratune - peft| logits = " << diff << "\n";
+    EXPECT_LE(diff, 1e-4);
+    std::string ours = dir + "/" + name + "/ours";
+    std::filesystem::remove_all(ours);
+    lora::save_adapter(ours, *m, spec, /*overwrite=*/false);
+    io::save_file({{"input_ids", ids}, {"logits", got}}, dir + "/" + name + "/ours.safetensors");
+  }
+  std::cout << test::run_python("tests/python/ref_peft.py",
+                                "check --models " + test::quote(test::testdata_dir() + "/models") +
+                                    " --dir " + test::quote(dir));
+}
+
+TEST(Lora, FreshAdapterLeavesLogitsUnchangedAndTrainsOnlyAB) {
+  model::CausalLM m = model::load_model(tiny("qwen2"));
+  at::Tensor ids = at::arange(11, at::kLong);
+  at::Tensor before = logits_of(*m, ids);
+  lora::LoraSpec spec;
+  spec.target_modules = {"all-linear"};
+  auto paths = lora::inject_lora(*m, spec);
+  EXPECT_EQ(paths.size(), static_cast<size_t>(7 * m->config().num_hidden_layers));
+  EXPECT_TRUE(at::allclose(logits_of(*m, ids), before, 0, 0));
+  size_t trainable = 0;
+  for (const auto& p : m->named_parameters()) {
+    if (p.value().requires_grad()) {
+      ++trainable;
+      EXPECT_NE(p.key().find(".lora_"), std::string::npos) << p.key();
+    }
+  }
+  EXPECT_EQ(trainable, 2 * paths.size());
+  auto named = lora::adapter_tensors(*m);
+  EXPECT_EQ(named.front().first, "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight");
+}
+
+TEST(Lora, ScaleIsAlphaOverROrSqrtR) {
+  EXPECT_DOUBLE_EQ(lora::lora_scale(16, 8, false), 2.0);
+  EXPECT_DOUBLE_EQ(lora::lora_scale(16, 16, true), 4.0);
+}
+
+TEST(Lora, UnknownTargetNamesClosestModule) {
+  model::CausalLM m = model::load_model(tiny("qwen2"));
+  lora::LoraSpec spec;
+  spec.target_modules = {"q_prj"};
+  try {
+    lora::inject_lora(*m, spec);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("did you mean 'q_proj'"), std::string::npos) << e.what();
+  }
+}
+
+// adapter_config.json: a valid LoRA config with `key` set to `value` (JSON).
+void write_config(const std::string& dir, const std::string& key, const std::string& value) {
+  nlohmann::json j = {
+      {"peft_type", "LORA"}, {"r", 8}, {"lora_alpha", 16}, {"target_modules", {"q_proj"}}};
+  j[key] = nlohmann::json::parse(value);
+  std::ofstream(dir + "/adapter_config.json") << j.dump();
+}
+
+TEST(Lora, RefusesWhatItDoesNotSupport) {
+  struct Bad {
+    std::string key, value, needle;
+  };
+  const Bad cases[] = {
+      {"use_dora", "true", "DoRA"},
+      {"bias", "\"all\"", "bias training"},
+      {"modules_to_save", "[\"lm_head\"]", "modules_to_save"},
+      {"peft_type", "\"IA3\"", "peft_type"},
+      {"target_modules", "\".*proj\"", "regex"},
+  };
+  for (const Bad& b : cases) {
+    std::string dir = test::make_temp_dir("badcfg");
+    write_config(dir, b.key, b.value);
+    try {
+      lora::read_adapter_config(dir);
+      ADD_FAILURE() << "accepted: " << b.key << " = " << b.value;
+    } catch (const Error& e) {
+      std::string msg = e.what();
+      EXPECT_NE(msg.find(b.needle), std::string::npos) << msg;
+      EXPECT_NE(msg.find("adapter_config.json"), std::string::npos) << msg;
+    }
+  }
+}
+
+TEST(Lora, AdapterThatDoesNotFitIsRejectedByName) {
+  model::CausalLM m = model::load_model(tiny("qwen2"));
+  lora::LoraSpec spec;
+  spec.target_modules = {"q_proj"};
+  lora::inject_lora(*m, spec);
+  std::string dir = test::make_temp_dir("misfit") + "/adapter";
+  lora::save_adapter(dir, *m, spec, false);
+  model::CausalLM other = model::load_model(tiny("qwen2"));
+  spec.target_modules = {"q_proj", "v_proj"};
+  lora::inject_lora(*other, spec);
+  try {
+    lora::load_adapter_weights(dir, *other);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("missing base_model.model.model.layers.0.self_attn."
+                                         "v_proj.lora_A.weight"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+}  // namespace
