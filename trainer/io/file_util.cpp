@@ -1,0 +1,227 @@
+// trainer/io/file_util.cpp — atomic files and directories, JSON files.
+#include "trainer/io/file_util.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <set>
+#include <vector>
+
+#include "trainer/io/error.h"
+
+namespace fs = std::filesystem;
+
+namespace loratune::io {
+namespace {
+
+std::atomic<unsigned> g_temp_counter{0};
+
+// "<path>.tmp.<pid>.<n>": unique per process and call, in the same directory
+// as `path` so the final rename never crosses a file system.
+std::string temp_name(const std::string& path) {
+  return path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(g_temp_counter++);
+}
+
+Error sys_error(const std::string& path, const std::string& what) {
+  return Error(path + ": " + what + ": " + std::strerror(errno));
+}
+
+std::string parent_dir(const std::string& path) {
+  fs::path p = fs::path(path).parent_path();
+  return p.empty() ? std::string(".") : p.string();
+}
+
+// fsync on a directory makes a rename inside it durable.
+void fsync_path(const std::string& path, bool directory) {
+  int fd = ::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
+  if (fd < 0) throw sys_error(path, "cannot open for fsync");
+  int rc = ::fsync(fd);
+  int saved = errno;
+  ::close(fd);
+  errno = saved;
+  if (rc != 0) throw sys_error(path, "fsync failed");
+}
+
+// Rejects a duplicate key in any object: nlohmann keeps the last one
+// silently, which would hide a broken or tampered file.
+class DuplicateKeyCheck {
+ public:
+  explicit DuplicateKeyCheck(const std::string& source) : source_(source) {}
+  bool operator()(int /*depth*/, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+    using E = nlohmann::json::parse_event_t;
+    if (event == E::object_start) {
+      keys_.emplace_back();
+    } else if (event == E::object_end) {
+      if (!keys_.empty()) keys_.pop_back();
+    } else if (event == E::key && !keys_.empty()) {
+      const auto& k = parsed.get_ref<const std::string&>();
+      if (!keys_.back().insert(k).second) {
+        throw Error(source_ + ": duplicate key \"" + k + "\" in a JSON object");
+      }
+    }
+    return true;
+  }
+
+ private:
+  const std::string& source_;
+  std::vector<std::set<std::string>> keys_;
+};
+
+// nlohmann's message is "[json.exception.parse_error.101] parse error at line
+// L, column C: <what>"; keep <what> and report the position ourselves.
+std::string parse_error_detail(const std::string& what) {
+  size_t col = what.find(", column ");
+  size_t colon = what.find(": ", col == std::string::npos ? 0 : col);
+  return colon == std::string::npos ? what : what.substr(colon + 2);
+}
+
+}  // namespace
+
+nlohmann::json parse_json(const std::string& text, const std::string& source) {
+  DuplicateKeyCheck check(source);
+  try {
+    return nlohmann::json::parse(text, std::ref(check));
+  } catch (const nlohmann::json::parse_error& e) {
+    // e.byte is the 1-based offset of the offending byte.
+    size_t byte = e.byte == 0 ? 0 : e.byte - 1;
+    if (byte > text.size()) byte = text.size();
+    size_t line = 1, column = 1;
+    for (size_t i = 0; i < byte; ++i) {
+      if (text[i] == '\n') {
+        ++line;
+        column = 1;
+      } else {
+        ++column;
+      }
+    }
+    throw Error(source + ":" + std::to_string(line) + ":" + std::to_string(column) +
+                ": invalid JSON: " + parse_error_detail(e.what()));
+  }
+}
+
+std::string read_file(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw sys_error(path, "cannot open");
+  std::string out;
+  char buf[1 << 16];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int saved = errno;
+      ::close(fd);
+      errno = saved;
+      throw sys_error(path, "read failed");
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return out;
+}
+
+nlohmann::json read_json(const std::string& path) {
+  return parse_json(read_file(path), path);
+}
+
+void write_json_atomic(const std::string& path, const nlohmann::json& j) {
+  write_file_atomic(path, j.dump(2) + "\n");
+}
+
+void fsync_dir(const std::string& dir) {
+  fsync_path(dir, true);
+}
+
+void write_file_atomic(const std::string& path, const std::string& bytes) {
+  AtomicFile f(path);
+  f.write(bytes.data(), bytes.size());
+  f.commit();
+}
+
+// --- AtomicFile ---------------------------------------------------------------
+
+AtomicFile::AtomicFile(std::string path) : path_(std::move(path)), tmp_(temp_name(path_)) {
+  fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw sys_error(path_, "cannot create temp file " + tmp_);
+}
+
+AtomicFile::~AtomicFile() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!committed_) ::unlink(tmp_.c_str());
+}
+
+void AtomicFile::write(const void* data, size_t n) {
+  if (fd_ < 0) throw Error(path_ + ": write after commit");
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    ssize_t w = ::write(fd_, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) throw sys_error(path_, "write failed");
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+}
+
+void AtomicFile::commit() {
+  if (fd_ < 0) throw Error(path_ + ": commit called twice");
+  if (::fsync(fd_) != 0) throw sys_error(path_, "fsync failed");
+  int rc = ::close(fd_);
+  fd_ = -1;
+  if (rc != 0) throw sys_error(path_, "close failed");
+  if (::rename(tmp_.c_str(), path_.c_str()) != 0) throw sys_error(path_, "rename failed");
+  committed_ = true;
+  fsync_path(parent_dir(path_), true);
+}
+
+// --- AtomicDir ------------------------------------------------------------------
+
+AtomicDir::AtomicDir(std::string target, bool overwrite)
+    : target_(std::move(target)), overwrite_(overwrite) {
+  while (!target_.empty() && target_.size() > 1 && target_.back() == '/') target_.pop_back();
+  tmp_ = temp_name(target_);
+  if (::mkdir(tmp_.c_str(), 0755) != 0) {
+    throw sys_error(target_, "cannot create temp directory " + tmp_);
+  }
+}
+
+AtomicDir::~AtomicDir() {
+  if (committed_) return;
+  std::error_code ec;
+  fs::remove_all(tmp_, ec);
+}
+
+void AtomicDir::commit() {
+  if (committed_) throw Error(target_ + ": commit called twice");
+  // Make the contents durable before the rename publishes them.
+  for (const auto& e : fs::recursive_directory_iterator(tmp_)) {
+    fsync_path(e.path().string(), e.is_directory());
+  }
+  fsync_path(tmp_, true);
+
+  std::error_code ec;
+  const bool exists = fs::exists(fs::symlink_status(target_, ec));
+  std::string old;
+  if (exists) {
+    if (!overwrite_) throw Error(target_ + ": already exists (refusing to overwrite)");
+    old = temp_name(target_ + ".old");
+    if (::rename(target_.c_str(), old.c_str()) != 0) {
+      throw sys_error(target_, "cannot move the existing target aside");
+    }
+  }
+  if (::rename(tmp_.c_str(), target_.c_str()) != 0) {
+    int saved = errno;
+    if (!old.empty()) ::rename(old.c_str(), target_.c_str());  // put the old one back
+    errno = saved;
+    throw sys_error(target_, "rename failed");
+  }
+  committed_ = true;
+  fsync_path(parent_dir(target_), true);
+  if (!old.empty()) fs::remove_all(old, ec);  // best effort: the new target is in place
+}
+
+}  // namespace loratune::io

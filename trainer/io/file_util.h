@@ -1,0 +1,63 @@
+// trainer/io/file_util.h — atomic files, atomic directories, JSON files.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <string>
+
+namespace loratune::io {
+
+// Writes `bytes` to `path` atomically: a temp file in the same directory,
+// write, fsync, rename over `path`, fsync the directory. On any failure the
+// temp file is removed and `path` is untouched; throws io::Error naming path.
+void write_file_atomic(const std::string& path, const std::string& bytes);
+
+// Streams data into `<path>.tmp.<pid>.<n>`; commit() fsyncs and renames it
+// over `path`. Destroyed without commit(), it removes the temp file.
+class AtomicFile {
+ public:
+  explicit AtomicFile(std::string path);
+  ~AtomicFile();
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+  void write(const void* data, size_t n);
+  void commit();
+  const std::string& temp_path() const { return tmp_; }
+
+ private:
+  std::string path_, tmp_;
+  int fd_ = -1;
+  bool committed_ = false;
+};
+
+// A directory built under a temp name beside `target` and renamed into place
+// by commit(); destroyed without commit(), the temp directory is removed.
+// commit() refuses an existing target unless `overwrite` (then the old target
+// is moved aside and removed only after the rename succeeded).
+class AtomicDir {
+ public:
+  AtomicDir(std::string target, bool overwrite);
+  ~AtomicDir();
+  AtomicDir(const AtomicDir&) = delete;
+  AtomicDir& operator=(const AtomicDir&) = delete;
+  const std::string& path() const { return tmp_; }  // write here
+  void commit();
+
+ private:
+  std::string target_, tmp_;
+  bool overwrite_;
+  bool committed_ = false;
+};
+
+// Reads and parses a JSON file. Errors name the file and line:column.
+nlohmann::json read_json(const std::string& path);
+// Parses JSON text; `source` names it in errors.
+nlohmann::json parse_json(const std::string& text, const std::string& source);
+// Reads a whole file into memory; throws io::Error naming path.
+std::string read_file(const std::string& path);
+// fsync on a directory: makes creations, renames and removals in it durable.
+void fsync_dir(const std::string& dir);
+// Writes JSON (indent 2, trailing newline) atomically.
+void write_json_atomic(const std::string& path, const nlohmann::json& j);
+
+}  // namespace loratune::io
