@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Writes seeded random tiny decoder models in the Hugging Face layout.
+
+Each variant is built with transformers' own config and model classes and
+written with save_pretrained (safetensors), so the files are exactly what a
+real checkpoint of that family looks like, only small. Weights are random
+(seeded) with a large initializer range, and biases and norm weights are
+randomised too (transformers initialises them to 0 and 1, which would hide a
+missing bias or a swapped norm).
+
+    make_tiny_model.py --all --out DIR             # every variant, DIR/<variant>/
+    make_tiny_model.py --variant qwen3 --out DIR   # one variant
+    make_tiny_model.py --variant llama-rope3-tied --shard-size 100KB --out DIR
+    make_tiny_model.py --size bench-1gb --out DIR  # ~1 GB float32 llama (benchmarks)
+
+Weights are never committed: write them under the build directory.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import zlib
+
+# Small dimensions shared by the test variants: hidden 64, 4 heads, 2 kv heads.
+_BASE = dict(
+    vocab_size=1000,
+    hidden_size=64,
+    intermediate_size=160,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+    rms_norm_eps=1e-6,
+    initializer_range=0.1,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+# variant name -> (model_type, config overrides)
+VARIANTS = {
+    "llama-rope3-tied": ("llama", dict(
+        tie_word_embeddings=True,
+        rope_theta=500000.0,
+        # original_max_position_embeddings small enough that the scaling changes
+        # some frequencies, smooths others and leaves the rest (head_dim 16).
+        rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                          high_freq_factor=4.0, original_max_position_embeddings=64),
+    )),
+    "llama-bias": ("llama", dict(attention_bias=True, mlp_bias=True, rms_norm_eps=1e-5)),
+    "mistral-window": ("mistral", dict(sliding_window=64, rope_theta=1000000.0)),
+    "qwen2": ("qwen2", dict(rope_theta=1000000.0, tie_word_embeddings=False)),
+    # Layer 0 full attention, layers 1.. sliding (i >= max_window_layers).
+    "qwen2-window": ("qwen2", dict(use_sliding_window=True, sliding_window=48,
+                                   max_window_layers=1)),
+    # head_dim 32 != hidden / heads = 16.
+    "qwen3": ("qwen3", dict(head_dim=32, rope_theta=1000000.0, attention_bias=False)),
+}
+# variant name -> max_shard_size: variants saved as several shards plus an index.
+SHARDED = {"llama-bias-sharded": "300KB"}
+VARIANTS["llama-bias-sharded"] = VARIANTS["llama-bias"]
+
+# A ~1 GB float32 llama for the load benchmark (about 262M parameters).
+SIZES = {
+    "bench-1gb": ("llama", dict(
+        vocab_size=32000, hidden_size=1024, intermediate_size=4096, num_hidden_layers=14,
+        num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=4096,
+        initializer_range=0.02, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+    )),
+}
+
+
+def build(model_type, overrides, seed, randomize_small):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    cfg_args = dict(_BASE) if randomize_small else {}
+    cfg_args.update(overrides)
+    config = AutoConfig.for_model(model_type, **cfg_args)
+    config.dtype = torch.float32
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if randomize_small:
+        gen = torch.Generator().manual_seed(seed + 1)
+        std = config.initializer_range
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith(".bias"):
+                    p.copy_(torch.randn(p.shape, generator=gen) * std)
+                elif "norm" in name:
+                    p.copy_(1.0 + torch.randn(p.shape, generator=gen) * std)
+    return model
+
+
+def write(model, out_dir, shard_size):
+    os.makedirs(out_dir, exist_ok=True)
+    kwargs = {}
+    if shard_size:
+        kwargs["max_shard_size"] = shard_size
+    model.save_pretrained(out_dir, safe_serialization=True, **kwargs)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"wrote {out_dir} ({model.config.model_type}, {n} parameters)")
+
+
+def main(argv):
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variant", choices=sorted(VARIANTS), help="one test variant")
+    ap.add_argument("--family", help="every variant of one family (llama, mistral, qwen2, qwen3)")
+    ap.add_argument("--all", action="store_true", help="every test variant")
+    ap.add_argument("--size", choices=sorted(SIZES), help="a larger preset (benchmarks)")
+    ap.add_argument("--out", required=True, help="output directory; variants go in OUT/<name>/")
+    ap.add_argument("--name", help="sub-directory name (default: the variant or size name)")
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--shard-size", help="max_shard_size for save_pretrained, e.g. 100KB, 5GB")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep a model that already exists with the same settings")
+    args = ap.parse_args(argv)
+
+    jobs = []  # (name, model_type, overrides, randomize_small)
+    if args.size:
+        mt, ov = SIZES[args.size]
+        jobs.append((args.name or args.size, mt, ov, False))
+    names = []
+    if args.all:
+        names = sorted(VARIANTS)
+    elif args.family:
+        names = [v for v in sorted(VARIANTS) if VARIANTS[v][0] == args.family]
+        if not names:
+            ap.error(f"no variant of family {args.family!r}; families: "
+                     f"{sorted({mt for mt, _ in VARIANTS.values()})}")
+    elif args.variant:
+        names = [args.variant]
+    for v in names:
+        mt, ov = VARIANTS[v]
+        jobs.append((args.name if (args.name and len(names) == 1) else v, mt, ov, True))
+    if not jobs:
+        ap.error("give --variant, --family, --all or --size")
+
+    for name, mt, ov, small in jobs:
+        out_dir = os.path.join(args.out, name)
+        shard_size = args.shard_size or SHARDED.get(name)
+        seed = args.seed + zlib.crc32(name.encode()) % 10000  # stable per variant
+        stamp = {"variant": name, "model_type": mt, "overrides": ov, "seed": seed,
+                 "shard_size": shard_size}
+        stamp_path = os.path.join(out_dir, "loratune_variant.json")
+        if args.reuse and os.path.exists(stamp_path):
+            with open(stamp_path) as f:
+                if json.load(f) == json.loads(json.dumps(stamp)):
+                    print(f"reusing {out_dir}")
+                    continue
+        if os.path.isdir(out_dir):
+            shutil.rmtree(out_dir)
+        model = build(mt, ov, seed, small)
+        write(model, out_dir, shard_size)
+        with open(stamp_path, "w") as f:
+            json.dump(stamp, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,196 @@
+// config.json parsing: both transformers key styles, per-family defaults and
+// rules, and errors that name the file, key and supported values.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "trainer/io/error.h"
+#include "trainer/model/config.h"
+
+namespace loratune::model {
+namespace {
+
+using nlohmann::json;
+
+json base(const std::string& type) {
+  return {{"model_type", type},       {"vocab_size", 1000},
+          {"hidden_size", 64},        {"intermediate_size", 160},
+          {"num_hidden_layers", 4},   {"num_attention_heads", 4},
+          {"num_key_value_heads", 2}, {"max_position_embeddings", 4096}};
+}
+
+std::string error_of(const json& j) {
+  try {
+    parse_config(j, "dir/config.json");
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "no error for " << j.dump();
+  return "";
+}
+
+TEST(Config, LlamaTransformers4Keys) {
+  json j = base("llama");
+  j["rope_theta"] = 500000.0;
+  j["rope_scaling"] = {{"type", "llama3"},
+                       {"factor", 8.0},
+                       {"low_freq_factor", 1.0},
+                       {"high_freq_factor", 4.0},
+                       {"original_max_position_embeddings", 8192}};
+  j["torch_dtype"] = "bfloat16";
+  j["tie_word_embeddings"] = true;
+  j["eos_token_id"] = json::array({128001, 128008});
+  ModelConfig c = parse_config(j, "x");
+  EXPECT_EQ(c.model_type, "llama");
+  EXPECT_EQ(c.rope.type, "llama3");
+  EXPECT_DOUBLE_EQ(c.rope.theta, 500000.0);
+  EXPECT_DOUBLE_EQ(c.rope.factor, 8.0);
+  EXPECT_EQ(c.rope.original_max_position_embeddings, 8192);
+  EXPECT_EQ(c.dtype, "bfloat16");
+  EXPECT_TRUE(c.tie_word_embeddings);
+  EXPECT_EQ(c.head_dim, 16);
+  EXPECT_EQ(c.eos_token_ids, (std::vector<int64_t>{128001, 128008}));
+  EXPECT_EQ(c.bos_token_id, 1);  // LlamaConfig default
+  EXPECT_FALSE(c.q_bias || c.o_bias || c.mlp_bias || c.qk_norm);
+  EXPECT_EQ(c.layer_window, std::vector<int64_t>(4, 0));
+}
+
+TEST(Config, LlamaTransformers5Keys) {
+  json j = base("llama");
+  j["rope_parameters"] = {{"rope_type", "llama3"},
+                          {"rope_theta", 500000.0},
+                          {"factor", 32.0},
+                          {"low_freq_factor", 1.0},
+                          {"high_freq_factor", 4.0}};
+  j["dtype"] = "float32";
+  j["attention_bias"] = true;
+  j["mlp_bias"] = true;
+  j.erase("num_key_value_heads");
+  ModelConfig c = parse_config(j, "x");
+  EXPECT_EQ(c.rope.type, "llama3");
+  EXPECT_DOUBLE_EQ(c.rope.theta, 500000.0);
+  EXPECT_DOUBLE_EQ(c.rope.factor, 32.0);
+  // Absent: falls back to max_position_embeddings, as transformers.
+  EXPECT_EQ(c.rope.original_max_position_embeddings, 4096);
+  EXPECT_EQ(c.dtype, "float32");
+  EXPECT_TRUE(c.q_bias && c.k_bias && c.v_bias && c.o_bias && c.mlp_bias);
+  EXPECT_EQ(c.num_key_value_heads, 4);  // absent: = heads
+}
+
+TEST(Config, RopeDefaultsAndLinear) {
+  ModelConfig c = parse_config(base("llama"), "x");
+  EXPECT_EQ(c.rope.type, "default");
+  EXPECT_DOUBLE_EQ(c.rope.theta, 10000.0);
+  json j = base("llama");
+  j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 2.0}};
+  j["rope_theta"] = 1e6;
+  c = parse_config(j, "x");
+  EXPECT_EQ(c.rope.type, "linear");
+  EXPECT_DOUBLE_EQ(c.rope.factor, 2.0);
+  EXPECT_DOUBLE_EQ(c.rope.theta, 1e6);
+}
+
+TEST(Config, MistralSlidingWindowDefaults) {
+  json j = base("mistral");
+  j.erase("num_key_value_heads");
+  j["num_attention_heads"] = 16;
+  ModelConfig c = parse_config(j, "x");
+  EXPECT_EQ(c.layer_window, std::vector<int64_t>(4, 4096));  // MistralConfig default
+  EXPECT_EQ(c.num_key_value_heads, 8);                       // MistralConfig default
+  j["sliding_window"] = nullptr;
+  j["num_key_value_heads"] = 2;
+  c = parse_config(j, "x");
+  EXPECT_EQ(c.layer_window, std::vector<int64_t>(4, 0));
+  j["sliding_window"] = 64;
+  c = parse_config(j, "x");
+  EXPECT_EQ(c.layer_window, std::vector<int64_t>(4, 64));
+}
+
+TEST(Config, Qwen2BiasesAndWindowRule) {
+  json j = base("qwen2");
+  ModelConfig c = parse_config(j, "x");
+  EXPECT_TRUE(c.q_bias && c.k_bias && c.v_bias);
+  EXPECT_FALSE(c.o_bias || c.mlp_bias || c.qk_norm);
+  EXPECT_EQ(c.layer_window, std::vector<int64_t>(4, 0));  // use_sliding_window false
+  j["sliding_window"] = 32;
+  c = parse_config(j, "x");
+  EXPECT_EQ(c.layer_window, std::vector<int64_t>(4, 0));  // still off
+  j["use_sliding_window"] = true;
+  j["max_window_layers"] = 2;
+  c = parse_config(j, "x");
+  EXPECT_EQ(c.layer_window, (std::vector<int64_t>{0, 0, 32, 32}));
+  j["layer_types"] = {"sliding_attention", "full_attention", "sliding_attention", "full_attention"};
+  c = parse_config(j, "x");
+  EXPECT_EQ(c.layer_window, (std::vector<int64_t>{32, 0, 32, 0}));
+  j["layer_types"] = {"sliding_attention", "full"};
+  EXPECT_NE(error_of(j).find("layer_types"), std::string::npos);
+}
+
+TEST(Config, Qwen3HeadDimAndQkNorm) {
+  json j = base("qwen3");
+  ModelConfig c = parse_config(j, "x");
+  EXPECT_EQ(c.head_dim, 128);  // Qwen3Config default, not hidden / heads
+  EXPECT_TRUE(c.qk_norm);
+  EXPECT_FALSE(c.q_bias || c.o_bias);
+  EXPECT_EQ(c.q_dim(), 4 * 128);
+  EXPECT_EQ(c.kv_dim(), 2 * 128);
+  j["head_dim"] = 32;
+  j["attention_bias"] = true;
+  c = parse_config(j, "x");
+  EXPECT_EQ(c.head_dim, 32);
+  EXPECT_TRUE(c.q_bias && c.k_bias && c.v_bias && c.o_bias);
+}
+
+TEST(ConfigErrors, UnknownModelTypeNamesTheSupportedOnes) {
+  const std::string msg = error_of(base("lama"));
+  EXPECT_NE(msg.find("dir/config.json"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("\"lama\""), std::string::npos) << msg;
+  EXPECT_NE(msg.find("llama, mistral, qwen2, qwen3"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("did you mean \"llama\""), std::string::npos) << msg;
+  EXPECT_NE(error_of(base("gemma2")).find("supported: llama"), std::string::npos);
+}
+
+TEST(ConfigErrors, UnsupportedSettingsNameKeyAndValue) {
+  json j = base("llama");
+  j["hidden_act"] = "gelu";
+  std::string msg = error_of(j);
+  EXPECT_NE(msg.find("\"hidden_act\""), std::string::npos) << msg;
+  EXPECT_NE(msg.find("gelu"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("silu"), std::string::npos) << msg;
+
+  j = base("llama");
+  j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
+  msg = error_of(j);
+  EXPECT_NE(msg.find("rope_scaling"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("yarn"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("default, linear, llama3"), std::string::npos) << msg;
+
+  j = base("llama");
+  j["rope_parameters"] = {{"rope_type", "llama3"}, {"factor", 8.0}};
+  msg = error_of(j);
+  EXPECT_NE(msg.find("rope_parameters.low_freq_factor"), std::string::npos) << msg;
+
+  j = base("llama");
+  j["partial_rotary_factor"] = 0.5;
+  EXPECT_NE(error_of(j).find("partial_rotary_factor"), std::string::npos);
+}
+
+TEST(ConfigErrors, WrongTypesAndShapesAreNamed) {
+  json j = base("qwen2");
+  j["hidden_size"] = "64";
+  std::string msg = error_of(j);
+  EXPECT_NE(msg.find("\"hidden_size\": must be an integer"), std::string::npos) << msg;
+
+  j = base("mistral");
+  j["num_key_value_heads"] = 3;
+  EXPECT_NE(error_of(j).find("does not divide"), std::string::npos);
+
+  j = base("llama");
+  j.erase("model_type");
+  EXPECT_NE(error_of(j).find("model_type"), std::string::npos);
+
+  EXPECT_THROW(load_config("/nonexistent/model"), Error);
+}
+
+}  // namespace
+}  // namespace loratune::model

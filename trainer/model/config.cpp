@@ -1,0 +1,188 @@
+// trainer/model/config.cpp — config.json → ModelConfig.
+#include "trainer/model/config.h"
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+
+#include "trainer/io/error.h"
+#include "trainer/io/file_util.h"
+#include "trainer/model/family.h"
+
+namespace loratune::model {
+namespace {
+
+using nlohmann::json;
+
+// The rope sub-object: 4.x "rope_scaling" wins over 5.x "rope_parameters" when
+// both are non-null, as transformers' convert_rope_params_to_dict does.
+RopeConfig parse_rope(const json& root, const ConfigJson& j, int64_t max_pos) {
+  static const json kEmpty = json::object();
+  const json* params = &kEmpty;
+  std::string key = "rope_parameters";
+  for (const char* k : {"rope_scaling", "rope_parameters"}) {
+    auto it = root.find(k);
+    if (it != root.end() && !it->is_null()) {
+      if (!it->is_object()) j.fail(k, "must be an object, got " + it->dump());
+      params = &*it;
+      key = k;
+      break;
+    }
+  }
+  for (const char* nested : {"full_attention", "sliding_attention"}) {
+    if (params->contains(nested)) {
+      j.fail(key,
+             "per-layer-type rope parameters (\"" + std::string(nested) + "\") are not supported");
+    }
+  }
+  const json defaults = json::object();
+  ConfigJson p(*params, defaults, j.source());
+  auto sub = [&](const char* name) { return key + "." + name; };
+
+  RopeConfig r;
+  if (params->contains("rope_theta")) {
+    r.theta = p.get_double("rope_theta");
+  } else if (!j.is_null_or_absent("rope_theta")) {
+    r.theta = j.get_double("rope_theta");
+  }
+  if (!p.is_null_or_absent("rope_type")) {
+    r.type = p.get_string("rope_type");
+  } else if (!p.is_null_or_absent("type")) {
+    r.type = p.get_string("type");
+  }
+  for (const json* src : {params, &root}) {
+    auto it = src->find("partial_rotary_factor");
+    if (it != src->end() && !it->is_null() && (!it->is_number() || it->get<double>() != 1.0)) {
+      j.fail("partial_rotary_factor", "only 1.0 is supported, got " + it->dump());
+    }
+  }
+  auto need = [&](const char* name) {
+    if (p.is_null_or_absent(name)) {
+      j.fail(sub(name), "is required for rope_type \"" + r.type + "\"");
+    }
+    return p.get_double(name);
+  };
+  if (r.type == "default") {
+    // Nothing else to read.
+  } else if (r.type == "linear") {
+    r.factor = need("factor");
+  } else if (r.type == "llama3") {
+    r.factor = need("factor");
+    r.low_freq_factor = need("low_freq_factor");
+    r.high_freq_factor = need("high_freq_factor");
+    if (r.high_freq_factor == r.low_freq_factor) {
+      j.fail(sub("high_freq_factor"), "must differ from low_freq_factor");
+    }
+    // A top-level original_max_position_embeddings takes priority (transformers
+    // standardize_rope_params), then the rope dict's, then max_position_embeddings.
+    if (!j.is_null_or_absent("original_max_position_embeddings")) {
+      r.original_max_position_embeddings = j.get_int("original_max_position_embeddings");
+    } else if (!p.is_null_or_absent("original_max_position_embeddings")) {
+      r.original_max_position_embeddings = p.get_int("original_max_position_embeddings");
+    } else {
+      r.original_max_position_embeddings = max_pos;
+    }
+  } else {
+    std::string msg =
+        "rope_type \"" + r.type + "\" is not supported (supported: default, linear, llama3)";
+    std::string near = closest_match(r.type, {"default", "linear", "llama3"});
+    if (!near.empty()) msg += "; did you mean \"" + near + "\"?";
+    j.fail(key, msg);
+  }
+  if (r.theta <= 0) j.fail("rope_theta", "must be positive");
+  return r;
+}
+
+void check_positive(const ConfigJson& j, const char* key, int64_t v) {
+  if (v <= 0) j.fail(key, "must be positive, got " + std::to_string(v));
+}
+
+}  // namespace
+
+ModelConfig parse_config(const json& root, const std::string& source) {
+  if (!root.is_object()) throw Error(source + ": config must be a JSON object");
+  auto mt = root.find("model_type");
+  if (mt == root.end() || !mt->is_string()) {
+    throw Error(source + ": key \"model_type\" is required (a string)");
+  }
+  const FamilySpec& family = find_family(mt->get<std::string>(), source);
+  ConfigJson j(root, family.defaults, source);
+
+  ModelConfig c;
+  c.model_type = family.model_type;
+  c.vocab_size = j.get_int("vocab_size");
+  c.hidden_size = j.get_int("hidden_size");
+  c.intermediate_size = j.get_int("intermediate_size");
+  c.num_hidden_layers = j.get_int("num_hidden_layers");
+  c.num_attention_heads = j.get_int("num_attention_heads");
+  for (const char* k : {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                        "num_attention_heads"}) {
+    check_positive(j, k, j.get_int(k));
+  }
+  c.num_key_value_heads = j.is_null_or_absent("num_key_value_heads")
+                              ? c.num_attention_heads
+                              : j.get_int("num_key_value_heads");
+  check_positive(j, "num_key_value_heads", c.num_key_value_heads);
+  if (c.num_attention_heads % c.num_key_value_heads != 0) {
+    j.fail("num_key_value_heads", std::to_string(c.num_key_value_heads) +
+                                      " does not divide num_attention_heads " +
+                                      std::to_string(c.num_attention_heads));
+  }
+  if (j.is_null_or_absent("head_dim")) {
+    if (c.hidden_size % c.num_attention_heads != 0) {
+      j.fail("head_dim", "absent, and hidden_size " + std::to_string(c.hidden_size) +
+                             " is not a multiple of num_attention_heads");
+    }
+    c.head_dim = c.hidden_size / c.num_attention_heads;
+  } else {
+    c.head_dim = j.get_int("head_dim");
+  }
+  check_positive(j, "head_dim", c.head_dim);
+  if (c.head_dim % 2 != 0) j.fail("head_dim", "must be even for RoPE");
+  c.max_position_embeddings = j.get_int("max_position_embeddings");
+  c.rms_norm_eps = j.get_double("rms_norm_eps");
+  c.tie_word_embeddings = j.get_bool("tie_word_embeddings");
+
+  c.hidden_act = j.get_string("hidden_act");
+  if (c.hidden_act == "swish") c.hidden_act = "silu";  // the same function in transformers
+  if (c.hidden_act != "silu") {
+    j.fail("hidden_act", "\"" + c.hidden_act + "\" is not supported (supported: silu)");
+  }
+  c.rope = parse_rope(root, j, c.max_position_embeddings);
+
+  for (const char* k : {"dtype", "torch_dtype"}) {
+    if (!j.is_null_or_absent(k)) {
+      c.dtype = j.get_string(k);
+      break;
+    }
+  }
+  c.bos_token_id = j.get_optional_int("bos_token_id");
+  if (const json* eos = j.find("eos_token_id"); eos != nullptr && !eos->is_null()) {
+    if (eos->is_array()) {
+      for (const auto& e : *eos) {
+        if (!e.is_number_integer()) j.fail("eos_token_id", "must be an integer or a list of them");
+        c.eos_token_ids.push_back(e.get<int64_t>());
+      }
+    } else {
+      c.eos_token_ids.push_back(j.get_int("eos_token_id"));
+    }
+  }
+
+  family.resolve(j, c);
+  if (static_cast<int64_t>(c.layer_window.size()) != c.num_hidden_layers) {
+    throw Error(source + ": family " + c.model_type + " resolved " +
+                std::to_string(c.layer_window.size()) + " layer windows for " +
+                std::to_string(c.num_hidden_layers) + " layers");
+  }
+  return c;
+}
+
+ModelConfig load_config(const std::string& path) {
+  std::filesystem::path p(path);
+  if (std::filesystem::is_directory(p)) p /= "config.json";
+  if (!std::filesystem::exists(p))
+    throw Error(p.string() + ": no such file (a model's config.json)");
+  return parse_config(io::read_json(p.string()), p.string());
+}
+
+}  // namespace loratune::model

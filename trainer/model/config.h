@@ -1,0 +1,76 @@
+// trainer/model/config.h — a model's architecture, read from its config.json.
+//
+// ModelConfig is family-independent: parsing resolves every family rule
+// (which projections have biases, qk-norm, which layers use a sliding window,
+// the family's defaults for absent keys) into plain fields, so the decoder
+// never branches on model_type. The rules of each family live in one file
+// under trainer/model/families/ (see family.h).
+//
+// Both spellings transformers has written are accepted:
+//   4.x: "rope_theta": 500000, "rope_scaling": {"rope_type"|"type": ..., "factor": ...}
+//   5.x: "rope_parameters": {"rope_type": ..., "rope_theta": ..., "factor": ...}
+// and "torch_dtype" (4.x) or "dtype" (5.x).
+//
+// Errors are loratune::Error naming the file, the key, the bad value and what
+// is supported ("did you mean" where a close spelling exists).
+#pragma once
+
+#include <nlohmann/json_fwd.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace loratune::model {
+
+// Rotary position embedding. Supported rope_type: "default", "linear", "llama3".
+struct RopeConfig {
+  std::string type = "default";
+  double theta = 10000.0;
+  double factor = 1.0;                           // linear, llama3
+  double low_freq_factor = 1.0;                  // llama3
+  double high_freq_factor = 4.0;                 // llama3
+  int64_t original_max_position_embeddings = 0;  // llama3 (default: max_position_embeddings)
+};
+
+struct ModelConfig {
+  std::string model_type;  // "llama", "mistral", "qwen2", "qwen3"
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;
+  int64_t intermediate_size = 0;
+  int64_t num_hidden_layers = 0;
+  int64_t num_attention_heads = 0;
+  int64_t num_key_value_heads = 0;  // divides num_attention_heads
+  int64_t head_dim = 0;             // independent of hidden_size / heads
+  int64_t max_position_embeddings = 0;
+  double rms_norm_eps = 1e-6;
+  RopeConfig rope;
+  bool tie_word_embeddings = false;
+  std::string hidden_act = "silu";
+
+  // Resolved per-family structure.
+  bool q_bias = false, k_bias = false, v_bias = false, o_bias = false;
+  bool mlp_bias = false;
+  bool qk_norm = false;  // RMSNorm over head_dim on q and k before RoPE (qwen3)
+  // Sliding-window size per layer; 0 = full causal attention. A key j is
+  // visible to query i when i - W < j <= i (W tokens including itself).
+  std::vector<int64_t> layer_window;
+
+  std::string dtype;  // "float32", "bfloat16", ... or "" if absent
+  std::optional<int64_t> bos_token_id;
+  std::vector<int64_t> eos_token_ids;  // config.json allows an int or a list
+
+  int64_t q_dim() const { return num_attention_heads * head_dim; }   // H*Dh
+  int64_t kv_dim() const { return num_key_value_heads * head_dim; }  // K*Dh
+};
+
+// Parses a config.json object. `source` names it in errors (usually the path).
+ModelConfig parse_config(const nlohmann::json& j, const std::string& source);
+// Reads DIR/config.json (or a path to a .json file).
+ModelConfig load_config(const std::string& path);
+
+// The model_type values loratune supports, sorted.
+std::vector<std::string> supported_model_types();
+
+}  // namespace loratune::model

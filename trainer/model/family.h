@@ -1,0 +1,79 @@
+// trainer/model/family.h — what distinguishes one model family from another.
+//
+// A family is one FamilySpec, defined in trainer/model/families/<name>.cpp and
+// listed in the table in family.cpp. It supplies transformers' defaults for
+// keys its config.json may omit and resolves the family's structural rules
+// (biases, qk-norm, sliding windows) into ModelConfig's plain fields. Adding a
+// family (Gemma, Phi-3, ...) is one such file, one table line and a test.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "trainer/model/config.h"
+
+namespace loratune::model {
+
+// Typed, error-reporting access to a config.json object, falling back to the
+// family's defaults for absent keys. Errors name the source file and key.
+class ConfigJson {
+ public:
+  ConfigJson(const nlohmann::json& j, const nlohmann::json& defaults, std::string source)
+      : j_(j), defaults_(defaults), source_(std::move(source)) {}
+
+  // The value of `key`: from the file, else the family default; nullptr when
+  // neither has it. A JSON null in the file is returned as null (transformers
+  // treats an explicit null differently from an absent key in places).
+  const nlohmann::json* find(const std::string& key) const;
+  bool is_null_or_absent(const std::string& key) const;
+  int64_t get_int(const std::string& key) const;  // absent everywhere or null: error
+  double get_double(const std::string& key) const;
+  bool get_bool(const std::string& key) const;
+  std::string get_string(const std::string& key) const;
+  std::optional<int64_t> get_optional_int(const std::string& key) const;  // null -> nullopt
+
+  [[noreturn]] void fail(const std::string& key, const std::string& what) const;
+  const std::string& source() const { return source_; }
+
+ private:
+  const nlohmann::json& j_;
+  const nlohmann::json& defaults_;
+  std::string source_;
+};
+
+struct FamilySpec {
+  std::string model_type;
+  // transformers' defaults (the family's XxxConfig class) for keys config.json
+  // may omit. "head_dim": null means hidden_size / num_attention_heads;
+  // "num_key_value_heads": null means num_attention_heads.
+  nlohmann::json defaults;
+  // Fills q/k/v/o_bias, mlp_bias, qk_norm and layer_window; every common field
+  // of `c` is already parsed.
+  void (*resolve)(const ConfigJson& j, ModelConfig& c) = nullptr;
+  // Checkpoint tensor name of a parameter name; nullptr: identical (the
+  // decoder's parameter names are the Hugging Face names). Used only by the
+  // loader, at the load boundary.
+  std::string (*checkpoint_name)(const std::string& param_name) = nullptr;
+};
+
+// The families, one per file under trainer/model/families/.
+FamilySpec llama_family();
+FamilySpec mistral_family();
+FamilySpec qwen2_family();
+FamilySpec qwen3_family();
+
+// All registered families, sorted by model_type.
+const std::vector<FamilySpec>& all_families();
+// The family of `model_type`; throws Error naming `source`, the value, the
+// supported types and the closest one.
+const FamilySpec& find_family(const std::string& model_type, const std::string& source);
+
+// Shared rule of qwen2/qwen3 (transformers 5.x): sliding_window applies only
+// with use_sliding_window; per-layer choice from "layer_types" when present,
+// else layers i >= max_window_layers slide.
+void resolve_qwen_windows(const ConfigJson& j, ModelConfig& c);
+
+}  // namespace loratune::model

@@ -1,0 +1,70 @@
+// trainer/model/linear.h — the projection layer every attention and MLP
+// projection uses, and the extension point for adapters such as LoRA.
+//
+// LinearImpl holds the Hugging Face parameters "weight" [out,in] and optional
+// "bias" [out]. An adapter (a LinearAdapter subclass, e.g. LoRA in
+// trainer/lora) adds a term to the output:
+//     y = x W^T + b + adapter.delta(x)
+// set_adapter registers the adapter's own direct submodules and parameters on
+// the LinearImpl under their names, so LoRA's "lora_A"/"lora_B" children make
+// parameter names such as "model.layers.0.self_attn.q_proj.lora_A.weight",
+// the names PEFT writes.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/TensorOptions.h>
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace loratune::model {
+
+// What an adapter implements. delta(x) maps x [..., in] to [..., out] in x's
+// dtype; it runs inside the owning LinearImpl's forward.
+class LinearAdapter : public torch::nn::Module {
+ public:
+  virtual at::Tensor delta(const at::Tensor& x) = 0;
+};
+
+class LinearImpl : public torch::nn::Module {
+ public:
+  // Parameters are allocated uninitialised with `options` (dtype, device) and
+  // frozen (requires_grad false): they are base weights that a loader fills
+  // (trainer/model/loader.h). Allocation is lazy on CPU: untouched pages cost
+  // no memory.
+  LinearImpl(int64_t in_features, int64_t out_features, bool bias,
+             const at::TensorOptions& options = {});
+
+  // x [..., in] -> [..., out]
+  at::Tensor forward(const at::Tensor& x);
+
+  // Attaches `adapter` (fully constructed: its submodules and parameters are
+  // registered here when this is called). Throws Error if an adapter is
+  // already attached or one of its names collides with "weight"/"bias".
+  void set_adapter(std::shared_ptr<LinearAdapter> adapter);
+  const std::shared_ptr<LinearAdapter>& adapter() const { return adapter_; }
+
+  int64_t in_features() const { return in_features_; }
+  int64_t out_features() const { return out_features_; }
+
+  at::Tensor weight;  // [out, in]
+  at::Tensor bias;    // [out] or undefined
+
+ private:
+  int64_t in_features_;
+  int64_t out_features_;
+  std::shared_ptr<LinearAdapter> adapter_;
+};
+TORCH_MODULE(Linear);
+
+// Every LinearImpl under `root` with its module path, e.g.
+// ("model.layers.0.self_attn.q_proj", module), in registration order. Layers
+// inside an attached adapter are not listed.
+std::vector<std::pair<std::string, std::shared_ptr<LinearImpl>>> linear_modules(
+    const torch::nn::Module& root);
+
+}  // namespace loratune::model
