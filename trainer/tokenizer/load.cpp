@@ -1,0 +1,190 @@
+// load_tokenizer: picks tokenizer.json or tokenizer.model and reads
+// tokenizer_config.json / generation_config.json.
+#include <sys/stat.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "trainer/tokenizer/loader.h"
+
+namespace loratune::tokenizer {
+
+namespace {
+
+bool is_file(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+std::optional<AddedToken> parse_named(const Json& v, const std::string& where) {
+  if (v.is_null()) return std::nullopt;
+  AddedToken t;
+  t.special = true;
+  if (v.is_string()) {
+    t.content = v.get<std::string>();
+    return t;
+  }
+  if (!v.is_object() || !v.contains("content") || !v["content"].is_string())
+    throw Error(where + ": must be a string, null, or an object with a string 'content'");
+  t.content = v["content"].get<std::string>();
+  t.lstrip = json_bool(v, "lstrip", false, where);
+  t.rstrip = json_bool(v, "rstrip", false, where);
+  t.normalized = json_bool(v, "normalized", false, where);
+  t.single_word = json_bool(v, "single_word", false, where);
+  return t;
+}
+
+std::optional<bool> opt_bool(const Json& j, const char* key, const std::string& where) {
+  if (!j.contains(key) || j[key].is_null()) return std::nullopt;
+  return json_bool(j, key, false, where);
+}
+
+}  // namespace
+
+Json read_json_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(path + ": cannot open file");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string text = ss.str();
+  try {
+    return Json::parse(text);
+  } catch (const Json::parse_error& e) {
+    size_t line = 1, col = 1;
+    for (size_t i = 0; i + 1 < e.byte && i < text.size(); ++i) {
+      if (text[i] == '\n') {
+        ++line;
+        col = 1;
+      } else {
+        ++col;
+      }
+    }
+    std::string what = e.what();
+    if (auto p = what.find("parse error"); p != std::string::npos) what = what.substr(p);
+    throw Error(path + ":" + std::to_string(line) + ":" + std::to_string(col) + ": invalid JSON (" +
+                what + ")");
+  }
+}
+
+TokenizerConfig read_tokenizer_config(const std::string& path) {
+  TokenizerConfig cfg;
+  cfg.path = path;
+  Json j = read_json_file(path);
+  if (!j.is_object()) throw Error(path + ": expected a JSON object");
+  if (j.contains("tokenizer_class") && j["tokenizer_class"].is_string()) {
+    cfg.tokenizer_class = j["tokenizer_class"].get<std::string>();
+    const std::string fast = "Fast";
+    if (cfg.tokenizer_class.size() > fast.size() &&
+        cfg.tokenizer_class.compare(cfg.tokenizer_class.size() - fast.size(), fast.size(), fast) ==
+            0 &&
+        cfg.tokenizer_class != "PreTrainedTokenizerFast")
+      cfg.tokenizer_class.resize(cfg.tokenizer_class.size() - fast.size());
+  }
+  for (const char* name : {"bos_token", "eos_token", "unk_token", "pad_token", "mask_token",
+                           "sep_token", "cls_token"}) {
+    if (!j.contains(name)) continue;
+    cfg.named[name] = NamedToken{true, parse_named(j[name], path + ": '" + name + "'")};
+  }
+  cfg.add_bos_token = opt_bool(j, "add_bos_token", path);
+  cfg.add_eos_token = opt_bool(j, "add_eos_token", path);
+  cfg.add_prefix_space = opt_bool(j, "add_prefix_space", path);
+  cfg.legacy = opt_bool(j, "legacy", path);
+  for (const char* key : {"additional_special_tokens", "extra_special_tokens"}) {
+    if (!j.contains(key) || j[key].is_null()) continue;
+    const Json& v = j[key];
+    if (!v.is_array() && !v.is_object())
+      throw Error(path + ": '" + key + "' must be a list or an object");
+    for (const Json& x : v) {
+      auto t = parse_named(x, path + ": '" + key + "'");
+      if (t) cfg.extra_special.push_back(*t);
+    }
+  }
+  if (j.contains("added_tokens_decoder") && j["added_tokens_decoder"].is_object()) {
+    std::vector<AddedToken> list;
+    for (auto it = j["added_tokens_decoder"].begin(); it != j["added_tokens_decoder"].end(); ++it) {
+      std::string where = path + ": added_tokens_decoder['" + it.key() + "']";
+      auto t = parse_named(it.value(), where);
+      if (!t) throw Error(where + ": must not be null");
+      t->special = json_bool(it.value(), "special", false, where);
+      try {
+        size_t used = 0;
+        t->id = std::stoi(it.key(), &used);
+        if (used != it.key().size()) throw std::invalid_argument("");
+      } catch (const std::exception&) {
+        throw Error(where + ": the key must be an integer id");
+      }
+      list.push_back(*t);
+    }
+    std::sort(list.begin(), list.end(),
+              [](const AddedToken& a, const AddedToken& b) { return a.id < b.id; });
+    cfg.added_tokens_decoder = std::move(list);
+  }
+  if (j.contains("chat_template") && !j["chat_template"].is_null()) {
+    const Json& ct = j["chat_template"];
+    if (ct.is_string()) {
+      cfg.chat_templates.push_back({"default", ct.get<std::string>()});
+    } else if (ct.is_array()) {
+      for (const Json& x : ct) {
+        if (!x.is_object() || !x.contains("name") || !x["name"].is_string() ||
+            !x.contains("template") || !x["template"].is_string())
+          throw Error(path +
+                      ": 'chat_template' list items must be {\"name\": str, \"template\": str}");
+        cfg.chat_templates.push_back(
+            {x["name"].get<std::string>(), x["template"].get<std::string>()});
+      }
+    } else {
+      throw Error(path + ": 'chat_template' must be a string or a list of {name, template}");
+    }
+  }
+  return cfg;
+}
+
+std::vector<int32_t> read_generation_eos(const std::string& path) {
+  Json j = read_json_file(path);
+  std::vector<int32_t> out;
+  if (!j.is_object() || !j.contains("eos_token_id") || j["eos_token_id"].is_null()) return out;
+  const Json& v = j["eos_token_id"];
+  auto add = [&](const Json& x) {
+    if (!x.is_number_integer())
+      throw Error(path + ": 'eos_token_id' must be an integer or a list of integers");
+    int32_t id = x.get<int32_t>();
+    if (std::find(out.begin(), out.end(), id) == out.end()) out.push_back(id);
+  };
+  if (v.is_array()) {
+    for (const Json& x : v) add(x);
+  } else {
+    add(v);
+  }
+  return out;
+}
+
+std::vector<int32_t> Tokenizer::encode(const std::string& text, const EncodeOptions& opt) const {
+  std::vector<Token> toks = encode_with_offsets(text, opt);
+  std::vector<int32_t> ids(toks.size());
+  for (size_t i = 0; i < toks.size(); ++i) ids[i] = toks[i].id;
+  return ids;
+}
+
+std::optional<std::string> Tokenizer::chat_template(const std::string& name) const {
+  for (const auto& t : chat_templates_)
+    if (t.name == name) return t.source;
+  if (name == "default" && chat_templates_.size() == 1) return chat_templates_[0].source;
+  return std::nullopt;
+}
+
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
+  struct stat st;
+  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) throw Error(dir + ": not a directory");
+  const std::string json_path = dir + "/tokenizer.json", model_path = dir + "/tokenizer.model";
+  const std::string config_path = dir + "/tokenizer_config.json",
+                    gen_path = dir + "/generation_config.json";
+  TokenizerConfig cfg;
+  if (is_file(config_path)) cfg = read_tokenizer_config(config_path);
+  std::vector<int32_t> gen_eos;
+  if (is_file(gen_path)) gen_eos = read_generation_eos(gen_path);
+  if (is_file(json_path)) return load_hf_tokenizer(dir, json_path, cfg, gen_eos);
+  if (is_file(model_path)) return load_sp_tokenizer(dir, model_path, cfg, gen_eos);
+  throw Error(dir + ": no tokenizer.json or tokenizer.model in the model directory");
+}
+
+}  // namespace loratune::tokenizer
