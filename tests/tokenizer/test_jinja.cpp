@@ -1,0 +1,323 @@
+// Unit tests of the Jinja engine (trainer/tokenizer/jinja*.{h,cpp}).
+//
+// Snippets are rendered by loratune and by transformers' own chat-template
+// environment (tests/python/ref_chat_jinja.py); outputs must be identical and
+// a snippet jinja2 refuses must be refused. Error messages, which are
+// loratune's own, are checked for the construct and the line they name.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "common/test_env.h"
+#include "trainer/io/error.h"
+#include "trainer/tokenizer/jinja.h"
+
+namespace {
+
+using loratune::jinja::Template;
+using loratune::jinja::Value;
+using Json = nlohmann::ordered_json;
+
+struct Snippet {
+  const char* source;
+  const char* context;  // JSON object
+};
+
+// Each exercises one feature; together they cover what chat templates use.
+const std::vector<Snippet> kSnippets = {
+    // expressions and literals
+    {"{{ 1 + 2 * 3 }}|{{ (1 + 2) * 3 }}|{{ 7 // 2 }}|{{ -7 // 2 }}|{{ 7 % 3 }}|{{ -7 % 3 }}|{{ 2 "
+     "** 10 }}",
+     "{}"},
+    {"{{ 10 / 4 }}|{{ 1.5 + 1 }}|{{ 0.1 + 0.2 }}|{{ 1e20 }}|{{ 1e-5 }}|{{ 3.0 }}|{{ -0.0 }}", "{}"},
+    {"{{ 'a' ~ 1 ~ none ~ true }}|{{ 'ab' * 3 }}|{{ [1] + [2, 'x'] }}|{{ 'x' + \"y\" 'z' }}", "{}"},
+    {"{{ none }}|{{ true }}|{{ False }}|{{ [1, 'a', none, true, 1.5, {'k': 'v'}] }}|{{ {'a': [1]} "
+     "}}",
+     "{}"},
+    {"{{ \"it's\" }}|{{ ['it\\'s', \"q\\\"\"] }}|{{ 'tab\\there\\nnl' }}|{{ '\\u00e9\\x41' }}",
+     "{}"},
+    {"{{ 1 < 2 < 3 }}|{{ 3 > 2 > 2 }}|{{ 'a' < 'b' }}|{{ [1, 2] == [1, 2] }}|{{ 1 == 1.0 }}|{{ 1 "
+     "!= 'a' }}",
+     "{}"},
+    {"{{ 'b' in 'abc' }}|{{ 2 in [1, 2] }}|{{ 'k' in {'k': 1} }}|{{ 'z' not in 'abc' }}|{{ not 1 "
+     "in [1] }}",
+     "{}"},
+    {"{{ x or 'd' }}|{{ '' or 0 or [] }}|{{ 1 and 'b' }}|{{ 'a' if x else 'b' }}|{{ 'a' if 0 }}|",
+     "{\"x\": 0}"},
+    {"{{ -x }}|{{ +x }}|{{ -x|abs }}|{{ not x }}", "{\"x\": 3}"},
+    // undefined
+    {"[{{ u }}]{{ u is defined }}{{ u is undefined }}{{ u|length }}{{ u|default('d') }}{{ u == "
+     "none }}",
+     "{}"},
+    {"{% for x in u %}{{ x }}{% else %}empty{% endfor %}|{{ 'a' in u }}|{{ u ~ 'x' }}", "{}"},
+    {"{{ m.missing is defined }}|{{ m['missing'] }}|{{ m.a }}|{{ none.x is defined }}|{{ l[5] is "
+     "defined }}",
+     "{\"m\": {\"a\": 1}, \"l\": [1]}"},
+    {"{{ u.attr }}", "{}"},
+    {"{{ u + 1 }}", "{}"},
+    {"{{ m.a.b.c }}", "{\"m\": {}}"},
+    // subscripts and slices
+    {"{{ l[0] }}{{ l[-1] }}{{ l[1:] }}{{ l[:-1] }}{{ l[::-1] }}{{ l[::2] }}{{ l[5:] }}{{ l[-10:2] "
+     "}}",
+     "{\"l\": [1, 2, 3, 4]}"},
+    {"{{ s[0] }}|{{ s[-1] }}|{{ s[1:3] }}|{{ s[::-1] }}|{{ s|length }}", "{\"s\": \"héllo🙂\"}"},
+    {"{{ d['k'] }}|{{ d.k }}|{{ d['a b'] }}|{{ l.0 }}",
+     "{\"d\": {\"k\": \"v\", \"a b\": 2}, \"l\": [9]}"},
+    // string methods
+    {"{{ s.startswith('ab') }}{{ s.endswith(('x', 'yz')) }}{{ s.strip() }}|{{ s.lstrip() }}|{{ "
+     "s.rstrip() }}|",
+     "{\"s\": \"  abc xyz \\n\"}"},
+    {"{{ s.strip('<>') }}|{{ s.split('>') }}|{{ s.split() }}|{{ s.split('>', 1) }}|{{ "
+     "s.replace('<', '[') }}",
+     "{\"s\": \"<a> <b>\"}"},
+    {"{{ s.upper() }}|{{ s.lower() }}|{{ s.title() }}|{{ s.capitalize() }}|{{ s.find('l') }}|{{ "
+     "s.count('l') }}",
+     "{\"s\": \"hello wORLD élan\"}"},
+    {"{{ '{} and {}'.format(1, 'b') }}|{{ '{0}{0}'.format('x') }}|{{ ', '.join(['a', 'b']) }}|{{ "
+     "s.splitlines() }}",
+     "{\"s\": \"a\\nb\\r\\nc\"}"},
+    {"{{ s.split('</think>')[-1].lstrip('\\n') }}|{{ "
+     "s.split('</think>')[0].rstrip('\\n').split('<think>')[-1] }}",
+     "{\"s\": \"<think>\\nr\\n</think>\\n\\nanswer\"}"},
+    {"{{ '\\u3000x\\u00a0'.strip() }}|{{ ' a  b '.split() }}|{{ 'x'.isdigit() }}{{ '12'.isdigit() "
+     "}}",
+     "{}"},
+    {"{{ d.get('a') }}|{{ d.get('z') }}|{{ d.get('z', 3) }}|{{ d.items() }}|{{ d.keys() }}|{{ "
+     "d.values() }}",
+     "{\"d\": {\"a\": 1, \"b\": [2]}}"},
+    // filters
+    {"{{ s|trim }}|{{ s|upper }}|{{ s|lower }}|{{ s|capitalize }}|{{ s|title }}|{{ s|length }}|{{ "
+     "s|replace('a', 'o') }}",
+     "{\"s\": \"  a cat \"}"},
+    {"{{ l|first }}{{ l|last }}{{ l|length }}{{ l|join(',') }}{{ l|join }}{{ l|reverse|list }}{{ "
+     "l|sort }}{{ l|unique|list }}",
+     "{\"l\": [3, 1, 2, 1]}"},
+    {"{{ l|map(attribute='n')|join(' ') }}|{{ l|selectattr('n', 'equalto', 'b')|list }}|{{ "
+     "l|rejectattr('x')|list }}",
+     "{\"l\": [{\"n\": \"a\", \"x\": 1}, {\"n\": \"b\"}]}"},
+    {"{{ l|select('odd')|list }}|{{ l|reject('odd')|list }}|{{ l|map('string')|list }}|{{ l|sum "
+     "}}|{{ l|min }}{{ l|max }}",
+     "{\"l\": [1, 2, 3, 4]}"},
+    {"{{ d|items|list }}|{{ d|dictsort }}|{{ d|length }}|{% for k, v in d.items() %}{{ k }}={{ v "
+     "}};{% endfor %}",
+     "{\"d\": {\"b\": 1, \"a\": 2}}"},
+    {"{{ x|string }}|{{ x|int }}|{{ '42'|int }}|{{ 'x'|int }}|{{ '2.5'|float }}|{{ 2.7|int }}|{{ "
+     "2.567|round(2) }}",
+     "{\"x\": 5}"},
+    {"{{ ''|default('d') }}|{{ ''|default('d', true) }}|{{ none|default('d') }}|{{ x|d('e') }}",
+     "{}"},
+    {"{{ '<a>'|e }}|{{ '<a>'|safe }}|{{ 'a\\nb'|indent(2) }}|{{ 'a\\nb'|indent(2, true) }}|{{ 'x y "
+     "z'|wordcount }}",
+     "{}"},
+    {"{{ '%s-%d'|format('a', 3) }}|{{ [1, 2]|list|length }}|{{ 'ab'|list }}|{{ 'abc'|reverse }}",
+     "{}"},
+    // tojson as transformers overrides it
+    {"{{ t|tojson }}",
+     "{\"t\": {\"b\": [1, 2.5, null, true], \"a\": \"é\\\"\\n\\u0001\", \"c\": {}}}"},
+    {"{{ t|tojson(indent=2) }}|{{ t|tojson(sort_keys=true) }}|{{ t|tojson(ensure_ascii=true) }}",
+     "{\"t\": {\"z\": [\"ü\", \"🙂\"], \"a\": {\"k\": []}}}"},
+    {"{{ t|tojson(separators=(',', ':')) }}|{{ 'x'|tojson }}|{{ 1.0|tojson }}|{{ [1e100, "
+     "-2]|tojson }}",
+     "{\"t\": {\"a\": [1, 2]}}"},
+    // tests
+    {"{{ 's' is string }}{{ 1 is string }}{{ d is mapping }}{{ l is mapping }}{{ l is iterable "
+     "}}{{ 1 is iterable }}",
+     "{\"d\": {}, \"l\": []}"},
+    {"{{ n is none }}{{ n is not none }}{{ 1 is number }}{{ 1 is integer }}{{ 1.0 is float }}{{ "
+     "true is boolean }}",
+     "{\"n\": null}"},
+    {"{{ f is false }}{{ f is true }}{{ 0 is false }}{{ 3 is odd }}{{ 3 is even }}{{ 9 is "
+     "divisibleby(3) }}{{ 2 is in([1, 2]) }}",
+     "{\"f\": false}"},
+    {"{{ 2 is eq 2 }}{{ 2 is equalto(3) }}{{ 'ab' is lower }}{{ 'AB' is upper }}{{ x is sameas "
+     "none }}",
+     "{\"x\": null}"},
+    // statements and whitespace control (trim_blocks, lstrip_blocks)
+    {"a\n  {% if true %}\n  b\n  {% endif %}\nc\n", "{}"},
+    {"a  {%- if true -%}  b  {%- endif -%}  c", "{}"},
+    {"x  {{- 'y' -}}  z\n{{ 'w' }}\n  {# comment #}\nend\n\n", "{}"},
+    {"{% for i in l %}\n  {{ i }}\n{% endfor %}\n{%+ if true %}+{% endif %}", "{\"l\": [1, 2]}"},
+    {"  {% raw %}{{ not evaluated }}{% endraw %}\n  {%- if true %} t{% endif +%}\nq", "{}"},
+    {"{% if x == 1 %}one{% elif x == 2 %}two{% else %}other{% endif %}", "{\"x\": 2}"},
+    {"{% for m in l %}{{ loop.index }}{{ loop.index0 }}{{ loop.revindex }}{{ loop.revindex0 }}{{ "
+     "loop.first }}"
+     "{{ loop.last }}{{ loop.length }}[{{ loop.previtem }}|{{ loop.nextitem }}]{{ loop.cycle('a', "
+     "'b') }};{% endfor %}",
+     "{\"l\": [\"x\", \"y\", \"z\"]}"},
+    {"{% for i in l if i > 1 %}{{ i }}{{ loop.length }}{% endfor %}|{% for i in l|reverse %}{{ i "
+     "}}{% endfor %}",
+     "{\"l\": [1, 2, 3]}"},
+    {"{% for i in l %}{% if i == 2 %}{% continue %}{% endif %}{% if i == 4 %}{% break %}{% endif "
+     "%}{{ i }}{% endfor %}",
+     "{\"l\": [1, 2, 3, 4, 5]}"},
+    {"{% for a, b in [[1, 2], [3, 4]] %}{{ a + b }}{% endfor %}|{% for c in 'hé' %}[{{ c }}]{% "
+     "endfor %}",
+     "{}"},
+    {"{% for k in d %}{{ k }}{% endfor %}|{% for i in range(3) %}{{ i }}{% endfor %}{{ range(1, 7, "
+     "2)|list }}",
+     "{\"d\": {\"x\": 1, \"y\": 2}}"},
+    // scoping: a set inside a loop does not leak; namespace does
+    {"{% set x = 1 %}{% for i in [1, 2] %}{% set x = x + i %}{{ x }}{% endfor %}{{ x }}", "{}"},
+    {"{% set ns = namespace(c=0, s='') %}{% for i in [1, 2, 3] %}{% set ns.c = ns.c + i %}{% set "
+     "ns.s = ns.s ~ i %}"
+     "{% endfor %}{{ ns.c }}{{ ns.s }}",
+     "{}"},
+    {"{% set a, b = [1, 2] %}{{ a }}{{ b }}{% set blk %}in {{ a }}{% endset %}[{{ blk }}]{% set up "
+     "| upper %}x{% endset %}{{ up }}",
+     "{}"},
+    {"{% macro greet(name, punct='!') %}Hi {{ name }}{{ punct }}{% endmacro %}{{ greet('A') }} {{ "
+     "greet('B', punct='?') }}",
+     "{}"},
+    {"{% filter upper %}shout {{ x }}{% endfilter %}", "{\"x\": \"me\"}"},
+    {"{{ dict(a=1, b='x') }}|{{ namespace(a=1).a }}", "{}"},
+    {"{{ messages[0]['content'] | trim }}{% if messages[0]['role'] == 'system' %}S{% endif %}",
+     "{\"messages\": [{\"role\": \"system\", \"content\": \"  sys \"}]}"},
+    // constructs of Llama 3.1 (tools), Mistral v0.3, Qwen2.5 and Gemma 2 templates
+    {"{%- if not date_string is defined %}{%- set date_string = '26 Jul 2024' %}{%- endif %}"
+     "{{- 'Today Date: ' + date_string + '\\n\\n' }}{{ strftime_now('%Y')|length }}",
+     "{}"},
+    {"{%- for t in tools %}{{- t | tojson(indent=4) }}{{- '\\n\\n' }}{%- endfor %}"
+     "{{ builtin_tools | reject('equalto', 'code_interpreter') | join(', ') }}",
+     "{\"tools\": [{\"type\": \"function\", \"function\": {\"name\": \"f\", \"parameters\": "
+     "{\"type\": \"object\", \"properties\": {\"x\": {\"type\": \"integer\"}}, \"required\": "
+     "[\"x\"]}}}], "
+     "\"builtin_tools\": [\"brave_search\", \"code_interpreter\", \"wolfram_alpha\"]}"},
+    {"{%- set user_messages = messages | selectattr('role', 'equalto', 'user') | list %}"
+     "{%- for m in messages %}{{ m == user_messages[-1] }}{{ m.content is mapping or m.content is "
+     "iterable }}"
+     "{% if m.tool_calls is defined and m.tool_calls|length != 1 %}multi{% endif %}{% endfor %}",
+     "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"assistant\", "
+     "\"content\": \"b\", "
+     "\"tool_calls\": [1, 2]}, {\"role\": \"user\", \"content\": \"c\"}]}"},
+    {"{%- for m in messages %}{%- if loop.first or (messages[loop.index0 - 1].role != 'tool') "
+     "%}<{%- endif %}"
+     "{{ m.role }}{%- if loop.last or (messages[loop.index0 + 1].role != 'tool') %}>{%- endif "
+     "%}{%- endfor %}",
+     "{\"messages\": [{\"role\": \"user\"}, {\"role\": \"tool\"}, {\"role\": \"tool\"}, {\"role\": "
+     "\"user\"}]}"},
+    {"{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% "
+     "endif %}ok",
+     "{\"messages\": [{\"role\": \"system\"}]}"},
+    {"{{- '<tool_call>\\n{\"name\": \"' }}{{- tc.name }}{{- '\", \"arguments\": ' }}{{- "
+     "tc.arguments | tojson }}"
+     "{{- '}\\n</tool_call>' }}",
+     "{\"tc\": {\"name\": \"get\", \"arguments\": {\"city\": \"Zürich\", \"days\": 3}}}"},
+    // refusals
+    {"{{ raise_exception('Conversation roles must alternate') }}", "{}"},
+    {"{{ 'a' + 1 }}", "{}"},
+    {"{{ l.append(1) }}", "{\"l\": []}"},
+};
+
+// Renders every snippet with loratune: {"text"} or {"error"}.
+Json render_all() {
+  Json out = Json::array();
+  for (const auto& s : kSnippets) {
+    try {
+      Template t(s.source);
+      Value ctx = Value::from_json(Json::parse(s.context));
+      out.push_back({{"text", t.render(ctx.dict_data()).text}});
+    } catch (const loratune::Error& e) {
+      out.push_back({{"error", e.what()}});
+    }
+  }
+  return out;
+}
+
+TEST(Jinja, SnippetsRenderLikeTransformersEnvironment) {
+  const std::string dir = loratune::test::make_temp_dir("jinja");
+  Json in = Json::array();
+  for (const auto& s : kSnippets)
+    in.push_back({{"source", s.source}, {"context", Json::parse(s.context)}});
+  loratune::test::write_file(dir + "/in.json", in.dump());
+  loratune::test::run_python("tests/python/ref_chat_jinja.py",
+                             dir + "/in.json " + dir + "/out.json");
+  Json ref = Json::parse(loratune::test::read_file(dir + "/out.json"));
+  Json got = render_all();
+  ASSERT_EQ(ref.size(), got.size());
+  int identical = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    SCOPED_TRACE("snippet " + std::to_string(i) + ": " + kSnippets[i].source);
+    if (ref[i].contains("error")) {
+      EXPECT_TRUE(got[i].contains("error"))
+          << "jinja2 refused (" << ref[i]["error"] << ") but loratune rendered " << got[i].dump();
+    } else {
+      ASSERT_TRUE(got[i].contains("text")) << got[i].dump();
+      EXPECT_EQ(got[i]["text"].get<std::string>(), ref[i]["text"].get<std::string>());
+    }
+    identical += ref[i].contains("error") == got[i].contains("error") &&
+                 (!ref[i].contains("text") || ref[i]["text"] == got[i]["text"]);
+  }
+  std::printf("jinja snippets identical: %d/%zu\n", identical, ref.size());
+}
+
+// The message of rendering (or compiling) `source` with `context`.
+std::string error_of(const std::string& source, const std::string& context = "{}") {
+  try {
+    Template t(source);
+    Value ctx = Value::from_json(Json::parse(context));
+    t.render(ctx.dict_data());
+  } catch (const loratune::Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST(JinjaErrors, NameTheConstructAndLine) {
+  EXPECT_EQ(error_of("a\nb\n{{ x | foo }}"), "chat template line 3: unknown filter 'foo'");
+  EXPECT_EQ(error_of("\n{% if x is frobbed %}{% endif %}"),
+            "chat template line 2: unknown test 'frobbed'");
+  EXPECT_EQ(error_of("x\n\n\n{{ raise_exception('Conversation roles must alternate') }}"),
+            "chat template line 4: raise_exception: Conversation roles must alternate");
+  EXPECT_EQ(error_of("{% include 'other.jinja' %}"),
+            "chat template line 1: unsupported statement 'include'");
+  EXPECT_EQ(error_of("\n{{ u.attr }}"), "chat template line 2: 'u' is undefined");
+  EXPECT_EQ(error_of("{{ m.a.b }}", "{\"m\": {}}"),
+            "chat template line 1: 'dict object' has no attribute 'a'");
+  EXPECT_EQ(error_of("{% for x in l %}\n{{ x + 1 }}{% endfor %}", "{\"l\": [\"s\"]}"),
+            "chat template line 2: unsupported operand type(s) for +: 'str' and 'int'");
+  EXPECT_EQ(error_of("{% for x in l recursive %}{% endfor %}"),
+            "chat template line 1: 'for ... recursive' loops are not supported");
+  EXPECT_EQ(error_of("ok\n{{ x "), "chat template line 2: unclosed '{{'");
+  EXPECT_EQ(error_of("{% if true %}\nno end"),
+            "chat template line 2: unexpected end of template, expected 'elif'");
+  EXPECT_EQ(error_of("{{ l.append(1) }}", "{\"l\": []}"),
+            "chat template line 1: access to list.append() is unsafe in the sandbox (lists are "
+            "immutable)");
+  EXPECT_EQ(error_of("{% set x = 1 %}{{ x() }}"),
+            "chat template line 1: 'int' object is not callable");
+  EXPECT_EQ(error_of("{{ 'x'|tojson }}{{ u|tojson }}"),
+            "chat template line 1: Object of type Undefined is not JSON serializable");
+}
+
+TEST(Jinja, GenerationBlocksRecordTheirOutputSpans) {
+  Template t("A{% generation %}B{{ x }}{% endgeneration %}C{% generation %}{% endgeneration %}");
+  EXPECT_TRUE(t.has_generation());
+  Value ctx = Value::from_json(Json::parse("{\"x\": \"é\"}"));
+  auto out = t.render(ctx.dict_data());
+  EXPECT_EQ(out.text, "ABéC");
+  ASSERT_EQ(out.generation_spans.size(), 2u);
+  EXPECT_EQ(out.generation_spans[0], (loratune::jinja::Span{1, 4}));  // bytes: "Bé" is 3 bytes
+  EXPECT_EQ(out.generation_spans[1], (loratune::jinja::Span{5, 5}));
+  EXPECT_FALSE(Template("{{ x }}").has_generation());
+  EXPECT_NE(
+      error_of("{% set s %}{% generation %}x{% endgeneration %}{% endset %}").find("generation"),
+      std::string::npos);
+}
+
+TEST(Jinja, TracksOutputPerLoopItemByIdentity) {
+  Template t(
+      "{% for m in msgs %}{% if m.r == 'a' %}[{{ m.c }}]{% endif %}{% endfor %}"
+      "{% for m in msgs[1:] %}{% endfor %}");
+  Value ctx =
+      Value::from_json(Json::parse(R"({"msgs": [{"r": "u", "c": 1}, {"r": "a", "c": 2}]})"));
+  const Value* msgs = ctx.dict_data().find("msgs");
+  auto out = t.render(ctx.dict_data(), msgs->items());
+  EXPECT_EQ(out.text, "[2]");
+  ASSERT_EQ(out.tracked_segments.size(), 2u);
+  EXPECT_TRUE(out.tracked_segments[0].empty());   // wrote nothing
+  ASSERT_EQ(out.tracked_segments[1].size(), 1u);  // the slice loop wrote nothing
+  EXPECT_EQ(out.tracked_segments[1][0], (loratune::jinja::Span{0, 3}));
+}
+
+}  // namespace

@@ -1,0 +1,91 @@
+// trainer/cli/cmd_tokenize_chat.cpp — `loratune tokenize --chat` (see
+// cmd_tokenize_chat.h).
+#include "trainer/cli/cmd_tokenize_chat.h"
+
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "trainer/io/error.h"
+#include "trainer/tokenizer/chat_template.h"
+#include "trainer/tokenizer/tokenizer.h"
+
+namespace loratune::cli {
+namespace {
+
+std::string template_source(const ChatTokenizeArgs& a, const tokenizer::Tokenizer& tok,
+                            const std::string& model_dir) {
+  if (!a.template_name.empty()) {
+    std::ifstream f(a.template_name);
+    if (f) {
+      std::stringstream ss;
+      ss << f.rdbuf();
+      return ss.str();
+    }
+    return chat::builtin_template(a.template_name);
+  }
+  if (auto s = tok.chat_template()) return *s;
+  std::string names;
+  for (const auto& n : chat::builtin_template_names()) names += (names.empty() ? "" : ", ") + n;
+  throw Error(
+      model_dir +
+      ": the tokenizer has no chat template; pass --chat-template with a file or one of: " + names);
+}
+
+}  // namespace
+
+std::shared_ptr<ChatTokenizeArgs> add_chat_tokenize_options(CLI::App* cmd) {
+  auto a = std::make_shared<ChatTokenizeArgs>();
+  a->chat_option = cmd->add_option(
+      "--chat", a->chat_file,
+      "JSONL file of conversations {\"messages\": [...]}: print text, ids, assistant_mask");
+  cmd->add_flag("--add-generation-prompt", a->add_generation_prompt,
+                "With --chat: end with the assistant header (add_generation_prompt=True)");
+  cmd->add_option(
+      "--chat-template", a->template_name,
+      "With --chat: a built-in template name or a Jinja file instead of the model's template");
+  cmd->add_flag(
+      "--hf-control-tokens", a->hf_control_tokens,
+      "With --chat: recognise control tokens inside message content too, exactly as transformers");
+  return a;
+}
+
+void run_chat_tokenize(const ChatTokenizeArgs& a, const std::string& model_dir) {
+  auto tok = tokenizer::load_tokenizer(model_dir);
+  chat::ChatTemplate tpl(template_source(a, *tok, model_dir));
+  chat::RenderOptions base = chat::render_options_for(*tok);
+  base.add_generation_prompt = a.add_generation_prompt;
+  chat::EncodeChatOptions enc;
+  enc.control_tokens =
+      a.hf_control_tokens ? chat::ControlTokens::kEverywhere : chat::ControlTokens::kTemplateOnly;
+  std::ifstream in(a.chat_file);
+  if (!in) throw Error(a.chat_file + ": cannot open file");
+  const auto replace = nlohmann::json::error_handler_t::replace;
+  std::string line;
+  for (size_t n = 1; std::getline(in, line); ++n) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = a.chat_file + ":" + std::to_string(n);
+    chat::Json j;
+    try {
+      j = chat::Json::parse(line);
+    } catch (const chat::Json::parse_error&) {
+      throw Error(where + ": not valid JSON");
+    }
+    if (!j.is_object() || !j.contains("messages") || !j["messages"].is_array()) {
+      throw Error(where + ": expected an object with a \"messages\" array");
+    }
+    chat::RenderOptions opts = base;
+    if (j.contains("tools")) opts.tools = j["tools"];
+    chat::Json out;
+    try {
+      chat::ChatEncoding e = chat::encode_chat(tpl, *tok, j["messages"], opts, enc);
+      out = {{"text", e.text}, {"ids", e.ids}, {"assistant_mask", e.assistant_mask}};
+    } catch (const Error& e) {
+      out = {{"error", e.what()}};
+    }
+    std::cout << out.dump(-1, ' ', false, replace) << "\n";
+  }
+  std::cout.flush();
+}
+
+}  // namespace loratune::cli

@@ -1,0 +1,141 @@
+// trainer/tokenizer/chat_template.cpp — conversation -> rendered text and
+// assistant spans (see chat_template.h for the span construction).
+#include "trainer/tokenizer/chat_template.h"
+
+#include <algorithm>
+#include <string>
+
+#include "trainer/io/error.h"
+
+namespace loratune::chat {
+namespace {
+
+// transformers' _normalize_chat_messages + _alias_reasoning_fields.
+Json normalize_messages(const Json& messages) {
+  if (!messages.is_array()) throw Error("chat: messages must be a JSON array");
+  Json out = Json::array();
+  for (size_t i = 0; i < messages.size(); ++i) {
+    const Json& m = messages[i];
+    if (!m.is_object()) throw Error("chat: message " + std::to_string(i) + " is not a JSON object");
+    Json n = Json::object();
+    for (auto it = m.begin(); it != m.end(); ++it) {
+      if (!it.value().is_null()) n[it.key()] = it.value();
+    }
+    const Json* reasoning = nullptr;
+    for (const char* key : {"reasoning_content", "thinking", "reasoning"}) {
+      if (n.contains(key)) {
+        reasoning = &n[key];
+        break;
+      }
+    }
+    if (reasoning) {
+      Json r = *reasoning;
+      Json a = Json::object();
+      a["thinking"] = r;
+      for (auto it = n.begin(); it != n.end(); ++it) a[it.key()] = it.value();
+      a["reasoning_content"] = r;
+      n = std::move(a);
+    }
+    out.push_back(std::move(n));
+  }
+  return out;
+}
+
+std::string role_of(const Json& m) {
+  auto it = m.find("role");
+  return it != m.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+}  // namespace
+
+ChatTemplate::ChatTemplate(const std::string& source) : source_(source), template_(source) {}
+
+jinja::RenderOutput ChatTemplate::run(const Json& messages, const RenderOptions& opts, bool agp,
+                                      bool track) const {
+  jinja::Dict ctx;
+  jinja::Value msgs;
+  try {
+    msgs = jinja::Value::from_json(messages);
+    ctx.set("messages", msgs);
+    ctx.set("tools", jinja::Value::from_json(opts.tools));
+    ctx.set("documents", jinja::Value::none());
+    ctx.set("add_generation_prompt", jinja::Value(agp));
+    if (!opts.bos_token.empty()) ctx.set("bos_token", jinja::Value(opts.bos_token));
+    if (!opts.eos_token.empty()) ctx.set("eos_token", jinja::Value(opts.eos_token));
+    for (const Json* vars : {&opts.special_tokens, &opts.extra}) {
+      if (vars->is_null()) continue;
+      if (!vars->is_object()) throw Error("chat: template variables must be a JSON object");
+      for (auto it = vars->begin(); it != vars->end(); ++it) {
+        ctx.set(it.key(), jinja::Value::from_json(it.value()));
+      }
+    }
+  } catch (const jinja::Failure& f) {
+    throw Error("chat: " + f.message);
+  }
+  std::vector<jinja::Value> tracked;
+  if (track) tracked = msgs.items();
+  return template_.render(ctx, tracked);
+}
+
+std::string ChatTemplate::render_text(const Json& messages, const RenderOptions& opts) const {
+  return run(normalize_messages(messages), opts, opts.add_generation_prompt, false).text;
+}
+
+Rendered ChatTemplate::render(const Json& messages, const RenderOptions& opts) const {
+  Json msgs = normalize_messages(messages);
+  jinja::RenderOutput full = run(msgs, opts, opts.add_generation_prompt, true);
+  Rendered r;
+  r.text = std::move(full.text);
+  if (has_generation() && !opts.force_constructed_spans) {
+    r.spans_from_generation_tags = true;
+    r.assistant_spans = std::move(full.generation_spans);
+    return r;
+  }
+  for (size_t i = 0; i < msgs.size(); ++i) {
+    if (role_of(msgs[i]) != "assistant") continue;
+    const std::string where = "chat: assistant message " + std::to_string(i) + ": ";
+    const auto& segs = full.tracked_segments[i];
+    if (segs.size() != 1) {
+      throw Error(where + "the template wrote it in " + std::to_string(segs.size()) +
+                  " loop iterations (expected exactly one); add {% generation %} to the template "
+                  "to mark it");
+    }
+    // The generation prompt for this turn: what the template appends after
+    // messages[:i] when asked for one, i.e. the output past its last message.
+    Json prefix(msgs.begin(), msgs.begin() + static_cast<std::ptrdiff_t>(i));
+    if (prefix.is_null()) prefix = Json::array();
+    jinja::RenderOutput p;
+    try {
+      p = run(prefix, opts, true, true);
+    } catch (const Error& e) {
+      throw Error(where + "rendering messages[:" + std::to_string(i) +
+                  "] with add_generation_prompt failed: " + e.what());
+    }
+    const jinja::Span seg = segs[0];
+    // After the last message's output in that prefix render; when no message
+    // wrote anything there (only a system block outside the loop, or no
+    // message), after the text the full render has before this turn.
+    size_t tail = 0;
+    bool any = false;
+    for (const auto& s : p.tracked_segments) {
+      for (const auto& span : s) tail = std::max(tail, span.end), any = true;
+    }
+    if (!any) {
+      if (p.text.compare(0, seg.begin, r.text, 0, seg.begin) != 0) {
+        throw Error(where + "the text before it differs from messages[:" + std::to_string(i) +
+                    "] rendered alone; add {% generation %} to the template to mark it");
+      }
+      tail = seg.begin;
+    }
+    const std::string prompt = p.text.substr(std::min(tail, p.text.size()));
+    if (seg.end - seg.begin < prompt.size() ||
+        r.text.compare(seg.begin, prompt.size(), prompt) != 0) {
+      throw Error(where + "its turn does not start with the generation prompt '" + prompt +
+                  "'; add {% generation %} to the template to mark it");
+    }
+    r.assistant_spans.push_back({seg.begin + prompt.size(), seg.end});
+  }
+  return r;
+}
+
+}  // namespace loratune::chat

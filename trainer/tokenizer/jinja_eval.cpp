@@ -1,0 +1,436 @@
+// trainer/tokenizer/jinja_eval.cpp — executes the syntax tree.
+//
+// Scoping follows jinja2: each for-loop iteration gets a fresh scope over the
+// enclosing ones (so a `set` inside a loop is gone at the next iteration —
+// the reason templates use namespace()), if-blocks share their scope, and a
+// macro body sees only the template's top-level scope and its parameters.
+#include <ctime>
+#include <memory>
+#include <string>
+#include <unordered_map>
+
+#include "trainer/io/error.h"
+#include "trainer/tokenizer/jinja.h"
+#include "trainer/tokenizer/jinja_ast.h"
+
+namespace loratune::jinja {
+
+struct Template::Program {
+  Body body;
+};
+
+namespace {
+
+[[noreturn]] void fail_undefined(const Value& v) {
+  throw Failure{v.str()};
+}
+
+bool body_has_generation(const Body& body) {
+  for (const auto& s : body) {
+    if (s->kind == Stmt::Kind::kGeneration) return true;
+    if (body_has_generation(s->body) || body_has_generation(s->else_body)) return true;
+    for (const auto& br : s->branches) {
+      if (body_has_generation(br.second)) return true;
+    }
+  }
+  return false;
+}
+
+class Evaluator {
+ public:
+  Evaluator(const Dict& context, const std::vector<Value>& tracked, RenderOutput& result)
+      : result_(result), out_(&result.text) {
+    install_globals(globals_);
+    auto root = std::make_shared<Frame>();
+    for (const auto& [k, v] : context.items) (*root)[k] = v;
+    scopes_.push_back(root);
+    result_.tracked_segments.resize(tracked.size());
+    for (size_t i = 0; i < tracked.size(); ++i) {
+      if (const void* id = tracked[i].identity()) tracked_.emplace(id, i);
+    }
+  }
+
+  void run(const Body& body) {
+    Flow f = exec_body(body);
+    if (f != Flow::kNormal) throw Error("chat template: 'break'/'continue' outside of a loop");
+  }
+
+ private:
+  using Frame = std::unordered_map<std::string, Value>;
+  enum class Flow { kNormal, kBreak, kContinue };
+
+  // Redirects output into `buf` for the guard's lifetime (set blocks, macros).
+  struct Capture {
+    Capture(Evaluator& e, std::string& buf) : e_(e), saved_(e.out_) {
+      e_.out_ = &buf;
+      ++e_.capture_depth_;
+    }
+    ~Capture() {
+      e_.out_ = saved_;
+      --e_.capture_depth_;
+    }
+    Evaluator& e_;
+    std::string* saved_;
+  };
+
+  [[noreturn]] static void fail(int line, const std::string& what) {
+    throw Error("chat template line " + std::to_string(line) + ": " + what);
+  }
+
+  Value lookup(const std::string& name) const {
+    for (auto it = scopes_.rbegin(); it != scopes_.rend(); ++it) {
+      auto f = (*it)->find(name);
+      if (f != (*it)->end()) return f->second;
+    }
+    auto g = globals_.find(name);
+    if (g != globals_.end()) return g->second;
+    return Value::undefined("'" + name + "' is undefined");
+  }
+
+  void assign(const std::vector<std::string>& targets, const Value& v) {
+    Frame& f = *scopes_.back();
+    if (targets.size() == 1) {
+      f[targets[0]] = v;
+      return;
+    }
+    List items = iterate(v);
+    if (items.size() != targets.size()) {
+      throw Failure{"cannot unpack " + std::to_string(items.size()) + " values into " +
+                    std::to_string(targets.size()) + " names"};
+    }
+    for (size_t i = 0; i < targets.size(); ++i) f[targets[i]] = items[i];
+  }
+
+  Flow exec_body(const Body& body) {
+    for (const auto& s : body) {
+      Flow f = exec(*s);
+      if (f != Flow::kNormal) return f;
+    }
+    return Flow::kNormal;
+  }
+
+  std::string capture(const Body& body) {
+    std::string buf;
+    Capture c(*this, buf);
+    if (exec_body(body) != Flow::kNormal)
+      throw Failure{"'break'/'continue' inside a captured block"};
+    return buf;
+  }
+
+  Flow exec(const Stmt& s) {
+    try {
+      return exec_inner(s);
+    } catch (const Failure& f) {
+      fail(s.line, f.message);
+    }
+  }
+
+  Flow exec_inner(const Stmt& s) {
+    switch (s.kind) {
+      case Stmt::Kind::kText:
+        *out_ += s.text;
+        return Flow::kNormal;
+      case Stmt::Kind::kOutput:
+        *out_ += to_str(eval(*s.expr));
+        return Flow::kNormal;
+      case Stmt::Kind::kIf:
+        for (const auto& [cond, body] : s.branches) {
+          if (!cond || eval(*cond).truthy()) return exec_body(body);
+        }
+        return Flow::kNormal;
+      case Stmt::Kind::kFor:
+        return exec_for(s);
+      case Stmt::Kind::kSet:
+        if (s.attr_object) {
+          Value ns = eval(*s.attr_object);
+          if (ns.kind() != Value::Kind::kNamespace) {
+            throw Failure{"cannot assign attribute '" + s.attr + "' on a " + ns.type_name() +
+                          " (not a namespace)"};
+          }
+          if (!s.attr.empty() && s.attr[0] == '_')
+            throw Failure{"namespace attributes cannot start with '_'"};
+          ns.namespace_data().set(s.attr, eval(*s.expr));
+        } else {
+          assign(s.targets, eval(*s.expr));
+        }
+        return Flow::kNormal;
+      case Stmt::Kind::kSetBlock: {
+        Value v(capture(s.body));
+        if (s.expr) v = apply_chain(*s.expr, v);
+        assign(s.targets, v);
+        return Flow::kNormal;
+      }
+      case Stmt::Kind::kMacro:
+        define_macro(s);
+        return Flow::kNormal;
+      case Stmt::Kind::kBreak:
+        return Flow::kBreak;
+      case Stmt::Kind::kContinue:
+        return Flow::kContinue;
+      case Stmt::Kind::kGeneration: {
+        if (capture_depth_ > 0) {
+          throw Failure{
+              "{% generation %} inside a macro, set block or filter block is not supported"};
+        }
+        size_t begin = out_->size();
+        Flow f = exec_body(s.body);
+        result_.generation_spans.push_back({begin, out_->size()});
+        return f;
+      }
+      case Stmt::Kind::kFilterBlock:
+        *out_ += to_str(apply_chain(*s.expr, Value(capture(s.body))));
+        return Flow::kNormal;
+    }
+    return Flow::kNormal;
+  }
+
+  Flow exec_for(const Stmt& s) {
+    List items = iterate(eval(*s.expr));
+    if (s.filter) {
+      List kept;
+      for (const auto& it : items) {
+        scopes_.push_back(std::make_shared<Frame>());
+        assign(s.targets, it);
+        bool keep = eval(*s.filter).truthy();
+        scopes_.pop_back();
+        if (keep) kept.push_back(it);
+      }
+      items = std::move(kept);
+    }
+    if (items.empty()) return exec_body(s.else_body);
+    const int64_t n = static_cast<int64_t>(items.size());
+    for (int64_t i = 0; i < n; ++i) {
+      const Value& item = items[static_cast<size_t>(i)];
+      auto frame = std::make_shared<Frame>();
+      scopes_.push_back(frame);
+      assign(s.targets, item);
+      Dict loop;
+      loop.set("index", Value(i + 1));
+      loop.set("index0", Value(i));
+      loop.set("revindex", Value(n - i));
+      loop.set("revindex0", Value(n - i - 1));
+      loop.set("first", Value(i == 0));
+      loop.set("last", Value(i == n - 1));
+      loop.set("length", Value(n));
+      loop.set("depth", Value(int64_t{1}));
+      loop.set("depth0", Value(int64_t{0}));
+      loop.set("previtem", i > 0 ? items[static_cast<size_t>(i - 1)]
+                                 : Value::undefined("there is no previous item"));
+      loop.set("nextitem", i + 1 < n ? items[static_cast<size_t>(i + 1)]
+                                     : Value::undefined("there is no next item"));
+      loop.set("cycle", Value::callable("loop.cycle", [i](Args& a) -> Value {
+                 if (a.pos.empty()) throw Failure{"loop.cycle() needs at least one argument"};
+                 return a.pos[static_cast<size_t>(i) % a.pos.size()];
+               }));
+      (*frame)["loop"] = Value::dict(std::move(loop));
+      size_t begin = out_->size();
+      Flow f = exec_body(s.body);
+      scopes_.pop_back();
+      track(item, begin);
+      if (f == Flow::kBreak) break;
+    }
+    return Flow::kNormal;
+  }
+
+  void track(const Value& item, size_t begin) {
+    if (capture_depth_ > 0 || out_->size() == begin) return;
+    const void* id = item.identity();
+    if (!id) return;
+    auto it = tracked_.find(id);
+    if (it != tracked_.end()) result_.tracked_segments[it->second].push_back({begin, out_->size()});
+  }
+
+  void define_macro(const Stmt& s) {
+    const Stmt* def = &s;
+    (*scopes_.back())[s.name] = Value::callable(s.name, [this, def](Args& a) -> Value {
+      auto frame = std::make_shared<Frame>();
+      if (a.pos.size() > def->params.size())
+        throw Failure{"macro '" + def->name + "' takes " + std::to_string(def->params.size()) +
+                      " arguments"};
+      std::vector<std::shared_ptr<Frame>> saved = {scopes_[0], frame};
+      std::swap(saved, scopes_);
+      try {
+        for (size_t i = 0; i < def->params.size(); ++i) {
+          const auto& [pname, dflt] = def->params[i];
+          const Value* v = a.get(i, pname);
+          (*frame)[pname] =
+              v ? *v : (dflt ? eval(*dflt) : Value::undefined("'" + pname + "' is undefined"));
+        }
+        for (const auto& kv : a.kw) {
+          bool known = false;
+          for (const auto& p : def->params) known = known || p.first == kv.first;
+          if (!known)
+            throw Failure{"macro '" + def->name + "' takes no keyword argument '" + kv.first + "'"};
+        }
+        std::string out = capture(def->body);
+        std::swap(saved, scopes_);
+        return Value(out);
+      } catch (...) {
+        std::swap(saved, scopes_);
+        throw;
+      }
+    });
+  }
+
+  Value eval(const Expr& e) {
+    try {
+      return eval_inner(e);
+    } catch (const Failure& f) {
+      fail(e.line, f.message);
+    }
+  }
+
+  Args eval_args(const Expr& e, size_t first) {
+    Args a;
+    for (size_t i = first; i < e.args.size(); ++i) a.pos.push_back(eval(*e.args[i]));
+    for (const auto& [k, v] : e.kwargs) a.kw.emplace_back(k, eval(*v));
+    return a;
+  }
+
+  // Applies a filter chain whose innermost input slot is null to `input`.
+  Value apply_chain(const Expr& f, const Value& input) {
+    Value in = f.args[0] ? apply_chain(*f.args[0], input) : input;
+    Args a = eval_args(f, 1);
+    return apply_filter(f.name, in, a);
+  }
+
+  Value call(const Expr& e) {
+    const Expr& callee = *e.args[0];
+    Args a = eval_args(e, 1);
+    Value fn;
+    if (callee.kind == Expr::Kind::kGetAttr) {
+      Value obj = eval(*callee.args[0]);
+      Value r;
+      if (call_method(obj, callee.name, a, r)) return r;
+      fn = get_attr(obj, callee.name);
+    } else {
+      fn = eval(callee);
+    }
+    if (fn.is_undefined()) fail_undefined(fn);
+    if (fn.kind() != Value::Kind::kCallable)
+      throw Failure{"'" + fn.type_name() + "' object is not callable"};
+    return fn.call(a);
+  }
+
+  Value eval_inner(const Expr& e) {
+    switch (e.kind) {
+      case Expr::Kind::kLiteral:
+        return e.value;
+      case Expr::Kind::kName:
+        return lookup(e.name);
+      case Expr::Kind::kGetAttr:
+        return get_attr(eval(*e.args[0]), e.name);
+      case Expr::Kind::kGetItem:
+        return get_item(eval(*e.args[0]), eval(*e.args[1]));
+      case Expr::Kind::kSlice: {
+        auto part = [&](size_t i) { return e.args[i] ? eval(*e.args[i]) : Value::none(); };
+        return slice_value(eval(*e.args[0]), part(1), part(2), part(3));
+      }
+      case Expr::Kind::kCall:
+        return call(e);
+      case Expr::Kind::kFilter: {
+        Value in = eval(*e.args[0]);
+        Args a = eval_args(e, 1);
+        return apply_filter(e.name, in, a);
+      }
+      case Expr::Kind::kTest: {
+        Value v = eval(*e.args[0]);
+        Args a = eval_args(e, 1);
+        return Value(apply_test(e.name, v, a) != e.negated);
+      }
+      case Expr::Kind::kUnary: {
+        Value v = eval(*e.args[0]);
+        if (e.name == "not") return Value(!v.truthy());
+        if (v.is_undefined()) fail_undefined(v);
+        if (v.kind() == Value::Kind::kInt) return Value(e.name == "-" ? -v.as_int() : v.as_int());
+        if (v.kind() == Value::Kind::kFloat)
+          return Value(e.name == "-" ? -v.as_double() : v.as_double());
+        throw Failure{"bad operand type for unary " + e.name + ": '" + v.type_name() + "'"};
+      }
+      case Expr::Kind::kBinary: {
+        if (e.name == "and" || e.name == "or") {
+          Value a = eval(*e.args[0]);
+          if (a.truthy() == (e.name == "or")) return a;
+          return eval(*e.args[1]);
+        }
+        Value a = eval(*e.args[0]);
+        Value b = eval(*e.args[1]);
+        if (e.name == "~") return Value(to_str(a) + to_str(b));
+        return binary_op(e.name, a, b);
+      }
+      case Expr::Kind::kCompare: {
+        Value left = eval(*e.args[0]);
+        for (size_t i = 0; i < e.ops.size(); ++i) {
+          Value right = eval(*e.args[i + 1]);
+          const std::string& op = e.ops[i];
+          bool ok;
+          if (op == "==")
+            ok = equals(left, right);
+          else if (op == "!=")
+            ok = !equals(left, right);
+          else if (op == "in")
+            ok = contains(right, left);
+          else if (op == "not in")
+            ok = !contains(right, left);
+          else {
+            if (left.is_undefined()) fail_undefined(left);
+            if (right.is_undefined()) fail_undefined(right);
+            int c = compare(left, right);
+            ok = op == "<" ? c < 0 : op == "<=" ? c <= 0 : op == ">" ? c > 0 : c >= 0;
+          }
+          if (!ok) return Value(false);
+          left = std::move(right);
+        }
+        return Value(true);
+      }
+      case Expr::Kind::kCond:
+        if (eval(*e.args[1]).truthy()) return eval(*e.args[0]);
+        return e.args[2] ? eval(*e.args[2])
+                         : Value::undefined("the inline if-expression evaluated to false");
+      case Expr::Kind::kList: {
+        List items;
+        for (const auto& x : e.args) items.push_back(eval(*x));
+        return Value::list(std::move(items),
+                           e.name == "tuple" ? Value::Flavor::kTuple : Value::Flavor::kList);
+      }
+      case Expr::Kind::kDict: {
+        Dict d;
+        for (size_t i = 0; i + 1 < e.args.size(); i += 2) {
+          Value k = eval(*e.args[i]);
+          if (!k.is_string())
+            throw Failure{"dict literal keys must be strings here, got " + k.type_name()};
+          d.set(k.str(), eval(*e.args[i + 1]));
+        }
+        return Value::dict(std::move(d));
+      }
+    }
+    throw Failure{"internal: unknown expression"};
+  }
+
+  RenderOutput& result_;
+  std::string* out_;
+  int capture_depth_ = 0;
+  std::vector<std::shared_ptr<Frame>> scopes_;
+  Frame globals_;
+  std::unordered_map<const void*, size_t> tracked_;
+};
+
+}  // namespace
+
+Template::Template(const std::string& source) : program_(std::make_unique<Program>()) {
+  program_->body = parse(source);
+  has_generation_ = body_has_generation(program_->body);
+}
+
+Template::~Template() = default;
+Template::Template(Template&&) noexcept = default;
+Template& Template::operator=(Template&&) noexcept = default;
+
+RenderOutput Template::render(const Dict& context, const std::vector<Value>& tracked) const {
+  RenderOutput out;
+  Evaluator ev(context, tracked, out);
+  ev.run(program_->body);
+  return out;
+}
+
+}  // namespace loratune::jinja

@@ -1,0 +1,444 @@
+// trainer/tokenizer/jinja_filters.cpp — Jinja2's built-in filters and tests
+// that chat templates use, plus transformers' tojson override
+// (json.dumps(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)).
+#include <algorithm>
+#include <cmath>
+#include <set>
+#include <string>
+
+#include "trainer/tokenizer/jinja_ast.h"
+
+namespace loratune::jinja {
+namespace {
+
+const std::set<std::string>& filter_names() {
+  static const std::set<std::string> k = {
+      "abs",    "attr",   "capitalize", "count",      "d",        "default", "dictsort",
+      "e",      "escape", "first",      "float",      "format",   "indent",  "int",
+      "items",  "join",   "last",       "length",     "list",     "lower",   "map",
+      "max",    "min",    "reject",     "rejectattr", "replace",  "reverse", "round",
+      "safe",   "select", "selectattr", "sort",       "string",   "sum",     "title",
+      "tojson", "trim",   "unique",     "upper",      "wordcount"};
+  return k;
+}
+
+const std::set<std::string>& test_names() {
+  static const std::set<std::string> k = {
+      "boolean", "callable", "defined",  "divisibleby", "eq",          "equalto",
+      "even",    "false",    "float",    "ge",          "greaterthan", "gt",
+      "in",      "integer",  "iterable", "le",          "lessthan",    "lower",
+      "lt",      "mapping",  "ne",       "none",        "number",      "odd",
+      "sameas",  "sequence", "string",   "true",        "undefined",   "upper",
+      "==",      "!=",       "<",        "<=",          ">",           ">="};
+  return k;
+}
+
+int64_t to_int(const Value& v) {
+  switch (v.kind()) {
+    case Value::Kind::kInt:
+      return v.as_int();
+    case Value::Kind::kBool:
+      return v.as_bool();
+    case Value::Kind::kFloat:
+      return static_cast<int64_t>(v.as_double());
+    case Value::Kind::kString: {
+      try {
+        size_t used = 0;
+        std::string s = py_strip(v.str(), nullptr, true, true);
+        int64_t x = std::stoll(s, &used);
+        if (used == s.size()) return x;
+        return static_cast<int64_t>(std::stod(s));
+      } catch (const std::exception&) {
+        return 0;
+      }
+    }
+    default:
+      return 0;
+  }
+}
+
+// Dotted attribute path as the attribute= argument of map/selectattr/sort.
+Value attr_path(const Value& v, const std::string& path) {
+  Value cur = v;
+  size_t pos = 0;
+  while (pos <= path.size()) {
+    size_t dot = path.find('.', pos);
+    std::string part = path.substr(pos, dot == std::string::npos ? std::string::npos : dot - pos);
+    cur = !part.empty() && std::isdigit(static_cast<unsigned char>(part[0]))
+              ? get_item(cur, Value(static_cast<int64_t>(std::stoll(part))))
+              : get_attr(cur, part);
+    if (dot == std::string::npos) break;
+    pos = dot + 1;
+  }
+  return cur;
+}
+
+Args rest_args(const Args& a, size_t from) {
+  Args r;
+  for (size_t i = from; i < a.pos.size(); ++i) r.pos.push_back(a.pos[i]);
+  r.kw = a.kw;
+  return r;
+}
+
+Value select_like(const Value& in, Args& a, bool by_attr, bool keep) {
+  List out;
+  size_t argi = 0;
+  std::string attr;
+  if (by_attr) {
+    if (a.pos.empty() || !a.pos[0].is_string())
+      throw Failure{"selectattr/rejectattr need an attribute name"};
+    attr = a.pos[0].str();
+    argi = 1;
+  }
+  std::string test;
+  if (a.pos.size() > argi) test = a.pos[argi].is_string() ? a.pos[argi].str() : "";
+  Args targs = rest_args(a, argi + 1);
+  for (const auto& e : iterate(in)) {
+    Value x = by_attr ? attr_path(e, attr) : e;
+    bool ok = test.empty() ? x.truthy() : apply_test(test, x, targs);
+    if (ok == keep) out.push_back(e);
+  }
+  return Value::list(std::move(out));
+}
+
+Value tojson(const Value& in, const Args& a) {
+  JsonOptions o;
+  if (const Value* v = a.get(SIZE_MAX, "ensure_ascii")) o.ensure_ascii = v->truthy();
+  if (const Value* v = a.get(SIZE_MAX, "sort_keys")) o.sort_keys = v->truthy();
+  const Value* indent = a.get(0, "indent");
+  if (indent && !indent->is_none()) {
+    if (indent->kind() == Value::Kind::kInt)
+      o.indent = static_cast<int>(indent->as_int());
+    else if (indent->is_string())
+      o.indent_str = indent->str();
+    else
+      throw Failure{"tojson: indent must be an int or str"};
+    if (o.indent_str.empty() && o.indent < 0) o.indent = 0;
+    o.item_sep = ",";
+  }
+  if (const Value* v = a.get(SIZE_MAX, "separators"); v && !v->is_none()) {
+    if (!v->is_list() || v->items().size() != 2 || !v->items()[0].is_string() ||
+        !v->items()[1].is_string()) {
+      throw Failure{"tojson: separators must be a pair of strings"};
+    }
+    o.item_sep = v->items()[0].str();
+    o.key_sep = v->items()[1].str();
+  }
+  return Value(to_json(in, o));
+}
+
+Value sort_list(const Value& in, const Args& a) {
+  List items = iterate(in);
+  const Value* rev = a.get(0, "reverse");
+  const Value* cs = a.get(1, "case_sensitive");
+  const Value* attr = a.get(2, "attribute");
+  bool case_sensitive = cs && cs->truthy();
+  auto key = [&](const Value& v) {
+    Value k = attr && attr->is_string() ? attr_path(v, attr->str()) : v;
+    return (!case_sensitive && k.is_string()) ? Value(py_lower(k.str())) : k;
+  };
+  std::stable_sort(items.begin(), items.end(),
+                   [&](const Value& x, const Value& y) { return compare(key(x), key(y)) < 0; });
+  if (rev && rev->truthy()) std::reverse(items.begin(), items.end());
+  return Value::list(std::move(items));
+}
+
+std::string html_escape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    switch (c) {
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&#34;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out += c;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+bool is_known_filter(const std::string& name) {
+  return filter_names().count(name) > 0;
+}
+bool is_known_test(const std::string& name) {
+  return test_names().count(name) > 0;
+}
+
+Value apply_filter(const std::string& f, const Value& in, Args& a) {
+  auto arg = [&](size_t i, const char* n) { return a.get(i, n); };
+  auto need_str = [&]() -> std::string { return to_str(in); };
+  if (f == "tojson") return tojson(in, a);
+  if (f == "trim") return Value(py_strip(need_str(), arg(0, "chars"), true, true));
+  if (f == "length" || f == "count") return Value(length(in));
+  if (f == "string") return Value(to_str(in));
+  if (f == "safe") return in.is_string() ? in : Value(to_str(in));
+  if (f == "upper") return Value(py_upper(need_str()));
+  if (f == "lower") return Value(py_lower(need_str()));
+  if (f == "title") return Value(py_title(need_str()));
+  if (f == "capitalize") return Value(py_capitalize(need_str()));
+  if (f == "e" || f == "escape") return Value(html_escape(need_str()));
+  if (f == "default" || f == "d") {
+    const Value* dflt = arg(0, "default_value");
+    const Value* boolean = arg(1, "boolean");
+    bool use = in.is_undefined() || (boolean && boolean->truthy() && !in.truthy());
+    return use ? (dflt ? *dflt : Value("")) : in;
+  }
+  if (f == "first" || f == "last") {
+    List items = iterate(in);
+    if (items.empty()) return Value::undefined("No " + f + " item, sequence was empty.");
+    return f == "first" ? items.front() : items.back();
+  }
+  if (f == "join") {
+    const Value* sep = arg(0, "d");
+    const Value* attr = arg(1, "attribute");
+    std::string out;
+    bool first = true;
+    for (const auto& e : iterate(in)) {
+      out +=
+          (first ? "" : (sep ? to_str(*sep) : "")) + to_str(attr ? attr_path(e, to_str(*attr)) : e);
+      first = false;
+    }
+    return Value(out);
+  }
+  if (f == "items") {
+    if (in.is_undefined()) return Value::list({});
+    if (!in.is_dict()) throw Failure{"items filter: expected a mapping, got " + in.type_name()};
+    Args none;
+    Value r;
+    call_method(in, "items", none, r);
+    return r;
+  }
+  if (f == "dictsort") {
+    if (!in.is_dict()) throw Failure{"dictsort: expected a mapping, got " + in.type_name()};
+    List pairs;
+    for (const auto& [k, v] : in.dict_data().items) {
+      pairs.push_back(Value::list({Value(k), v}, Value::Flavor::kTuple));
+    }
+    std::stable_sort(pairs.begin(), pairs.end(), [](const Value& x, const Value& y) {
+      return py_lower(x.items()[0].str()) < py_lower(y.items()[0].str());
+    });
+    return Value::list(std::move(pairs));
+  }
+  if (f == "list") return Value::list(iterate(in));
+  if (f == "reverse") {
+    if (in.is_string()) {
+      std::u32string u = decode_utf8(in.str());
+      std::reverse(u.begin(), u.end());
+      return Value(encode_utf8(u));
+    }
+    List items = iterate(in);
+    std::reverse(items.begin(), items.end());
+    return Value::list(std::move(items));
+  }
+  if (f == "int") {
+    const Value* dflt = arg(0, "default");
+    if (in.is_string() || in.is_number() || in.kind() == Value::Kind::kBool) {
+      if (in.is_string()) {
+        std::string s = py_strip(in.str(), nullptr, true, true);
+        bool numeric = !s.empty() && s.find_first_not_of("+-0123456789._eE") == std::string::npos;
+        if (!numeric) return dflt ? *dflt : Value(int64_t{0});
+      }
+      return Value(to_int(in));
+    }
+    return dflt ? *dflt : Value(int64_t{0});
+  }
+  if (f == "float") {
+    if (in.is_number()) return Value(in.as_double());
+    try {
+      return Value(std::stod(to_str(in)));
+    } catch (const std::exception&) {
+      const Value* dflt = arg(0, "default");
+      return dflt ? *dflt : Value(0.0);
+    }
+  }
+  if (f == "abs") {
+    if (in.kind() == Value::Kind::kInt) return Value(in.as_int() < 0 ? -in.as_int() : in.as_int());
+    if (in.is_number()) return Value(std::fabs(in.as_double()));
+    throw Failure{"bad operand type for abs(): '" + in.type_name() + "'"};
+  }
+  if (f == "round") {
+    const Value* p = arg(0, "precision");
+    double scale = std::pow(10.0, p ? static_cast<double>(p->as_int()) : 0.0);
+    return Value(std::nearbyint(in.as_double() * scale) / scale);
+  }
+  if (f == "replace") {
+    const Value* from = arg(0, "old");
+    const Value* to = arg(1, "new");
+    const Value* count = arg(2, "count");
+    if (!from || !to) throw Failure{"replace filter takes two arguments"};
+    return Value(py_replace(need_str(), to_str(*from), to_str(*to), count ? count->as_int() : -1));
+  }
+  if (f == "indent") {
+    const Value* w = arg(0, "width");
+    const Value* first = arg(1, "first");
+    const Value* blank = arg(2, "blank");
+    std::string pad =
+        w && w->is_string() ? w->str() : std::string(w ? static_cast<size_t>(w->as_int()) : 4, ' ');
+    std::string s = need_str(), out;
+    size_t pos = 0;
+    bool is_first = true;
+    while (true) {
+      size_t nl = s.find('\n', pos);
+      std::string line = s.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
+      bool add = (!is_first || (first && first->truthy())) &&
+                 (!line.empty() || (blank && blank->truthy()));
+      out += (add ? pad : "") + line;
+      if (nl == std::string::npos) break;
+      out += '\n';
+      pos = nl + 1;
+      is_first = false;
+    }
+    return Value(out);
+  }
+  if (f == "format") {
+    if (!in.is_string()) throw Failure{"format filter expects a string"};
+    const std::string& s = in.str();
+    std::string out;
+    size_t ai = 0;
+    for (size_t i = 0; i < s.size(); ++i) {
+      if (s[i] != '%') {
+        out += s[i];
+        continue;
+      }
+      if (i + 1 >= s.size()) throw Failure{"format: incomplete format"};
+      char c = s[++i];
+      if (c == '%') {
+        out += '%';
+        continue;
+      }
+      if (c != 's' && c != 'd') throw Failure{std::string("format: unsupported conversion %") + c};
+      if (ai >= a.pos.size()) throw Failure{"format: not enough arguments for format string"};
+      out += c == 'd' ? std::to_string(to_int(a.pos[ai++])) : to_str(a.pos[ai++]);
+    }
+    return Value(out);
+  }
+  if (f == "map") {
+    List out;
+    const Value* attr = a.get(SIZE_MAX, "attribute");
+    for (const auto& e : iterate(in)) {
+      if (attr) {
+        Value v = attr_path(e, to_str(*attr));
+        const Value* dflt = a.get(SIZE_MAX, "default");
+        out.push_back(v.is_undefined() && dflt ? *dflt : v);
+      } else {
+        if (a.pos.empty() || !a.pos[0].is_string())
+          throw Failure{"map needs a filter name or attribute="};
+        Args fa = rest_args(a, 1);
+        out.push_back(apply_filter(a.pos[0].str(), e, fa));
+      }
+    }
+    return Value::list(std::move(out));
+  }
+  if (f == "select" || f == "reject") return select_like(in, a, false, f == "select");
+  if (f == "selectattr" || f == "rejectattr") return select_like(in, a, true, f == "selectattr");
+  if (f == "attr") {
+    const Value* n = arg(0, "name");
+    if (!n || !n->is_string()) throw Failure{"attr filter needs a name"};
+    return get_attr(in, n->str());
+  }
+  if (f == "sort") return sort_list(in, a);
+  if (f == "unique") {
+    List out;
+    for (const auto& e : iterate(in)) {
+      bool seen = false;
+      for (const auto& o : out) seen = seen || equals(o, e);
+      if (!seen) out.push_back(e);
+    }
+    return Value::list(std::move(out));
+  }
+  if (f == "min" || f == "max") {
+    List items = iterate(in);
+    if (items.empty()) return Value::undefined("No aggregated item, sequence was empty.");
+    Value best = items[0];
+    for (const auto& e : items) {
+      int c = compare(e, best);
+      if (f == "min" ? c < 0 : c > 0) best = e;
+    }
+    return best;
+  }
+  if (f == "sum") {
+    const Value* attr = a.get(SIZE_MAX, "attribute");
+    const Value* start = a.get(SIZE_MAX, "start");
+    bool is_float = false;
+    double fs = start ? start->as_double() : 0.0;
+    int64_t is = start && start->kind() == Value::Kind::kInt ? start->as_int() : 0;
+    for (const auto& e : iterate(in)) {
+      Value v = attr ? attr_path(e, to_str(*attr)) : e;
+      if (!v.is_number()) throw Failure{"sum: unsupported operand type '" + v.type_name() + "'"};
+      is_float = is_float || v.kind() == Value::Kind::kFloat;
+      fs += v.as_double();
+      if (v.kind() == Value::Kind::kInt) is += v.as_int();
+    }
+    return is_float ? Value(fs) : Value(is);
+  }
+  if (f == "wordcount") {
+    Args none;
+    Value parts;
+    call_method(Value(need_str()), "split", none, parts);
+    return Value(static_cast<int64_t>(parts.items().size()));
+  }
+  throw Failure{"unknown filter '" + f + "'"};
+}
+
+bool apply_test(const std::string& t, const Value& v, Args& a) {
+  using K = Value::Kind;
+  auto other = [&]() -> const Value& {
+    if (a.pos.empty()) throw Failure{"test '" + t + "' needs an argument"};
+    return a.pos[0];
+  };
+  if (t == "defined") return !v.is_undefined();
+  if (t == "undefined") return v.is_undefined();
+  if (t == "none") return v.is_none();
+  if (t == "string") return v.is_string();
+  if (t == "mapping") return v.is_dict();
+  if (t == "boolean") return v.kind() == K::kBool;
+  if (t == "true") return v.kind() == K::kBool && v.as_bool();
+  if (t == "false") return v.kind() == K::kBool && !v.as_bool();
+  if (t == "integer") return v.kind() == K::kInt;
+  if (t == "float") return v.kind() == K::kFloat;
+  if (t == "number") return v.is_number() || v.kind() == K::kBool;
+  if (t == "callable") return v.kind() == K::kCallable;
+  if (t == "iterable") return v.is_string() || v.is_list() || v.is_dict() || v.is_undefined();
+  if (t == "sequence") return v.is_string() || v.is_list() || v.is_dict() || v.is_undefined();
+  if (t == "lower") return v.is_string() && py_lower(v.str()) == v.str();
+  if (t == "upper") return v.is_string() && py_upper(v.str()) == v.str();
+  if (t == "odd" || t == "even") {
+    if (v.kind() != K::kInt) throw Failure{"test '" + t + "' needs an integer"};
+    return (v.as_int() % 2 != 0) == (t == "odd");
+  }
+  if (t == "divisibleby") {
+    const Value& n = other();
+    if (v.kind() != K::kInt || n.kind() != K::kInt || n.as_int() == 0)
+      throw Failure{"divisibleby needs integers"};
+    return v.as_int() % n.as_int() == 0;
+  }
+  if (t == "eq" || t == "equalto" || t == "==") return equals(v, other());
+  if (t == "ne" || t == "!=") return !equals(v, other());
+  if (t == "lt" || t == "lessthan" || t == "<") return compare(v, other()) < 0;
+  if (t == "le" || t == "<=") return compare(v, other()) <= 0;
+  if (t == "gt" || t == "greaterthan" || t == ">") return compare(v, other()) > 0;
+  if (t == "ge" || t == ">=") return compare(v, other()) >= 0;
+  if (t == "in") return contains(other(), v);
+  if (t == "sameas") {
+    const Value& o = other();
+    if (v.identity() || o.identity()) return v.identity() == o.identity();
+    return v.kind() == o.kind() && equals(v, o);
+  }
+  throw Failure{"unknown test '" + t + "'"};
+}
+
+}  // namespace loratune::jinja

@@ -1,0 +1,453 @@
+// trainer/tokenizer/jinja_methods.cpp — attribute/item access, slicing, len,
+// iteration and the Python str/dict/list methods chat templates call.
+#include <utf8proc.h>
+
+#include <string>
+
+#include "trainer/tokenizer/jinja_ast.h"
+
+namespace loratune::jinja {
+namespace {
+
+[[noreturn]] void undefined_access(const Value& v) {
+  throw Failure{v.str()};
+}
+
+std::string arg_str(const Args& a, size_t i, const std::string& name, const std::string& method) {
+  const Value* v = a.get(i, name);
+  if (!v || !v->is_string()) throw Failure{method + "() argument must be str"};
+  return v->str();
+}
+
+bool is_cased(char32_t c) {
+  auto cat = utf8proc_category(static_cast<utf8proc_int32_t>(c));
+  return cat == UTF8PROC_CATEGORY_LU || cat == UTF8PROC_CATEGORY_LL || cat == UTF8PROC_CATEGORY_LT;
+}
+
+// Normalises Python slice bounds for a sequence of length n.
+std::vector<int64_t> slice_indices(int64_t n, const Value& start, const Value& stop,
+                                   const Value& step) {
+  auto as_int = [](const Value& v, const char* what) -> const Value* {
+    if (v.is_undefined() || v.is_none()) return nullptr;
+    if (v.kind() != Value::Kind::kInt)
+      throw Failure{std::string("slice ") + what + " must be an integer"};
+    return &v;
+  };
+  int64_t st = as_int(step, "step") ? step.as_int() : 1;
+  if (st == 0) throw Failure{"slice step cannot be zero"};
+  auto clamp = [&](const Value* v, int64_t dflt) {
+    if (!v) return dflt;
+    int64_t x = v->as_int();
+    if (x < 0) x += n;
+    if (st > 0) return x < 0 ? 0 : (x > n ? n : x);
+    return x < -1 ? -1 : (x > n - 1 ? n - 1 : x);
+  };
+  int64_t b = clamp(as_int(start, "start"), st > 0 ? 0 : n - 1);
+  int64_t e = clamp(as_int(stop, "stop"), st > 0 ? n : -1);
+  std::vector<int64_t> idx;
+  for (int64_t i = b; st > 0 ? i < e : i > e; i += st) idx.push_back(i);
+  return idx;
+}
+
+std::vector<std::string> py_split(const std::string& s, const Value* sep, int64_t maxsplit) {
+  std::vector<std::string> out;
+  if (!sep || sep->is_none()) {
+    std::u32string u = decode_utf8(s);
+    size_t i = 0;
+    while (true) {
+      while (i < u.size() && is_py_space(u[i])) ++i;
+      if (i >= u.size()) break;
+      if (maxsplit >= 0 && static_cast<int64_t>(out.size()) == maxsplit) {
+        std::u32string rest = u.substr(i);
+        while (!rest.empty() && is_py_space(rest.back())) rest.pop_back();
+        out.push_back(encode_utf8(rest));
+        break;
+      }
+      size_t j = i;
+      while (j < u.size() && !is_py_space(u[j])) ++j;
+      out.push_back(encode_utf8(u.substr(i, j - i)));
+      i = j;
+    }
+    return out;
+  }
+  if (!sep->is_string()) throw Failure{"split() separator must be str or None"};
+  const std::string& d = sep->str();
+  if (d.empty()) throw Failure{"split(): empty separator"};
+  size_t pos = 0;
+  while (true) {
+    size_t f = s.find(d, pos);
+    if (f == std::string::npos || (maxsplit >= 0 && static_cast<int64_t>(out.size()) == maxsplit)) {
+      out.push_back(s.substr(pos));
+      return out;
+    }
+    out.push_back(s.substr(pos, f - pos));
+    pos = f + d.size();
+  }
+}
+
+bool string_method(const std::string& s, const std::string& name, Args& a, Value& r) {
+  auto prefix_test = [&](bool ends) {
+    const Value* p = a.get(0, "prefix");
+    if (!p) throw Failure{name + "() takes at least 1 argument"};
+    List options = p->is_list() ? p->items() : List{*p};
+    for (const auto& o : options) {
+      if (!o.is_string()) throw Failure{name + "() argument must be str or a tuple of str"};
+      const std::string& x = o.str();
+      if (x.size() <= s.size() && s.compare(ends ? s.size() - x.size() : 0, x.size(), x) == 0)
+        return true;
+    }
+    return false;
+  };
+  if (name == "startswith" || name == "endswith") {
+    r = Value(prefix_test(name == "endswith"));
+  } else if (name == "strip" || name == "lstrip" || name == "rstrip") {
+    r = Value(py_strip(s, a.get(0, "chars"), name != "rstrip", name != "lstrip"));
+  } else if (name == "split" || name == "rsplit") {
+    const Value* m = a.get(1, "maxsplit");
+    int64_t maxsplit = m ? m->as_int() : -1;
+    if (name == "rsplit" && maxsplit >= 0) throw Failure{"rsplit() with maxsplit is not supported"};
+    List parts;
+    for (auto& p : py_split(s, a.get(0, "sep"), maxsplit)) parts.emplace_back(std::move(p));
+    r = Value::list(std::move(parts));
+  } else if (name == "replace") {
+    const Value* c = a.get(2, "count");
+    r = Value(py_replace(s, arg_str(a, 0, "old", name), arg_str(a, 1, "new", name),
+                         c ? c->as_int() : -1));
+  } else if (name == "upper") {
+    r = Value(py_upper(s));
+  } else if (name == "lower") {
+    r = Value(py_lower(s));
+  } else if (name == "title") {
+    r = Value(py_title(s));
+  } else if (name == "capitalize") {
+    r = Value(py_capitalize(s));
+  } else if (name == "find" || name == "rfind" || name == "count") {
+    std::string sub = arg_str(a, 0, "sub", name);
+    std::u32string u = decode_utf8(s), w = decode_utf8(sub);
+    if (name == "count") {
+      int64_t n = 0;
+      for (size_t p = u.find(w); p != std::u32string::npos;
+           p = u.find(w, p + std::max<size_t>(w.size(), 1)))
+        ++n;
+      r = Value(n);
+    } else {
+      size_t p = name == "find" ? u.find(w) : u.rfind(w);
+      r = Value(p == std::u32string::npos ? int64_t{-1} : static_cast<int64_t>(p));
+    }
+  } else if (name == "join") {
+    const Value* it = a.get(0, "iterable");
+    if (!it) throw Failure{"join() takes exactly one argument"};
+    std::string out;
+    bool first = true;
+    for (const auto& e : iterate(*it)) {
+      if (!e.is_string())
+        throw Failure{"sequence item: expected str instance, " + e.type_name() + " found"};
+      out += (first ? "" : s) + e.str();
+      first = false;
+    }
+    r = Value(out);
+  } else if (name == "splitlines") {
+    List parts;
+    size_t pos = 0;
+    while (pos < s.size()) {
+      size_t f = s.find_first_of("\r\n", pos);
+      if (f == std::string::npos) f = s.size();
+      parts.emplace_back(s.substr(pos, f - pos));
+      pos = f + ((f + 1 < s.size() && s[f] == '\r' && s[f + 1] == '\n') ? 2 : 1);
+    }
+    r = Value::list(std::move(parts));
+  } else if (name == "removeprefix" || name == "removesuffix") {
+    std::string x = arg_str(a, 0, name == "removeprefix" ? "prefix" : "suffix", name);
+    bool pre = name == "removeprefix";
+    bool has = x.size() <= s.size() && s.compare(pre ? 0 : s.size() - x.size(), x.size(), x) == 0;
+    r = Value(has ? (pre ? s.substr(x.size()) : s.substr(0, s.size() - x.size())) : s);
+  } else if (name == "isspace" || name == "isdigit" || name == "isalpha" || name == "isalnum" ||
+             name == "islower" || name == "isupper") {
+    std::u32string u = decode_utf8(s);
+    bool ok = !u.empty();
+    bool any_cased = false;
+    for (char32_t c : u) {
+      auto cat = utf8proc_category(static_cast<utf8proc_int32_t>(c));
+      bool letter = cat >= UTF8PROC_CATEGORY_LU && cat <= UTF8PROC_CATEGORY_LO;
+      bool digit = cat == UTF8PROC_CATEGORY_ND;
+      if (name == "isspace")
+        ok = ok && is_py_space(c);
+      else if (name == "isdigit")
+        ok = ok && digit;
+      else if (name == "isalpha")
+        ok = ok && letter;
+      else if (name == "isalnum")
+        ok = ok && (letter || digit);
+      else if (is_cased(c)) {
+        any_cased = true;
+        bool lower = cat == UTF8PROC_CATEGORY_LL;
+        ok = ok && (name == "islower" ? lower : cat == UTF8PROC_CATEGORY_LU);
+      }
+    }
+    if (name == "islower" || name == "isupper") ok = ok && any_cased;
+    r = Value(ok);
+  } else if (name == "format") {
+    std::string out;
+    size_t auto_idx = 0;
+    for (size_t i = 0; i < s.size(); ++i) {
+      if (s[i] == '{' && i + 1 < s.size() && s[i + 1] == '{') {
+        out += '{';
+        ++i;
+      } else if (s[i] == '}' && i + 1 < s.size() && s[i + 1] == '}') {
+        out += '}';
+        ++i;
+      } else if (s[i] == '{') {
+        size_t e = s.find('}', i);
+        if (e == std::string::npos) throw Failure{"format(): single '{' encountered"};
+        std::string field = s.substr(i + 1, e - i - 1);
+        if (field.find_first_of(":!") != std::string::npos)
+          throw Failure{"format(): format specs are not supported"};
+        const Value* v = nullptr;
+        if (field.empty())
+          v = a.get(auto_idx++, "\x01");
+        else if (std::isdigit(static_cast<unsigned char>(field[0])))
+          v = a.get(std::stoul(field), "\x01");
+        else
+          v = a.get(SIZE_MAX, field);
+        if (!v) throw Failure{"format(): no argument for field '{" + field + "}'"};
+        out += to_str(*v);
+        i = e;
+      } else {
+        out += s[i];
+      }
+    }
+    r = Value(out);
+  } else {
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+std::string py_strip(const std::string& s, const Value* chars, bool left, bool right) {
+  std::u32string u = decode_utf8(s);
+  std::u32string set;
+  bool ws = !chars || chars->is_none() || chars->is_undefined();
+  if (!ws) {
+    if (!chars->is_string()) throw Failure{"strip arg must be None or str"};
+    set = decode_utf8(chars->str());
+  }
+  auto strip_it = [&](char32_t c) {
+    return ws ? is_py_space(c) : set.find(c) != std::u32string::npos;
+  };
+  size_t b = 0, e = u.size();
+  if (left)
+    while (b < e && strip_it(u[b])) ++b;
+  if (right)
+    while (e > b && strip_it(u[e - 1])) --e;
+  return encode_utf8(u.substr(b, e - b));
+}
+
+std::string py_upper(const std::string& s) {
+  std::u32string u = decode_utf8(s);
+  for (auto& c : u) c = static_cast<char32_t>(utf8proc_toupper(static_cast<utf8proc_int32_t>(c)));
+  return encode_utf8(u);
+}
+
+std::string py_lower(const std::string& s) {
+  std::u32string u = decode_utf8(s);
+  for (auto& c : u) c = static_cast<char32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(c)));
+  return encode_utf8(u);
+}
+
+std::string py_title(const std::string& s) {
+  std::u32string u = decode_utf8(s);
+  bool prev_cased = false;
+  for (auto& c : u) {
+    bool cased = is_cased(c);
+    auto ci = static_cast<utf8proc_int32_t>(c);
+    c = static_cast<char32_t>(prev_cased ? utf8proc_tolower(ci) : utf8proc_totitle(ci));
+    prev_cased = cased;
+  }
+  return encode_utf8(u);
+}
+
+std::string py_capitalize(const std::string& s) {
+  std::u32string u = decode_utf8(s);
+  for (size_t i = 0; i < u.size(); ++i) {
+    auto ci = static_cast<utf8proc_int32_t>(u[i]);
+    u[i] = static_cast<char32_t>(i == 0 ? utf8proc_totitle(ci) : utf8proc_tolower(ci));
+  }
+  return encode_utf8(u);
+}
+
+std::string py_replace(const std::string& s, const std::string& from, const std::string& to,
+                       int64_t count) {
+  if (from.empty()) throw Failure{"replace() with an empty pattern is not supported"};
+  std::string out;
+  size_t pos = 0;
+  int64_t n = 0;
+  while (count < 0 || n < count) {
+    size_t f = s.find(from, pos);
+    if (f == std::string::npos) break;
+    out += s.substr(pos, f - pos) + to;
+    pos = f + from.size();
+    ++n;
+  }
+  return out + s.substr(pos);
+}
+
+Value get_attr(const Value& obj, const std::string& name) {
+  switch (obj.kind()) {
+    case Value::Kind::kUndefined:
+      undefined_access(obj);
+    case Value::Kind::kDict:
+    case Value::Kind::kNamespace:
+      if (const Value* v = obj.dict_data().find(name)) return *v;
+      return Value::undefined("'" + std::string(obj.is_dict() ? "dict object" : "Namespace") +
+                              "' has no attribute '" + name + "'");
+    default:
+      return Value::undefined("'" + obj.type_name() + " object' has no attribute '" + name + "'");
+  }
+}
+
+Value get_item(const Value& obj, const Value& key) {
+  if (obj.is_undefined()) undefined_access(obj);
+  if (key.is_string() && (obj.is_dict() || obj.kind() == Value::Kind::kNamespace))
+    return get_attr(obj, key.str());
+  if ((obj.is_list() || obj.is_string()) && key.kind() == Value::Kind::kInt) {
+    if (obj.is_list()) {
+      int64_t n = static_cast<int64_t>(obj.items().size()), i = key.as_int();
+      if (i < 0) i += n;
+      if (i >= 0 && i < n) return obj.items()[static_cast<size_t>(i)];
+    } else {
+      std::u32string u = decode_utf8(obj.str());
+      int64_t n = static_cast<int64_t>(u.size()), i = key.as_int();
+      if (i < 0) i += n;
+      if (i >= 0 && i < n) return Value(encode_utf8(u.substr(static_cast<size_t>(i), 1)));
+    }
+    return Value::undefined(obj.type_name() + " object has no element " +
+                            std::to_string(key.as_int()));
+  }
+  if (key.is_string()) return get_attr(obj, key.str());
+  return Value::undefined("'" + obj.type_name() + " object' has no item " + repr(key));
+}
+
+Value slice_value(const Value& obj, const Value& start, const Value& stop, const Value& step) {
+  if (obj.is_undefined()) undefined_access(obj);
+  if (obj.is_list()) {
+    List out;
+    for (int64_t i : slice_indices(static_cast<int64_t>(obj.items().size()), start, stop, step)) {
+      out.push_back(obj.items()[static_cast<size_t>(i)]);
+    }
+    return Value::list(std::move(out));
+  }
+  if (obj.is_string()) {
+    std::u32string u = decode_utf8(obj.str()), out;
+    for (int64_t i : slice_indices(static_cast<int64_t>(u.size()), start, stop, step))
+      out += u[static_cast<size_t>(i)];
+    return Value(encode_utf8(out));
+  }
+  throw Failure{"'" + obj.type_name() + "' object is not subscriptable with a slice"};
+}
+
+bool call_method(const Value& obj, const std::string& name, Args& a, Value& r) {
+  if (obj.is_string()) return string_method(obj.str(), name, a, r);
+  if (obj.is_dict()) {
+    const Dict& d = obj.dict_data();
+    if (name == "items" || name == "keys" || name == "values") {
+      List out;
+      for (const auto& [k, v] : d.items) {
+        if (name == "items")
+          out.push_back(Value::list({Value(k), v}, Value::Flavor::kTuple));
+        else
+          out.push_back(name == "keys" ? Value(k) : v);
+      }
+      r = Value::list(std::move(out), name == "items"  ? Value::Flavor::kDictItems
+                                      : name == "keys" ? Value::Flavor::kDictKeys
+                                                       : Value::Flavor::kDictValues);
+      return true;
+    }
+    if (name == "get") {
+      const Value* k = a.get(0, "key");
+      if (!k) throw Failure{"get() takes at least 1 argument"};
+      const Value* found = k->is_string() ? d.find(k->str()) : nullptr;
+      const Value* dflt = a.get(1, "default");
+      r = found ? *found : (dflt ? *dflt : Value::none());
+      return true;
+    }
+    return false;
+  }
+  if (obj.is_list()) {
+    if (name == "index" || name == "count") {
+      const Value* x = a.get(0, "value");
+      if (!x) throw Failure{name + "() takes exactly one argument"};
+      int64_t n = 0;
+      for (size_t i = 0; i < obj.items().size(); ++i) {
+        if (!equals(obj.items()[i], *x)) continue;
+        if (name == "index") {
+          r = Value(static_cast<int64_t>(i));
+          return true;
+        }
+        ++n;
+      }
+      if (name == "index") throw Failure{repr(*x) + " is not in list"};
+      r = Value(n);
+      return true;
+    }
+    if (name == "append" || name == "pop" || name == "insert" || name == "extend" ||
+        name == "remove") {
+      throw Failure{"access to list." + name + "() is unsafe in the sandbox (lists are immutable)"};
+    }
+  }
+  return false;
+}
+
+int64_t length(const Value& v) {
+  switch (v.kind()) {
+    case Value::Kind::kUndefined:
+      return 0;
+    case Value::Kind::kString:
+      return static_cast<int64_t>(decode_utf8(v.str()).size());
+    case Value::Kind::kList:
+      return static_cast<int64_t>(v.items().size());
+    case Value::Kind::kDict:
+      return static_cast<int64_t>(v.dict_data().items.size());
+    default:
+      throw Failure{"object of type '" + v.type_name() + "' has no len()"};
+  }
+}
+
+List iterate(const Value& v) {
+  switch (v.kind()) {
+    case Value::Kind::kUndefined:
+      return {};
+    case Value::Kind::kList:
+      return v.items();
+    case Value::Kind::kDict: {
+      List keys;
+      for (const auto& kv : v.dict_data().items) keys.emplace_back(kv.first);
+      return keys;
+    }
+    case Value::Kind::kString: {
+      List chars;
+      for (char32_t c : decode_utf8(v.str())) chars.emplace_back(encode_utf8(std::u32string(1, c)));
+      return chars;
+    }
+    default:
+      throw Failure{"'" + v.type_name() + "' object is not iterable"};
+  }
+}
+
+bool contains(const Value& container, const Value& item) {
+  if (container.is_string()) {
+    if (!item.is_string())
+      throw Failure{"'in <string>' requires string as left operand, not " + item.type_name()};
+    return container.str().find(item.str()) != std::string::npos;
+  }
+  if (container.is_dict() || container.kind() == Value::Kind::kNamespace) {
+    return item.is_string() && container.dict_data().find(item.str()) != nullptr;
+  }
+  for (const auto& e : iterate(container)) {
+    if (equals(e, item)) return true;
+  }
+  return false;
+}
+
+}  // namespace loratune::jinja
