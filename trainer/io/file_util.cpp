@@ -2,6 +2,7 @@
 #include "trainer/io/file_util.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -78,6 +79,34 @@ std::string parse_error_detail(const std::string& what) {
   size_t col = what.find(", column ");
   size_t colon = what.find(": ", col == std::string::npos ? 0 : col);
   return colon == std::string::npos ? what : what.substr(colon + 2);
+}
+
+// Removes "<target>.tmp.<pid>.<n>" directories (and "<target>.old.tmp...")
+// left by a process that died before commit (kill -9, power loss): their pid
+// no longer runs. Directories of live processes are left alone.
+void remove_stale_temp_dirs(const std::string& target) {
+  fs::path t(target);
+  fs::path dir = t.parent_path().empty() ? fs::path(".") : t.parent_path();
+  const std::string base = t.filename().string();
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    for (const std::string& prefix : {base + ".tmp.", base + ".old.tmp."}) {
+      if (name.rfind(prefix, 0) != 0) continue;
+      const std::string rest = name.substr(prefix.size());  // "<pid>.<n>"
+      size_t dot = rest.find('.');
+      if (dot == std::string::npos || dot == 0) continue;
+      pid_t pid = 0;
+      try {
+        pid = static_cast<pid_t>(std::stol(rest.substr(0, dot)));
+      } catch (const std::exception&) {
+        continue;
+      }
+      if (pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH && e.is_directory(ec)) {
+        fs::remove_all(e.path(), ec);
+      }
+    }
+  }
 }
 
 }  // namespace
@@ -183,6 +212,7 @@ void AtomicFile::commit() {
 AtomicDir::AtomicDir(std::string target, bool overwrite)
     : target_(std::move(target)), overwrite_(overwrite) {
   while (!target_.empty() && target_.size() > 1 && target_.back() == '/') target_.pop_back();
+  remove_stale_temp_dirs(target_);
   tmp_ = temp_name(target_);
   if (::mkdir(tmp_.c_str(), 0755) != 0) {
     throw sys_error(target_, "cannot create temp directory " + tmp_);

@@ -33,7 +33,9 @@ class AtomicFile {
 // A directory built under a temp name beside `target` and renamed into place
 // by commit(); destroyed without commit(), the temp directory is removed.
 // commit() refuses an existing target unless `overwrite` (then the old target
-// is moved aside and removed only after the rename succeeded).
+// is moved aside and removed only after the rename succeeded). Construction
+// first removes temp directories of the same target left by processes that
+// died (kill -9) before their commit.
 class AtomicDir {
  public:
   AtomicDir(std::string target, bool overwrite);

@@ -1,0 +1,114 @@
+// Generation: greedy decoding equals transformers' generate(do_sample=False)
+// token for token, with and without an adapter; sampling is reproducible.
+#include <ATen/ops/tensor.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <limits>
+
+#include "common/test_env.h"
+#include "trainer/generate/generate.h"
+#include "trainer/io/error.h"
+#include "trainer/lora/peft_io.h"
+#include "trainer/model/loader.h"
+
+using namespace loratune;
+
+namespace {
+
+std::string model_dir(const std::string& variant) {
+  return test::testdata_dir() + "/models/" + variant;
+}
+
+TEST(Generate, GreedyEqualsTransformersForEveryFamilyWithAndWithoutAdapter) {
+  auto cases = nlohmann::json::parse(test::read_file(test::testdata_dir() + "/greedy.json"));
+  ASSERT_GE(cases.size(), 10u);
+  for (const auto& c : cases) {
+    const std::string variant = c["variant"];
+    const bool adapted = !c["adapter"].is_null();
+    SCOPED_TRACE(variant + (adapted ? " + " + c["adapter"].get<std::string>() : ""));
+    model::CausalLM m = model::load_model(model_dir(variant));
+    if (adapted) lora::load_adapter(c["adapter"].get<std::string>(), *m);
+    m->eval();
+    generate::SamplingOptions opt;
+    opt.max_new_tokens = static_cast<int64_t>(c["generated"].size());
+    auto got = generate::generate(*m, c["prompt"].get<std::vector<int64_t>>(), opt);
+    EXPECT_EQ(got, c["generated"].get<std::vector<int64_t>>());
+  }
+}
+
+TEST(Generate, SamplingWithASeedIsReproducibleAndSeedsDiffer) {
+  model::CausalLM m = model::load_model(model_dir("qwen3"));
+  m->eval();
+  generate::SamplingOptions opt;
+  opt.max_new_tokens = 24;
+  opt.temperature = 1.0;
+  opt.top_k = 50;
+  opt.top_p = 0.9;
+  opt.seed = 7;
+  auto a = generate::generate(*m, {5, 6, 7}, opt);
+  auto b = generate::generate(*m, {5, 6, 7}, opt);
+  EXPECT_EQ(a, b);
+  opt.seed = 8;
+  EXPECT_NE(a, generate::generate(*m, {5, 6, 7}, opt));
+}
+
+TEST(Generate, StopsAtEosAndKeepsIt) {
+  model::CausalLM m = model::load_model(model_dir("qwen2"));
+  m->eval();
+  generate::SamplingOptions opt;
+  opt.max_new_tokens = 16;
+  auto free_run = generate::generate(*m, {3, 4, 5}, opt);
+  ASSERT_GE(free_run.size(), 3u);
+  opt.eos_ids = {free_run[2]};
+  auto stopped = generate::generate(*m, {3, 4, 5}, opt);
+  EXPECT_EQ(stopped.back(), free_run[2]);
+  EXPECT_LE(stopped.size(), 3u);
+  opt.ignore_eos = true;
+  EXPECT_EQ(generate::generate(*m, {3, 4, 5}, opt), free_run);
+}
+
+TEST(Generate, LogitsProcessorsFollowTransformers) {
+  at::Tensor logits = at::tensor({2.0, -1.0, 0.5, 3.0, -2.0}, at::kFloat);
+  generate::SamplingOptions opt;
+  opt.repetition_penalty = 2.0;
+  // Penalty: positive / p, negative * p, only for seen tokens.
+  auto s = generate::process_logits(logits, {0, 1}, opt);
+  EXPECT_FLOAT_EQ(s[0].item<float>(), 1.0f);
+  EXPECT_FLOAT_EQ(s[1].item<float>(), -2.0f);
+  EXPECT_FLOAT_EQ(s[3].item<float>(), 3.0f);
+  opt.repetition_penalty = 1.0;
+  opt.temperature = 1.0;
+  opt.top_k = 2;
+  s = generate::process_logits(logits, {}, opt);
+  EXPECT_EQ((s > -std::numeric_limits<float>::infinity()).sum().item<int64_t>(), 2);
+  opt.top_k = 0;
+  opt.top_p = 0.5;  // softmax mass of 3.0 alone is ~0.63 > 0.5: only it survives
+  s = generate::process_logits(logits, {}, opt);
+  EXPECT_EQ((s > -std::numeric_limits<float>::infinity()).sum().item<int64_t>(), 1);
+}
+
+TEST(Generate, PromptPastTheContextIsAnError) {
+  model::CausalLM m = model::load_model(model_dir("qwen2"));
+  generate::SamplingOptions opt;
+  opt.max_new_tokens = m->config().max_position_embeddings;
+  EXPECT_THROW(generate::generate(*m, {1, 2}, opt), Error);
+}
+
+TEST(Generate, CliPrintsJsonWithTheLibrarysIds) {
+  model::CausalLM m = model::load_model(model_dir("llama-bias"));
+  m->eval();
+  generate::SamplingOptions opt;
+  opt.max_new_tokens = 10;
+  opt.ignore_eos = true;
+  auto want = generate::generate(*m, {9, 8, 7}, opt);
+  auto r = test::run(test::quote(test::loratune_bin()) + " generate --model " +
+                     test::quote(model_dir("llama-bias")) +
+                     " --ids '9 8 7' --max-new-tokens 10 --ignore-eos --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  auto line = r.out.substr(r.out.find('{'));
+  auto j = nlohmann::json::parse(line.substr(0, line.find('\n')));
+  EXPECT_EQ(j["ids"].get<std::vector<int64_t>>(), want);
+}
+
+}  // namespace

@@ -1,0 +1,243 @@
+// trainer/export/merge.cpp — streaming LoRA merge into a Hugging Face model dir.
+#include "trainer/export/merge.h"
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/matmul.h>
+#include <nlohmann/json.hpp>
+
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "trainer/io/error.h"
+#include "trainer/io/file_util.h"
+#include "trainer/io/safetensors.h"
+#include "trainer/io/sha256.h"
+#include "trainer/lora/lora.h"
+#include "trainer/lora/peft_io.h"
+
+namespace loratune::exporter {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+constexpr const char* kPeftPrefix = "base_model.model.";
+
+// One adapted projection: its two factors and scale.
+struct Factors {
+  at::Tensor A, B;  // [r, in], [out, r]
+  double scale = 1.0;
+};
+
+// base weight name ("model.layers.0.self_attn.q_proj.weight") -> factors.
+std::map<std::string, Factors> read_factors(const std::string& adapter_dir,
+                                            const lora::LoraSpec& spec,
+                                            const io::SafetensorsFile& file) {
+  std::map<std::string, Factors> out;
+  for (const auto& info : file.tensors()) {
+    const std::string& n = info.name;
+    const std::string a_suffix = ".lora_A.weight", b_suffix = ".lora_B.weight";
+    auto ends = [&](const std::string& s) {
+      return n.size() > s.size() && n.compare(n.size() - s.size(), s.size(), s) == 0;
+    };
+    if (n.rfind(kPeftPrefix, 0) != 0 || !(ends(a_suffix) || ends(b_suffix))) {
+      throw Error(file.path() + ": tensor '" + n +
+                  "' is not a LoRA factor (expected base_model.model.<module>.lora_A/B.weight)");
+    }
+    std::string module =
+        n.substr(std::strlen(kPeftPrefix), n.size() - std::strlen(kPeftPrefix) - a_suffix.size());
+    Factors& f = out[module + ".weight"];
+    (ends(a_suffix) ? f.A : f.B) = file.tensor(n);
+    auto [r, alpha] = lora::rank_and_alpha(spec, module);
+    f.scale = lora::lora_scale(alpha, r, spec.use_rslora);
+  }
+  for (const auto& [name, f] : out) {
+    if (!f.A.defined() || !f.B.defined()) {
+      throw Error(file.path() + ": '" + name + "' has only one of lora_A / lora_B");
+    }
+  }
+  (void)adapter_dir;
+  return out;
+}
+
+// The dtype the base model declares (config.json "dtype" or "torch_dtype").
+std::optional<c10::ScalarType> config_dtype(const json& cfg) {
+  for (const char* key : {"dtype", "torch_dtype"}) {
+    if (!cfg.contains(key) || !cfg[key].is_string()) continue;
+    std::string s = cfg[key];
+    if (s == "float32") return at::kFloat;
+    if (s == "bfloat16") return at::kBFloat16;
+    if (s == "float16") return at::kHalf;
+  }
+  return std::nullopt;
+}
+
+std::string dtype_name(c10::ScalarType t) {
+  switch (t) {
+    case at::kFloat:
+      return "float32";
+    case at::kBFloat16:
+      return "bfloat16";
+    case at::kHalf:
+      return "float16";
+    default:
+      throw Error(std::string("merge: unsupported output dtype ") + c10::toString(t));
+  }
+}
+
+std::string model_card(const MergeOptions& opt, const lora::LoraSpec& spec, c10::ScalarType dtype,
+                       size_t merged) {
+  std::ostringstream md;
+  std::string base =
+      spec.base_model_name_or_path.empty() ? opt.model_dir : spec.base_model_name_or_path;
+  md << "---\nbase_model: " << base << "\nlibrary_name: transformers\ntags:\n- lora\n"
+     << "- loratune\n---\n\n# Merged LoRA model\n\n"
+     << "This model is `" << base << "` with a LoRA adapter merged into its weights by "
+     << "loratune (W' = W + s·B·A in float32, stored as " << dtype_name(dtype) << ").\n\n"
+     << "## LoRA\n\n| setting | value |\n| --- | --- |\n"
+     << "| r | " << spec.r << " |\n| alpha | " << spec.alpha << " |\n"
+     << "| rsLoRA | " << (spec.use_rslora ? "yes" : "no") << " |\n"
+     << "| dropout | " << spec.dropout << " |\n| target modules | ";
+  for (size_t i = 0; i < spec.target_modules.size(); ++i) {
+    md << (i ? ", " : "") << spec.target_modules[i];
+  }
+  md << " |\n| merged projections | " << merged << " |\n";
+  if (!spec.rank_pattern.empty()) md << "| rank_pattern | " << json(spec.rank_pattern) << " |\n";
+  if (!spec.alpha_pattern.empty()) {
+    md << "| alpha_pattern | " << json(spec.alpha_pattern) << " |\n";
+  }
+  const TrainingFacts& f = opt.facts;
+  if (!f.data_files.empty() || f.final_train_loss || f.final_val_loss) {
+    md << "\n## Training\n\n";
+    if (f.steps > 0) md << "- optimizer steps: " << f.steps << "\n";
+    if (f.final_train_loss) md << "- final training loss: " << *f.final_train_loss << "\n";
+    if (f.final_val_loss) md << "- final validation loss: " << *f.final_val_loss << "\n";
+    if (!f.data_files.empty()) {
+      md << "\n| data file | SHA-256 |\n| --- | --- |\n";
+      for (const auto& p : f.data_files) {
+        md << "| " << fs::path(p).filename().string() << " | " << io::sha256_file_hex(p) << " |\n";
+      }
+    }
+  }
+  return md.str();
+}
+
+}  // namespace
+
+std::vector<std::string> companion_files(const std::string& model_dir) {
+  static const std::set<std::string> kKeep = {"generation_config.json",
+                                              "tokenizer.json",
+                                              "tokenizer.model",
+                                              "tokenizer_config.json",
+                                              "special_tokens_map.json",
+                                              "added_tokens.json",
+                                              "vocab.json",
+                                              "merges.txt",
+                                              "chat_template.jinja",
+                                              "chat_template.json",
+                                              "preprocessor_config.json"};
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(model_dir)) {
+    if (e.is_regular_file() && kKeep.count(e.path().filename().string())) {
+      out.push_back(e.path().filename().string());
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+void merge_adapter(const MergeOptions& opt) {
+  if (fs::exists(opt.out_dir) && !opt.overwrite) {
+    throw Error(opt.out_dir + ": already exists (pass --overwrite to replace it)");
+  }
+  const std::string cfg_path = (fs::path(opt.model_dir) / "config.json").string();
+  json cfg = io::read_json(cfg_path);
+  lora::LoraSpec spec = lora::read_adapter_config(opt.adapter_dir);
+  auto adapter =
+      io::SafetensorsFile::open((fs::path(opt.adapter_dir) / "adapter_model.safetensors").string());
+  std::map<std::string, Factors> factors = read_factors(opt.adapter_dir, spec, *adapter);
+  io::Checkpoint base = io::Checkpoint::open(opt.model_dir);
+
+  c10::ScalarType dtype = opt.dtype.value_or(config_dtype(cfg).value_or(at::kFloat));
+  if (!opt.dtype && !config_dtype(cfg) && !base.names().empty()) {
+    dtype = base.info(base.names().front()).scalar_type;
+  }
+  dtype_name(dtype);  // validates
+
+  io::AtomicDir out(opt.out_dir, opt.overwrite);
+  {
+    io::ShardedWriter writer(out.path(), opt.max_shard_bytes);
+    size_t merged = 0;
+    std::vector<const io::TensorInfo*> written_views;  // queued views of this shard
+    // Fault injection for the crash-safety test: die (SIGKILL) once this many
+    // shards are on disk, as a power cut or the OOM killer would.
+    const char* kill_env = std::getenv("LORATUNE_FAULT_KILL_AFTER_SHARDS");
+    const int kill_after = kill_env ? std::atoi(kill_env) : -1;
+    int flushed = 0;
+    // Stream in file order, shard by shard, so reads stay sequential.
+    for (const auto& shard : base.shards()) {
+      for (const io::TensorInfo& info : shard->tensors()) {
+        at::Tensor w = shard->tensor(info.name);
+        auto it = factors.find(info.name);
+        at::Tensor outw;
+        if (it != factors.end()) {
+          const Factors& f = it->second;
+          if (w.dim() != 2 || f.A.size(1) != w.size(1) || f.B.size(0) != w.size(0) ||
+              f.A.size(0) != f.B.size(1)) {
+            throw Error(adapter->path() + ": factors for '" + info.name + "' (A " +
+                        c10::str(f.A.sizes()) + ", B " + c10::str(f.B.sizes()) +
+                        ") do not fit the base weight " + c10::str(w.sizes()));
+          }
+          // W' = W + s * (B @ A), in float32, cast once.
+          at::Tensor delta = at::matmul(f.B.to(at::kFloat), f.A.to(at::kFloat));  // [out, in]
+          outw = (w.to(at::kFloat) + delta * f.scale).to(dtype);
+          ++merged;
+          factors.erase(it);
+        } else {
+          outw = at::isFloatingType(w.scalar_type()) ? w.to(dtype) : w;
+        }
+        const bool view = outw.data_ptr() == w.data_ptr();
+        if (!view) shard->release(info);  // converted: the source pages are done
+        writer.add(info.name, outw);
+        // Views of the mapping are read when their shard is written; once the
+        // writer has flushed (only this tensor pending), drop their pages.
+        if (writer.pending_count() <= 1) {
+          for (const io::TensorInfo* done : written_views) shard->release(*done);
+          written_views.clear();
+          if (++flushed == kill_after) std::raise(SIGKILL);  // crash-safety tests
+        }
+        if (view) written_views.push_back(&info);
+      }
+      for (const io::TensorInfo* done : written_views) shard->release(*done);
+      written_views.clear();
+    }
+    if (!factors.empty()) {
+      throw Error(adapter->path() + ": adapter module '" + factors.begin()->first +
+                  "' has no weight in the base model " + opt.model_dir + " (" +
+                  std::to_string(factors.size()) + " unmatched)");
+    }
+    writer.finish();
+
+    // config.json: only the dtype key changes ("dtype" in transformers 5,
+    // "torch_dtype" in 4.x; the 4.x key when the base has neither).
+    bool has_key = false;
+    for (const char* key : {"dtype", "torch_dtype"}) {
+      if (cfg.contains(key)) cfg[key] = dtype_name(dtype), has_key = true;
+    }
+    if (!has_key) cfg["torch_dtype"] = dtype_name(dtype);
+    io::write_file_atomic((fs::path(out.path()) / "config.json").string(), cfg.dump(2) + "\n");
+    for (const auto& name : companion_files(opt.model_dir)) {
+      fs::copy_file(fs::path(opt.model_dir) / name, fs::path(out.path()) / name);
+    }
+    io::write_file_atomic((fs::path(out.path()) / "README.md").string(),
+                          model_card(opt, spec, dtype, merged));
+  }
+  out.commit();
+}
+
+}  // namespace loratune::exporter
