@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Reference LoRA training runs (PEFT + a plain PyTorch loop), for tests/train.
+
+    ref_train.py --models MODELS --out OUT
+For each variant in VARIANTS, in one process:
+  OUT/<variant>/init_adapter/   PEFT adapter (r=8, alpha=16, all-linear) with
+                                random A and B (PEFT would make B zero)
+  OUT/<variant>/train.jsonl     pre-tokenized examples {"input_ids", "labels"}
+                                (random ids, a random masked prompt prefix)
+  OUT/<variant>/final_adapter/  the adapter after training
+  OUT/<variant>/ref.json        per step: loss, lr, grad_norm
+Training: float32, dropout 0, examples in file order, micro-batch 2 padded
+on the right (attention_mask), gradient accumulation 3, STEPS optimizer steps,
+torch.optim.AdamW(lr 1e-3, weight_decay 0.01), get_cosine_schedule_with_warmup
+(3 warmup steps), clip_grad_norm_(1.0); the loss of a step is the sum of the
+token cross entropies of its micro-batches over the step's target count.
+OUT/schedules.json holds transformers' lr for the three schedules at every
+step of a few (warmup, total) settings.
+Also writes OUT/tokmodel: the llama-rope3-tied weights plus a minimal
+tokenizer (for CLI runs on pre-tokenized data).
+"""
+import argparse
+import json
+import os
+import shutil
+import warnings
+
+import torch
+import torch.nn.functional as F
+from transformers import (AutoModelForCausalLM, get_constant_schedule_with_warmup,
+                          get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup)
+from peft import LoraConfig, get_peft_model
+
+warnings.filterwarnings("ignore")
+
+VARIANTS = ["llama-rope3-tied", "qwen2", "qwen3"]
+STEPS, ACCUM, MICRO, WARMUP, LR, WD, CLIP = 16, 3, 2, 3, 1e-3, 0.01, 1.0
+
+
+def make_examples(n, vocab, g):
+    out = []
+    for _ in range(n):
+        t = int(torch.randint(4, 21, (1,), generator=g))
+        ids = torch.randint(3, vocab, (t,), generator=g).tolist()
+        prompt = int(torch.randint(0, t - 2, (1,), generator=g))
+        labels = [-100] * prompt + ids[prompt:]
+        out.append({"input_ids": ids, "labels": labels})
+    return out
+
+
+def collate(rows, pad=0):
+    T = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), T), pad, dtype=torch.long)
+    lab = torch.full((len(rows), T), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[i, :n] = torch.tensor(r["input_ids"])
+        lab[i, :n] = torch.tensor(r["labels"])
+        mask[i, :n] = 1
+    return ids, lab, mask
+
+
+def train_variant(models, out, variant, seed):
+    d = f"{out}/{variant}"
+    os.makedirs(d, exist_ok=True)
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(f"{models}/{variant}", dtype=torch.float32,
+                                                attn_implementation="eager")
+    cfg = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0,
+                     task_type="CAUSAL_LM")
+    model = get_peft_model(base, cfg)
+    g = torch.Generator().manual_seed(100 + seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    model.save_pretrained(f"{d}/init_adapter")
+    examples = make_examples(STEPS * ACCUM * MICRO, model.config.vocab_size, g)
+    with open(f"{d}/train.jsonl", "w") as f:
+        for e in examples:
+            f.write(json.dumps(e) + "\n")
+
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=LR, weight_decay=WD)
+    sched = get_cosine_schedule_with_warmup(opt, WARMUP, STEPS)
+    steps = []
+    it = iter(range(0, len(examples), MICRO))
+    for _ in range(STEPS):
+        micro = [collate(examples[i:i + MICRO]) for i in (next(it) for _ in range(ACCUM))]
+        n = sum(int((lab[:, 1:] != -100).sum()) for _, lab, _ in micro)
+        opt.zero_grad()
+        total = 0.0
+        for ids, lab, mask in micro:
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+            V = logits.shape[-1]
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, V), lab[:, 1:].reshape(-1),
+                                   ignore_index=-100, reduction="sum") / n
+            loss.backward()
+            total += loss.item()
+        lr = sched.get_last_lr()[0]
+        norm = torch.nn.utils.clip_grad_norm_(params, CLIP).item()
+        opt.step()
+        sched.step()
+        steps.append({"loss": total, "lr": lr, "grad_norm": norm, "targets": n})
+    model.save_pretrained(f"{d}/final_adapter")
+    with open(f"{d}/ref.json", "w") as f:
+        json.dump({"steps": steps, "warmup": WARMUP, "lr": LR, "weight_decay": WD,
+                   "accum": ACCUM, "micro": MICRO}, f, indent=1)
+    print(f"{variant}: losses {steps[0]['loss']:.4f} -> {steps[-1]['loss']:.4f}")
+
+
+def schedules(out):
+    res = []
+    for name, fn in [("constant", lambda o, w, t: get_constant_schedule_with_warmup(o, w)),
+                     ("linear", get_linear_schedule_with_warmup),
+                     ("cosine", get_cosine_schedule_with_warmup)]:
+        for warmup, total in [(0, 10), (3, 16), (5, 7), (1, 1), (2, 37)]:
+            opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2e-4)
+            s = fn(opt, warmup, total)
+            lrs = []
+            for _ in range(total + 2):
+                lrs.append(s.get_last_lr()[0])
+                opt.step()
+                s.step()
+            res.append({"name": name, "warmup": warmup, "total": total, "lr": 2e-4, "lrs": lrs})
+    with open(f"{out}/schedules.json", "w") as f:
+        json.dump(res, f, indent=1)
+
+
+def tokenizer_model(models, out):
+    """llama-rope3-tied + a minimal tokenizer (BPE over 1000 plain tokens)."""
+    from tokenizers import Tokenizer, models as tm
+    d = f"{out}/tokmodel"
+    shutil.rmtree(d, ignore_errors=True)
+    shutil.copytree(f"{models}/llama-rope3-tied", d)
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for i in range(3, 1000):
+        vocab[f"w{i}"] = i
+    tok = Tokenizer(tm.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.add_special_tokens(["<unk>", "<s>", "</s>"])
+    tok.save(f"{d}/tokenizer.json")
+    with open(f"{d}/tokenizer_config.json", "w") as f:
+        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>",
+                   "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>"}, f)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--models", required=True)
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    torch.set_num_threads(1)
+    for seed, v in enumerate(VARIANTS):
+        train_variant(a.models, a.out, v, seed)
+    schedules(a.out)
+    tokenizer_model(a.models, a.out)
+
+
+if __name__ == "__main__":
+    main()

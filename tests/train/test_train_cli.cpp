@@ -1,0 +1,172 @@
+// `loratune train` end to end on a tiny model: the run directory, resume after
+// a stop request and after kill -9 (bitwise identical losses and adapter on
+// CPU), refusing a finished run, non-finite loss handling, `loratune eval`.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/types.h>
+
+#include <chrono>
+#include <filesystem>
+#include <thread>
+
+#include "train_test_util.h"
+#include "trainer/io/safetensors.h"
+
+namespace fs = std::filesystem;
+using namespace loratune;
+
+namespace {
+
+struct RunDir {
+  std::string dir, config;
+};
+
+// A config for the tiny model + tokenizer of the ref_train fixture, training
+// on its pre-tokenized data with dropout and shuffling on.
+RunDir make_run(const std::string& tag, int64_t steps, const std::string& extra = "") {
+  RunDir r;
+  const std::string root = test::make_temp_dir(tag);
+  r.dir = root + "/run";
+  r.config = root + "/cfg.yaml";
+  const std::string data = test::ref_train_dir() + "/llama-rope3-tied/train.jsonl";
+  test::write_file(r.config,
+                   "model: {path: " + test::ref_train_dir() +
+                       "/tokmodel, dtype: float32}\n"
+                       "device: cpu\nseed: 7\n"
+                       "lora: {r: 4, alpha: 8, dropout: 0.1, target_modules: all-linear}\n"
+                       "data: {train: " +
+                       data +
+                       ", format: tokenized, max_seq_len: 64, shuffle: true, "
+                       "val_fraction: 0.1}\n"
+                       "train:\n  max_steps: " +
+                       std::to_string(steps) +
+                       "\n  micro_batch_size: 2\n  gradient_accumulation_steps: 2\n"
+                       "  optimizer: {lr: 1.0e-3, weight_decay: 0.01}\n"
+                       "  scheduler: {name: cosine, warmup_steps: 2}\n"
+                       "  save_every: 2\n  keep_checkpoints: 2\n  eval_every: 4\n" +
+                       extra + "output: {dir: " + r.dir + "}\n");
+  return r;
+}
+
+test::RunResult train(const RunDir& r, const std::string& args = "") {
+  return test::run(test::quote(test::loratune_bin()) + " train --plain " + test::quote(r.config) +
+                   " " + args + " 2>&1");
+}
+
+// (step, loss) of every train record, and val losses, in file order.
+std::vector<std::pair<int64_t, double>> losses(const RunDir& r,
+                                               const std::string& split = "train") {
+  std::vector<std::pair<int64_t, double>> out;
+  std::string text = test::read_file(r.dir + "/metrics.jsonl");
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t nl = text.find('\n', pos);
+    auto j = nlohmann::json::parse(text.substr(pos, nl - pos));
+    pos = nl + 1;
+    if (j.at("split") == split) out.emplace_back(j.at("step"), j.at("loss").get<double>());
+  }
+  return out;
+}
+
+void expect_same_adapter(const RunDir& a, const RunDir& b) {
+  auto fa = io::SafetensorsFile::open(a.dir + "/adapter/adapter_model.safetensors");
+  auto fb = io::SafetensorsFile::open(b.dir + "/adapter/adapter_model.safetensors");
+  ASSERT_EQ(fa->tensors().size(), fb->tensors().size());
+  for (const auto& info : fa->tensors()) {
+    ASSERT_TRUE(fb->contains(info.name)) << info.name;
+    EXPECT_TRUE(fa->tensor(info.name).equal(fb->tensor(info.name))) << info.name;
+  }
+}
+
+TEST(TrainCli, RunDirectoryAndResumeAfterStopIsBitwiseIdentical) {
+  RunDir full = make_run("train_full", 8);
+  auto rf = train(full);
+  ASSERT_EQ(rf.status, 0) << rf.out;
+  for (const char* f : {"config.yaml", "metrics.jsonl", "adapter/adapter_model.safetensors",
+                        "adapter/adapter_config.json", "checkpoints/step-6/state.json",
+                        "checkpoints/step-6/optimizer.safetensors"}) {
+    EXPECT_TRUE(fs::exists(full.dir + "/" + f)) << f;
+  }
+  EXPECT_FALSE(fs::exists(full.dir + "/checkpoints/step-2")) << "keep_checkpoints: 2";
+  auto lf = losses(full);
+  ASSERT_EQ(lf.size(), 8u);
+  EXPECT_EQ(losses(full, "val").size(), 2u);  // step 4 and the end
+  EXPECT_NE(lf.front().second, lf.back().second);
+
+  RunDir part = make_run("train_stop", 8);
+  auto r1 = train(part, "--stop-after-step 3");
+  ASSERT_EQ(r1.status, 143) << r1.out;
+  EXPECT_TRUE(fs::exists(part.dir + "/checkpoints/step-3/state.json")) << r1.out;
+  EXPECT_FALSE(fs::exists(part.dir + "/adapter"));
+  auto r2 = train(part, "--resume");
+  ASSERT_EQ(r2.status, 0) << r2.out;
+  auto lp = losses(part);
+  ASSERT_EQ(lp.size(), lf.size());
+  for (size_t i = 0; i < lf.size(); ++i) {
+    EXPECT_EQ(lp[i].first, lf[i].first);
+    EXPECT_EQ(lp[i].second, lf[i].second) << "step " << lf[i].first;  // bitwise
+  }
+  EXPECT_EQ(losses(part, "val"), losses(full, "val"));
+  expect_same_adapter(full, part);
+
+  // A finished run is never overwritten, nor resumed.
+  auto again = train(full);
+  EXPECT_EQ(again.status, 1);
+  EXPECT_NE(again.out.find("holds a finished run"), std::string::npos) << again.out;
+  EXPECT_NE(again.out.find(full.dir), std::string::npos) << again.out;
+  auto resume_done = train(full, "--resume");
+  EXPECT_EQ(resume_done.status, 1) << resume_done.out;
+  auto over = train(full, "output.overwrite=true");
+  EXPECT_EQ(over.status, 0) << over.out;
+  EXPECT_EQ(losses(full), lf);  // replaced, same run again
+
+  // eval on the validation split's files = the whole training file here.
+  auto ev = test::run(test::quote(test::loratune_bin()) + " eval " + test::quote(full.config) +
+                      " --json 2>&1");
+  ASSERT_EQ(ev.status, 0) << ev.out;
+  auto j = nlohmann::json::parse(ev.out.substr(ev.out.find('{')));
+  EXPECT_GT(j.at("tokens").get<int64_t>(), 0);
+  EXPECT_NEAR(j.at("perplexity").get<double>(), std::exp(j.at("loss").get<double>()), 1e-9);
+}
+
+TEST(TrainCli, ResumeAfterKill9IsBitwiseIdentical) {
+  const int64_t steps = 20;
+  RunDir full = make_run("kill_full", steps);
+  ASSERT_EQ(train(full).status, 0);
+  RunDir part = make_run("kill_part", steps);
+  // Start in the background, SIGKILL it as soon as a checkpoint exists.
+  auto bg = test::run("(" + test::quote(test::loratune_bin()) + " train --plain " +
+                      test::quote(part.config) + " > /dev/null 2>&1 & echo $!)");
+  const pid_t pid = static_cast<pid_t>(std::stol(bg.out));
+  bool killed = false;
+  for (int i = 0; i < 6000 && !killed; ++i) {
+    if (fs::exists(part.dir + "/checkpoints/step-2/state.json")) {
+      ::kill(pid, SIGKILL);
+      killed = true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  test::run("while kill -0 " + std::to_string(pid) + " 2>/dev/null; do sleep 0.05; done");
+  ASSERT_TRUE(killed);
+  ASSERT_FALSE(fs::exists(part.dir + "/adapter")) << "the run ended before the kill";
+  auto r = train(part, "--resume");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(losses(part), losses(full));
+  expect_same_adapter(full, part);
+}
+
+TEST(TrainCli, NonFiniteLossSkipsThenAbortsWithCheckpoint) {
+  RunDir r = make_run("train_nan", 8, "  max_bad_steps: 2\n  max_grad_norm: 0\n");
+  // lr 1e30 from step 0 (constant, no warmup): the first update blows the
+  // adapter up, the next losses are not finite.
+  auto res = train(r,
+                   "train.optimizer.lr=1e30 train.scheduler.name=constant "
+                   "train.scheduler.warmup_steps=0");
+  EXPECT_EQ(res.status, 1) << res.out;
+  EXPECT_NE(res.out.find("training aborted"), std::string::npos) << res.out;
+  EXPECT_NE(res.out.find("update skipped"), std::string::npos) << res.out;
+  EXPECT_TRUE(fs::exists(r.dir + "/checkpoints/step-3/state.json")) << res.out;
+  EXPECT_FALSE(fs::exists(r.dir + "/adapter"));
+}
+
+}  // namespace

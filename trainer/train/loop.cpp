@@ -1,0 +1,55 @@
+// One optimizer step: accumulation over micro-batches, clipping, AdamW.
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/isfinite.h>
+#include <ATen/ops/logical_and.h>
+#include <ATen/ops/zeros.h>
+
+#include "trainer/io/error.h"
+#include "trainer/train/train.h"
+
+namespace loratune::train {
+
+Trainer::Trainer(model::CausalLMImpl& model, const config::TrainLoopConfig& cfg,
+                 int64_t total_steps)
+    : model_(model),
+      cfg_(cfg),
+      opt_(lora::adapter_parameters(model), cfg.optimizer),
+      sched_(cfg.scheduler, cfg.optimizer.lr, total_steps) {}
+
+StepResult Trainer::step(const std::vector<MicroBatch>& micro) {
+  if (micro.empty()) throw Error("train step: no micro-batches");
+  StepResult r;
+  // The denominator is the target count of the whole step, known before any
+  // backward pass (host ints: the loader counted them, no device sync).
+  for (const MicroBatch& mb : micro) {
+    r.target_tokens += mb.target_tokens;
+    r.tokens += mb.tokens;
+  }
+  if (r.target_tokens == 0) {
+    throw Error("train step " + std::to_string(step_ + 1) + ": the batch holds no target tokens");
+  }
+  model_.train();
+  at::AutoGradMode grad_on(true);
+  opt_.zero_grad();
+  const double n = static_cast<double>(r.target_tokens);
+  at::Tensor loss_acc = at::zeros({}, opt_.params()[0].options().dtype(at::kFloat));
+  for (const MicroBatch& mb : micro) {
+    at::Tensor loss =
+        micro_batch_loss_sum(model_, mb, cfg_.gradient_checkpointing) / n;  // 0-dim float32
+    loss.backward();
+    loss_acc.add_(loss.detach());
+  }
+  r.loss = loss_acc;
+  r.grad_norm = clip_grad_norm(opt_.params(), cfg_.max_grad_norm);
+  // Skip (no update) when the loss or any gradient is not finite.
+  r.found_inf = at::logical_and(at::isfinite(loss_acc), at::isfinite(r.grad_norm))
+                    .logical_not()
+                    .to(at::kFloat);
+  r.lr = sched_.lr_at(step_);
+  opt_.step(r.lr, r.found_inf);
+  opt_.zero_grad();
+  ++step_;
+  return r;
+}
+
+}  // namespace loratune::train

@@ -1,0 +1,309 @@
+// run_training: model + adapters + data + Trainer + run directory.
+//
+// setup() order: check the run directory; seed; load the model; inject LoRA
+// (then lora.init_from); prepare the data; build the Trainer; on resume
+// restore the newest checkpoint; write config.yaml; loop.
+#include <ATen/Context.h>
+#include <ATen/core/grad_mode.h>
+#include <torch/cuda.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <filesystem>
+#include <memory>
+
+#include "trainer/io/error.h"
+#include "trainer/io/file_util.h"
+#include "trainer/lora/peft_io.h"
+#include "trainer/model/loader.h"
+#include "trainer/tokenizer/tokenizer.h"
+#include "trainer/train/train.h"
+
+namespace fs = std::filesystem;
+
+namespace loratune::train {
+
+namespace {
+
+std::string resolve_device(const std::string& d) {
+  if (d == "auto") return torch::cuda::is_available() ? "cuda:0" : "cpu";
+  return d;
+}
+
+at::ScalarType to_scalar_type(config::DType d) {
+  switch (d) {
+    case config::DType::kFloat32:
+      return at::kFloat;
+    case config::DType::kBFloat16:
+      return at::kBFloat16;
+    case config::DType::kFloat16:
+      return at::kHalf;
+  }
+  return at::kFloat;
+}
+
+lora::LoraSpec spec_of(const config::TrainConfig& cfg) {
+  lora::LoraSpec s;
+  s.r = cfg.lora.r;
+  s.alpha = cfg.lora.alpha;
+  s.dropout = cfg.lora.dropout;
+  s.use_rslora = cfg.lora.use_rslora;
+  s.target_modules = cfg.lora.target_modules;
+  s.base_model_name_or_path = cfg.model.path;
+  return s;
+}
+
+// Refuses to clobber runs; clears our own files when output.overwrite.
+void prepare_run_dir(const config::TrainConfig& cfg, bool resume) {
+  const fs::path out(cfg.output.dir);
+  const bool finished = fs::exists(out / "adapter");
+  if (resume) {
+    if (finished) {
+      throw Error("output.dir '" + out.string() + "' holds a finished run (" +
+                  (out / "adapter").string() + " exists); nothing to resume");
+    }
+    return;
+  }
+  std::error_code ec;
+  if (!fs::exists(out) || fs::is_empty(out, ec)) {
+    fs::create_directories(out);
+    return;
+  }
+  if (!cfg.output.overwrite) {
+    if (finished) {
+      throw Error("output.dir '" + out.string() + "' holds a finished run (" +
+                  (out / "adapter").string() + " exists); set output.overwrite=true to replace it");
+    }
+    if (fs::exists(out / "checkpoints") || fs::exists(out / "metrics.jsonl")) {
+      throw Error("output.dir '" + out.string() +
+                  "' holds an unfinished run; pass --resume to continue it or set "
+                  "output.overwrite=true to start again");
+    }
+    throw Error("output.dir '" + out.string() +
+                "' is not empty; choose another directory or set output.overwrite=true");
+  }
+  for (const char* name : {"adapter", "checkpoints", "metrics.jsonl", "config.yaml", "merged"}) {
+    fs::remove_all(out / name);
+  }
+}
+
+// Validation micro-batches in file order.
+std::vector<MicroBatch> eval_batches(const std::vector<data::Example>& examples,
+                                     const config::TrainConfig& cfg, int32_t pad_id,
+                                     const c10::Device& device) {
+  std::vector<MicroBatch> out;
+  if (examples.empty()) return out;
+  auto seqs = data::make_sequences(examples, cfg.data.max_seq_len, cfg.data.packing);
+  const size_t bs = static_cast<size_t>(cfg.train.micro_batch_size);
+  for (size_t i = 0; i < seqs.size(); i += bs) {
+    std::vector<const data::Sequence*> rows;
+    for (size_t j = i; j < std::min(seqs.size(), i + bs); ++j) rows.push_back(&seqs[j]);
+    out.push_back(to_micro_batch(data::collate(rows, pad_id), device, cfg.data.packing));
+  }
+  return out;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Host copies of StepResults, taken at log points only.
+struct Logger {
+  MetricsLog* log = nullptr;
+  Progress* progress = nullptr;
+  int64_t max_bad_steps = 1;
+  int64_t bad_run = 0;  // consecutive skipped steps so far
+  std::vector<std::pair<int64_t, StepResult>> pending;
+  double window_start_s = 0;
+  int64_t window_tokens = 0;
+
+  // Syncs once for the pending steps and writes them. Returns false when the
+  // run has reached max_bad_steps consecutive skipped steps.
+  bool flush(double elapsed_s, int64_t tokens_seen) {
+    if (pending.empty()) return true;
+    const double dt = std::max(1e-9, elapsed_s - window_start_s);
+    const double tps = static_cast<double>(window_tokens) / dt;
+    bool ok = true;
+    for (auto& [step, r] : pending) {
+      const double loss = r.loss.item<double>();
+      const double norm = r.grad_norm.item<double>();
+      const bool skipped = r.found_inf.item<float>() != 0.0f;
+      nlohmann::ordered_json j;
+      j["step"] = step;
+      j["split"] = "train";
+      j["loss"] = loss;
+      j["lr"] = r.lr;
+      j["grad_norm"] = norm;
+      j["tokens"] = r.tokens;
+      j["tokens_per_s"] = tps;
+      j["elapsed_s"] = elapsed_s;
+      if (skipped) j["skipped"] = true;
+      log->write(j);
+      if (skipped) {
+        ++bad_run;
+        progress->message("loratune: warning: step " + std::to_string(step) +
+                          ": non-finite loss or gradient (loss " + std::to_string(loss) +
+                          ", grad_norm " + std::to_string(norm) + "); update skipped (" +
+                          std::to_string(bad_run) + " in a row)");
+        if (bad_run >= max_bad_steps) ok = false;
+      } else {
+        bad_run = 0;
+      }
+    }
+    const auto& last = pending.back();
+    progress->update(last.first, last.second.loss.item<double>(), last.second.lr, tps, elapsed_s,
+                     last.second.grad_norm.item<double>());
+    pending.clear();
+    window_start_s = elapsed_s;
+    window_tokens = 0;
+    (void)tokens_seen;
+    return ok;
+  }
+};
+
+}  // namespace
+
+RunResult run_training(const config::TrainConfig& cfg, const RunOptions& opts) {
+  if (cfg.train.mixed_precision != config::MixedPrecision::kNone) {
+    // Refused rather than ignored: no autocast path exists yet.
+    throw Error("train.mixed_precision=" + config::to_string(cfg.train.mixed_precision) +
+                " is not supported yet; use model.dtype=bfloat16 (bf16 base weights, float32 "
+                "LoRA weights) with train.mixed_precision=none");
+  }
+  prepare_run_dir(cfg, opts.resume);
+  const std::string run_dir = cfg.output.dir;
+  std::string resume_from;
+  if (opts.resume) {
+    resume_from = latest_checkpoint(run_dir);
+    if (resume_from.empty()) {
+      throw Error("--resume: no complete checkpoint under '" + run_dir + "/checkpoints'");
+    }
+  }
+
+  at::manual_seed(static_cast<uint64_t>(cfg.seed));
+  const std::string device_name = resolve_device(cfg.device);
+  model::CausalLM model =
+      model::load_model(cfg.model.path, {to_scalar_type(cfg.model.dtype), device_name});
+  const c10::Device device = model->device();
+  const lora::LoraSpec spec = spec_of(cfg);
+  lora::inject_lora(*model, spec);
+  if (!cfg.lora.init_from.empty()) lora::load_adapter_weights(cfg.lora.init_from, *model);
+
+  auto tok = tokenizer::load_tokenizer(cfg.model.path);
+  data::PreparedData prepared =
+      data::prepare_data(cfg.data, static_cast<uint64_t>(cfg.seed), *tok, cfg.model.path);
+  const int32_t pad_id = data::pad_id_for(*tok);
+  data::DataLoader loader(
+      data::make_sequences(prepared.train, cfg.data.max_seq_len, cfg.data.packing),
+      cfg.train.micro_batch_size, pad_id, static_cast<uint64_t>(cfg.seed), cfg.data.shuffle);
+  const std::vector<MicroBatch> val = eval_batches(prepared.validation, cfg, pad_id, device);
+
+  const int64_t accum = cfg.train.gradient_accumulation_steps;
+  const int64_t total =
+      cfg.train.max_steps > 0
+          ? cfg.train.max_steps
+          : std::max<int64_t>(1,
+                              (cfg.train.epochs * loader.batches_per_epoch() + accum - 1) / accum);
+  Trainer trainer(*model, cfg.train, total);
+
+  TrainState state;
+  state.total_steps = total;
+  if (!resume_from.empty()) {
+    state = load_checkpoint(resume_from, *model, trainer.optimizer());
+    if (state.total_steps != total) {
+      throw Error(resume_from + ": checkpoint of a run of " + std::to_string(state.total_steps) +
+                  " steps, but this config gives " + std::to_string(total));
+    }
+    loader.seek(state.data_position);
+    trainer.set_step_count(state.step);
+    // metrics.jsonl continues from what the checkpoint had seen.
+    const fs::path m = fs::path(resume_from) / "metrics.jsonl";
+    io::write_file_atomic(run_dir + "/metrics.jsonl", fs::exists(m) ? io::read_file(m) : "");
+  }
+  io::write_file_atomic(run_dir + "/config.yaml", config::to_yaml(cfg));
+
+  MetricsLog metrics(run_dir + "/metrics.jsonl");
+  Progress progress(total, opts.plain_progress);
+  progress.message("loratune: training " + std::to_string(total) + " steps on " + device.str() +
+                   " (" + std::to_string(prepared.train.size()) + " examples, " +
+                   std::to_string(val.size()) + " validation batches)" +
+                   (resume_from.empty() ? "" : ", resumed from " + resume_from));
+  Logger logger;
+  logger.log = &metrics;
+  logger.progress = &progress;
+  logger.max_bad_steps = cfg.train.max_bad_steps;
+  const auto t0 = std::chrono::steady_clock::now();
+  const double elapsed0 = state.elapsed_s;
+  logger.window_start_s = elapsed0;
+  auto elapsed = [&] { return elapsed0 + seconds_since(t0); };
+
+  RunResult result;
+  auto checkpoint = [&](int64_t keep) {
+    state.step = trainer.step_count();
+    state.data_position = loader.position();
+    state.elapsed_s = elapsed();
+    result.checkpoint = save_checkpoint(run_dir, *model, spec, trainer.optimizer(), state, keep);
+  };
+  auto run_eval = [&](int64_t step) {
+    EvalResult e = evaluate(*model, val);
+    nlohmann::ordered_json j;
+    j["step"] = step;
+    j["split"] = "val";
+    j["loss"] = e.loss;
+    j["perplexity"] = e.perplexity;
+    metrics.write(j);
+    progress.message("step " + std::to_string(step) + " validation loss " + std::to_string(e.loss) +
+                     " perplexity " + std::to_string(e.perplexity));
+  };
+
+  while (trainer.step_count() < total) {
+    std::vector<MicroBatch> micro;
+    for (int64_t a = 0; a < accum; ++a) {
+      micro.push_back(to_micro_batch(loader.next(), device, cfg.data.packing));
+    }
+    StepResult r = trainer.step(micro);
+    const int64_t step = trainer.step_count();
+    state.tokens_seen += r.tokens;
+    logger.window_tokens += r.tokens;
+    logger.pending.emplace_back(step, std::move(r));
+
+    int stop = opts.stop_signal != nullptr ? opts.stop_signal->load() : 0;
+    if (stop == 0 && opts.stop_after_step > 0 && step >= opts.stop_after_step) stop = SIGTERM;
+    const bool save_now = cfg.train.save_every > 0 && step % cfg.train.save_every == 0;
+    if (step % cfg.train.log_every == 0 || step == total || save_now || stop != 0) {
+      if (!logger.flush(elapsed(), state.tokens_seen)) {
+        checkpoint(cfg.train.keep_checkpoints);
+        progress.finish();
+        throw Error("training aborted: " + std::to_string(logger.bad_run) +
+                    " consecutive steps with a non-finite loss or gradient (train.max_bad_steps=" +
+                    std::to_string(cfg.train.max_bad_steps) + "); checkpoint written to " +
+                    result.checkpoint);
+      }
+    }
+    if (!val.empty() && cfg.train.eval_every > 0 && step % cfg.train.eval_every == 0 &&
+        step != total) {
+      run_eval(step);
+    }
+    if (save_now && step != total) checkpoint(cfg.train.keep_checkpoints);
+    if (stop != 0 && step != total) {
+      if (!save_now) checkpoint(cfg.train.keep_checkpoints);
+      progress.message("loratune: stopped by signal " + std::to_string(stop) + " after step " +
+                       std::to_string(step) + "; checkpoint " + result.checkpoint +
+                       " (continue with --resume)");
+      progress.finish();
+      result.steps_done = step;
+      result.stopped_by_signal = stop;
+      return result;
+    }
+  }
+  if (!val.empty()) run_eval(trainer.step_count());
+  progress.finish();
+  lora::save_adapter(run_dir + "/adapter", *model, spec, /*overwrite=*/false);
+  progress.message("loratune: adapter written to " + run_dir + "/adapter");
+  result.steps_done = trainer.step_count();
+  return result;
+}
+
+}  // namespace loratune::train

@@ -1,0 +1,278 @@
+// trainer/train/train.h — the LoRA training loop: loss, AdamW, lr schedules,
+// gradient accumulation and clipping, evaluation, checkpoints and resume.
+//
+// The reference is Hugging Face transformers + PEFT + torch.optim.AdamW:
+//   * loss of an optimizer step = sum over its micro-batches of the per-token
+//     cross entropy (float32; logits[:, :-1] vs labels[:, 1:], -100 ignored)
+//     divided by the number of target tokens of the WHOLE step (transformers'
+//     num_items_in_batch fix), so accumulation gives the same gradient as one
+//     big batch;
+//   * AdamW with decoupled weight decay (p *= 1 - lr*wd) over the adapter
+//     parameters only, through at::_fused_adamw_ (CPU and CUDA);
+//   * clipping as torch.nn.utils.clip_grad_norm_ (foreach norms, coefficient
+//     max_norm / (norm + 1e-6) clamped to 1), returning the pre-clip norm;
+//   * lr at optimizer step k (0-based) = lr * lambda(k) with transformers'
+//     get_{constant,linear,cosine}_schedule_with_warmup lambdas.
+// A step whose loss or gradient norm is not finite is skipped (no update,
+// AdamW's step counters unchanged, grads zeroed) through _fused_adamw_'s
+// found_inf, so no host-device sync is needed; the schedule still advances.
+//
+// Shapes: B micro-batch rows, T tokens, V vocabulary.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "trainer/config/config.h"
+#include "trainer/data/data.h"
+#include "trainer/lora/lora.h"
+#include "trainer/model/model.h"
+
+namespace loratune::tokenizer {
+class Tokenizer;
+}
+
+namespace loratune::train {
+
+// ---- loss (loss.cpp) --------------------------------------------------------
+
+// One micro-batch on the model's device. All [B,T] int64 except
+// attention_mask (int64 1/0). segment_ids set only for packed batches.
+struct MicroBatch {
+  at::Tensor input_ids, labels, position_ids, attention_mask, segment_ids;
+  int64_t target_tokens = 0;  // labels[:, 1:] != -100
+  int64_t tokens = 0;         // non-padding tokens
+};
+
+// A data::Batch as tensors on `device`. `packed` passes segment_ids (and the
+// per-example position_ids) to the model; otherwise the attention mask.
+MicroBatch to_micro_batch(const data::Batch& b, const c10::Device& device, bool packed);
+
+// Number of target tokens: labels[:, 1:] != -100. labels [B,T].
+int64_t count_target_tokens(const at::Tensor& labels);
+
+// Sum of the float32 cross entropy of logits [B,T,V] against the shifted
+// labels [B,T] (ignore -100): a 0-dim float32 tensor on the logits' device.
+at::Tensor token_loss_sum(const at::Tensor& logits, const at::Tensor& labels);
+
+// forward + token_loss_sum for one micro-batch; with `checkpoint`, through
+// forward_checkpointed (activation checkpointing).
+at::Tensor micro_batch_loss_sum(model::CausalLMImpl& model, const MicroBatch& mb,
+                                bool checkpoint = false);
+
+// ---- schedule (schedule.cpp) -------------------------------------------------
+
+class LrSchedule {
+ public:
+  // total_steps >= 1 optimizer steps; warmup resolved by warmup_steps(cfg, total).
+  LrSchedule(const config::SchedulerConfig& cfg, double peak_lr, int64_t total_steps);
+  // The lr used by optimizer step `step` (0-based), exactly transformers'
+  // LambdaLR value base_lr * lambda(step).
+  double lr_at(int64_t step) const;
+  int64_t warmup() const { return warmup_; }
+  int64_t total() const { return total_; }
+
+ private:
+  config::SchedulerName name_;
+  double peak_;
+  int64_t warmup_, total_;
+};
+
+// warmup_steps, or ceil(total * warmup_ratio) as the HF Trainer computes it.
+int64_t warmup_steps(const config::SchedulerConfig& cfg, int64_t total_steps);
+
+// ---- optimizer (optimizer.cpp) -------------------------------------------------
+
+// AdamW over a fixed list of float32 parameters; state tensors live beside
+// them (same device and dtype; step counters float32 scalars per parameter,
+// as torch.optim.AdamW(fused=True) keeps them).
+class AdamW {
+ public:
+  AdamW(std::vector<at::Tensor> params, const config::OptimizerConfig& cfg);
+  // One update with `lr` from the parameters' .grad. When `found_inf` (a
+  // 0-dim float32 tensor, 1 = skip) is defined and 1, nothing changes.
+  void step(double lr, const at::Tensor& found_inf = {});
+  // Zeroes every .grad in place (allocating zero grads the first time).
+  void zero_grad();
+  const std::vector<at::Tensor>& params() const { return params_; }
+  std::vector<at::Tensor>& exp_avg() { return exp_avg_; }
+  std::vector<at::Tensor>& exp_avg_sq() { return exp_avg_sq_; }
+  std::vector<at::Tensor>& steps() { return steps_; }
+
+ private:
+  std::vector<at::Tensor> params_, exp_avg_, exp_avg_sq_, steps_;
+  config::OptimizerConfig cfg_;
+};
+
+// torch.nn.utils.clip_grad_norm_(params, max_norm) over the grads of
+// `params`: returns the total L2 norm before clipping (0-dim float32, on
+// device, no sync). max_norm <= 0 only measures.
+at::Tensor clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm);
+
+// ---- one optimizer step (loop.cpp) ------------------------------------------
+
+struct StepResult {
+  at::Tensor loss;       // 0-dim float32 on device: the step's mean token loss
+  at::Tensor grad_norm;  // 0-dim float32 on device: pre-clip norm
+  at::Tensor found_inf;  // 0-dim float32 on device: 1 when the step was skipped
+  double lr = 0;
+  int64_t target_tokens = 0;
+  int64_t tokens = 0;
+};
+
+// Owns the optimizer and schedule for `model`'s adapter parameters and runs
+// optimizer steps on micro-batches the caller supplies. Does not sync the
+// host with the device.
+class Trainer {
+ public:
+  Trainer(model::CausalLMImpl& model, const config::TrainLoopConfig& cfg, int64_t total_steps);
+  // One optimizer step over `micro` (the accumulation group; any size >= 1).
+  // Puts the model in training mode. Throws when the group has no target.
+  StepResult step(const std::vector<MicroBatch>& micro);
+  int64_t step_count() const { return step_; }
+  void set_step_count(int64_t s) { step_ = s; }
+  AdamW& optimizer() { return opt_; }
+  const LrSchedule& schedule() const { return sched_; }
+
+ private:
+  model::CausalLMImpl& model_;
+  config::TrainLoopConfig cfg_;
+  AdamW opt_;
+  LrSchedule sched_;
+  int64_t step_ = 0;
+};
+
+// Mean token loss over `batches` (sum CE / all their target tokens) in eval
+// mode without autograd; restores the previous training mode.
+struct EvalResult {
+  double loss = 0;
+  double perplexity = 0;
+  int64_t target_tokens = 0;
+};
+EvalResult evaluate(model::CausalLMImpl& model, const std::vector<MicroBatch>& batches);
+
+// Loss and perplexity of `model` on the files of `data_cfg` (data.train,
+// read as the training data is: format, masking, max_seq_len, packing), in
+// file order and micro-batches of `batch_size`. `tok` must have been loaded
+// from `tokenizer_dir`.
+EvalResult evaluate_files(model::CausalLMImpl& model, const tokenizer::Tokenizer& tok,
+                          const std::string& tokenizer_dir, const config::DataConfig& data_cfg,
+                          int64_t batch_size);
+
+// ---- activation checkpointing (activation_checkpoint.cpp) -------------------
+
+// Runs `fn(x)` so that its intermediate activations are not kept for the
+// backward pass: backward recomputes fn with the CPU (and CUDA) RNG states
+// of the forward restored, so dropout masks repeat. `params` are the
+// trainable tensors fn uses (LoRA A/B of the layer): they are passed to the
+// autograd node so their gradients are computed. x [..] -> same as fn's.
+at::Tensor checkpointed(const std::function<at::Tensor(const at::Tensor&)>& fn, const at::Tensor& x,
+                        const std::vector<at::Tensor>& params);
+
+// model.forward(input_ids, opt) (no KV cache) with every decoder layer
+// checkpointed: logits [B,T,V]. The per-call inputs (embeddings, RoPE tables,
+// attention masks) are built as DecoderModelImpl::forward builds them; a test
+// checks the logits equal model.forward's.
+at::Tensor forward_checkpointed(model::CausalLMImpl& model, const at::Tensor& input_ids,
+                                const model::ForwardOptions& opt);
+
+// ---- metrics and progress (metrics.cpp, progress.cpp) ------------------------
+
+// metrics.jsonl: one JSON object per line, appended and flushed per record.
+class MetricsLog {
+ public:
+  // Opens `path` for appending (creating it).
+  explicit MetricsLog(std::string path);
+  void write(const nlohmann::ordered_json& record);
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// A progress display on stderr: a \r-updated bar on a TTY, plain lines
+// otherwise (or when forced).
+class Progress {
+ public:
+  Progress(int64_t total_steps, bool force_plain = false);
+  void update(int64_t step, double loss, double lr, double tokens_per_s, double elapsed_s,
+              double grad_norm);
+  void message(const std::string& line);  // a full line (clears the bar)
+  void finish();
+
+ private:
+  int64_t total_;
+  bool tty_;
+  bool bar_shown_ = false;
+};
+
+// ---- checkpoints (checkpoint.cpp) --------------------------------------------
+
+// What a checkpoint holds besides the adapter.
+struct TrainState {
+  int64_t step = 0;  // optimizer steps done
+  data::LoaderPosition data_position;
+  int64_t total_steps = 0;
+  int64_t tokens_seen = 0;
+  double elapsed_s = 0;
+};
+
+// Writes <run_dir>/checkpoints/step-<state.step>/ atomically: adapter/ (PEFT
+// format), optimizer.safetensors (moments and step counters by PEFT tensor
+// name, RNG states "rng.cpu", "rng.cuda.<i>"), state.json, and a copy of
+// metrics.jsonl as it is now. Then removes all but the newest `keep`
+// checkpoints (keep 0 = keep all). Returns the directory.
+std::string save_checkpoint(const std::string& run_dir, model::CausalLMImpl& model,
+                            const lora::LoraSpec& spec, AdamW& opt, const TrainState& state,
+                            int64_t keep);
+
+// The newest complete checkpoint directory of `run_dir`, or "" when none.
+std::string latest_checkpoint(const std::string& run_dir);
+
+// Restores adapter weights, optimizer state and RNG states from `ckpt_dir`
+// into `model` / `opt` and returns the train state. Throws naming the file
+// and tensor on any mismatch.
+TrainState load_checkpoint(const std::string& ckpt_dir, model::CausalLMImpl& model, AdamW& opt);
+
+// ---- the whole run (run.cpp) -------------------------------------------------
+
+struct RunOptions {
+  bool resume = false;
+  // Polled once per optimizer step; nonzero (the signal number) stops the
+  // run after the current step with a checkpoint.
+  const std::atomic<int>* stop_signal = nullptr;
+  // Test hook: after this many optimizer steps behave as if SIGTERM arrived (0 = off).
+  int64_t stop_after_step = 0;
+  bool plain_progress = false;  // plain log lines even on a TTY
+};
+
+struct RunResult {
+  int64_t steps_done = 0;
+  int stopped_by_signal = 0;  // the signal number when stopped early, else 0
+  bool aborted_bad_steps = false;
+  std::string checkpoint;  // last checkpoint written ("" when none)
+};
+
+// Trains as `cfg` says into cfg.output.dir:
+//   config.yaml (the resolved config), metrics.jsonl, checkpoints/step-N/,
+//   adapter/ (the final adapter in PEFT format, written last).
+// A directory holding a finished run (adapter/) is refused unless
+// output.overwrite (which clears it first) or resume; a directory with
+// checkpoints but no adapter is refused unless resume or overwrite. With
+// resume, training continues from the newest checkpoint and is bitwise
+// identical on CPU to an uninterrupted run. Too many consecutive non-finite
+// steps (train.max_bad_steps, checked at log points) write a checkpoint and
+// throw Error. A stop request writes a checkpoint and returns with
+// stopped_by_signal set.
+// train.mixed_precision other than none is refused (no autocast yet): bf16
+// training is model.dtype=bfloat16 with float32 LoRA weights.
+RunResult run_training(const config::TrainConfig& cfg, const RunOptions& opts);
+
+}  // namespace loratune::train
