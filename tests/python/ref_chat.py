@@ -202,7 +202,7 @@ def generic_conversations():
     """(messages, add_generation_prompt, extra kwargs, tools) tuples, deterministic."""
     out = []
     k = 0
-    for turns in (1, 2, 3):
+    for turns in (1, 2, 3, 4):
         for with_system in (False, True):
             for end_with_user in (True, False):
                 msgs = []
@@ -219,6 +219,10 @@ def generic_conversations():
     for i, text in enumerate(TEXTS):
         out.append(([{"role": "user", "content": text}, {"role": "assistant", "content": REPLIES[i % len(REPLIES)]}],
                     False, {}, None))
+    # Every text again after a system prompt, asking for the generation prompt.
+    for i, text in enumerate(TEXTS):
+        out.append(([{"role": "system", "content": SYSTEMS[i % len(SYSTEMS)]},
+                     {"role": "user", "content": text}], True, {}, None))
     # Refused by strictly alternating templates.
     out.append(([{"role": "user", "content": "one"}, {"role": "user", "content": "two"}], True, {}, None))
     out.append(([{"role": "assistant", "content": "first"}, {"role": "user", "content": "then"}], True, {}, None))
