@@ -19,6 +19,7 @@
 #include "trainer/io/sha256.h"
 #include "trainer/lora/lora.h"
 #include "trainer/lora/peft_io.h"
+#include "trainer/model/loader.h"
 
 namespace loratune::exporter {
 namespace {
@@ -77,19 +78,6 @@ std::optional<c10::ScalarType> config_dtype(const json& cfg) {
   return std::nullopt;
 }
 
-std::string dtype_name(c10::ScalarType t) {
-  switch (t) {
-    case at::kFloat:
-      return "float32";
-    case at::kBFloat16:
-      return "bfloat16";
-    case at::kHalf:
-      return "float16";
-    default:
-      throw Error(std::string("merge: unsupported output dtype ") + c10::toString(t));
-  }
-}
-
 std::string model_card(const MergeOptions& opt, const lora::LoraSpec& spec, c10::ScalarType dtype,
                        size_t merged) {
   std::ostringstream md;
@@ -98,7 +86,7 @@ std::string model_card(const MergeOptions& opt, const lora::LoraSpec& spec, c10:
   md << "---\nbase_model: " << base << "\nlibrary_name: transformers\ntags:\n- lora\n"
      << "- loratune\n---\n\n# Merged LoRA model\n\n"
      << "This model is `" << base << "` with a LoRA adapter merged into its weights by "
-     << "loratune (W' = W + s·B·A in float32, stored as " << dtype_name(dtype) << ").\n\n"
+     << "loratune (W' = W + s·B·A in float32, stored as " << model::dtype_string(dtype) << ").\n\n"
      << "## LoRA\n\n| setting | value |\n| --- | --- |\n"
      << "| r | " << spec.r << " |\n| alpha | " << spec.alpha << " |\n"
      << "| rsLoRA | " << (spec.use_rslora ? "yes" : "no") << " |\n"
@@ -167,7 +155,7 @@ void merge_adapter(const MergeOptions& opt) {
   if (!opt.dtype && !config_dtype(cfg) && !base.names().empty()) {
     dtype = base.info(base.names().front()).scalar_type;
   }
-  dtype_name(dtype);  // validates
+  model::dtype_string(dtype);  // throws for a dtype a model cannot be stored in
 
   io::AtomicDir out(opt.out_dir, opt.overwrite);
   {
@@ -227,9 +215,9 @@ void merge_adapter(const MergeOptions& opt) {
     // "torch_dtype" in 4.x; the 4.x key when the base has neither).
     bool has_key = false;
     for (const char* key : {"dtype", "torch_dtype"}) {
-      if (cfg.contains(key)) cfg[key] = dtype_name(dtype), has_key = true;
+      if (cfg.contains(key)) cfg[key] = model::dtype_string(dtype), has_key = true;
     }
-    if (!has_key) cfg["torch_dtype"] = dtype_name(dtype);
+    if (!has_key) cfg["torch_dtype"] = model::dtype_string(dtype);
     io::write_file_atomic((fs::path(out.path()) / "config.json").string(), cfg.dump(2) + "\n");
     for (const auto& name : companion_files(opt.model_dir)) {
       fs::copy_file(fs::path(opt.model_dir) / name, fs::path(out.path()) / name);
