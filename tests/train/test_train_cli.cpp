@@ -169,4 +169,14 @@ TEST(TrainCli, NonFiniteLossSkipsThenAbortsWithCheckpoint) {
   EXPECT_FALSE(fs::exists(r.dir + "/adapter"));
 }
 
+TEST(TrainCli, SequencesLongerThanTheModelsPositionsAreRefused) {
+  RunDir r = make_run("train_seqlen", 2);
+  auto res = train(r, "data.max_seq_len=100000");
+  EXPECT_EQ(res.status, 1) << res.out;
+  EXPECT_NE(res.out.find("data.max_seq_len=100000 exceeds the model's max_position_embeddings"),
+            std::string::npos)
+      << res.out;
+  EXPECT_FALSE(fs::exists(r.dir + "/adapter"));
+}
+
 }  // namespace

@@ -182,6 +182,14 @@ RunResult run_training(const config::TrainConfig& cfg, const RunOptions& opts) {
     }
   }
 
+  // Checked before any weight is read: a sequence longer than the model's
+  // positions would train positions it never learned.
+  const int64_t max_pos = model::load_config(cfg.model.path).max_position_embeddings;
+  if (cfg.data.max_seq_len > max_pos) {
+    throw Error("data.max_seq_len=" + std::to_string(cfg.data.max_seq_len) +
+                " exceeds the model's max_position_embeddings (" + std::to_string(max_pos) + ", " +
+                cfg.model.path + "/config.json)");
+  }
   at::manual_seed(static_cast<uint64_t>(cfg.seed));
   const std::string device_name = resolve_device(cfg.device);
   model::CausalLM model =
