@@ -182,21 +182,11 @@ char32_t single_char(const std::string& s, const std::string& what, const std::s
 
 std::unique_ptr<Decoder> make_decoder(const Json& j, const std::string& where) {
   if (j.is_null()) return nullptr;
-  if (!j.is_object() || !j.contains("type") || !j["type"].is_string()) {
-    throw Error(where + ": a decoder must be an object with a string 'type'");
-  }
-  const std::string type = j["type"].get<std::string>();
+  const std::string type = component_type(j, "a decoder", where);
   const std::string at = where + " (" + type + ")";
   if (type == "Sequence") {
-    check_keys(j, {"decoders"}, at);
-    if (!j.contains("decoders") || !j["decoders"].is_array())
-      throw Error(at + ": 'decoders' must be a list");
-    std::vector<std::unique_ptr<Decoder>> parts;
-    for (size_t i = 0; i < j["decoders"].size(); ++i) {
-      auto p = make_decoder(j["decoders"][i], where + ".decoders[" + std::to_string(i) + "]");
-      if (p) parts.push_back(std::move(p));
-    }
-    return std::make_unique<SequenceDecoder>(std::move(parts));
+    return std::make_unique<SequenceDecoder>(
+        make_sequence_parts<Decoder>(j, "decoders", where, at, make_decoder));
   }
   if (type == "ByteLevel") {
     check_keys(j, {"add_prefix_space", "trim_offsets", "use_regex"}, at);

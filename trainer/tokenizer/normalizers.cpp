@@ -155,22 +155,11 @@ class StripNormalizer : public Normalizer {
 
 std::unique_ptr<Normalizer> make_normalizer(const Json& j, const std::string& where) {
   if (j.is_null()) return nullptr;
-  if (!j.is_object() || !j.contains("type") || !j["type"].is_string()) {
-    throw Error(where + ": a normalizer must be an object with a string 'type'");
-  }
-  const std::string type = j["type"].get<std::string>();
+  const std::string type = component_type(j, "a normalizer", where);
   const std::string at = where + " (" + type + ")";
   if (type == "Sequence") {
-    check_keys(j, {"normalizers"}, at);
-    if (!j.contains("normalizers") || !j["normalizers"].is_array())
-      throw Error(at + ": 'normalizers' must be a list");
-    std::vector<std::unique_ptr<Normalizer>> parts;
-    for (size_t i = 0; i < j["normalizers"].size(); ++i) {
-      auto p =
-          make_normalizer(j["normalizers"][i], where + ".normalizers[" + std::to_string(i) + "]");
-      if (p) parts.push_back(std::move(p));
-    }
-    return std::make_unique<SequenceNormalizer>(std::move(parts));
+    return std::make_unique<SequenceNormalizer>(
+        make_sequence_parts<Normalizer>(j, "normalizers", where, at, make_normalizer));
   }
   if (type == "Prepend") {
     check_keys(j, {"prepend"}, at);

@@ -131,6 +131,30 @@ std::string json_string(const Json& j, const char* key, const std::string& where
 // Rejects keys outside `known` ("type" is always allowed).
 void check_keys(const Json& j, std::initializer_list<const char*> known, const std::string& where);
 
+// The string "type" of a pipeline component object; `what` names the kind
+// ("a decoder") in the error.
+std::string component_type(const Json& j, const char* what, const std::string& where);
+
+// The parts of a {"type": "Sequence", <key>: [...]} component, each built
+// with make(json, where) (which is given "<where>.<key>[i]"); JSON nulls,
+// for which make returns nullptr, are dropped. `at` names the component.
+template <class Part, class Make>
+std::vector<std::unique_ptr<Part>> make_sequence_parts(const Json& j, const char* key,
+                                                       const std::string& where,
+                                                       const std::string& at, Make&& make) {
+  check_keys(j, {key}, at);
+  auto list = j.find(key);
+  if (list == j.end() || !list->is_array()) {
+    throw Error(at + ": '" + key + "' must be a list");
+  }
+  std::vector<std::unique_ptr<Part>> parts;
+  for (size_t i = 0; i < list->size(); ++i) {
+    std::unique_ptr<Part> p = make((*list)[i], where + "." + key + "[" + std::to_string(i) + "]");
+    if (p) parts.push_back(std::move(p));
+  }
+  return parts;
+}
+
 // ---- BPE model ---------------------------------------------------------------
 struct BpeOptions {
   std::string unk_token;  // "" = none

@@ -232,23 +232,15 @@ Behavior parse_behavior(const Json& j, const std::string& where) {
 
 std::unique_ptr<PreTokenizer> make_pre_tokenizer(const Json& j, const std::string& where) {
   if (j.is_null()) return nullptr;
-  if (!j.is_object() || !j.contains("type") || !j["type"].is_string()) {
-    throw Error(where + ": a pre-tokenizer must be an object with a string 'type'");
-  }
-  const std::string type = j["type"].get<std::string>();
+  const std::string type = component_type(j, "a pre-tokenizer", where);
   const std::string at = where + " (" + type + ")";
   if (type == "Sequence") {
-    check_keys(j, {"pretokenizers"}, at);
-    if (!j.contains("pretokenizers") || !j["pretokenizers"].is_array())
-      throw Error(at + ": 'pretokenizers' must be a list");
-    std::vector<std::unique_ptr<PreTokenizer>> parts;
-    const auto& list = j["pretokenizers"];
-    for (size_t i = 0; i < list.size(); ++i) {
-      auto p = make_pre_tokenizer(list[i], where + ".pretokenizers[" + std::to_string(i) + "]");
-      if (!p) continue;
-      if (!parts.empty() && parts.back()->byte_level())
+    auto parts =
+        make_sequence_parts<PreTokenizer>(j, "pretokenizers", where, at, make_pre_tokenizer);
+    for (size_t i = 0; i + 1 < parts.size(); ++i) {
+      if (parts[i]->byte_level()) {
         throw Error(at + ": a pre-tokenizer after ByteLevel is not supported");
-      parts.push_back(std::move(p));
+      }
     }
     return std::make_unique<SequencePreTokenizer>(std::move(parts));
   }

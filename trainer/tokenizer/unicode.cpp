@@ -256,4 +256,11 @@ void check_keys(const Json& j, std::initializer_list<const char*> known, const s
   }
 }
 
+std::string component_type(const Json& j, const char* what, const std::string& where) {
+  if (!j.is_object() || !j.contains("type") || !j["type"].is_string()) {
+    throw Error(where + ": " + what + " must be an object with a string 'type'");
+  }
+  return j["type"].get<std::string>();
+}
+
 }  // namespace loratune::tokenizer
