@@ -1,5 +1,8 @@
 // `loratune merge`: base model + PEFT adapter -> merged Hugging Face model.
+#include <cstdint>
 #include <cstdio>
+#include <fstream>
+#include <string>
 
 #include "trainer/cli/commands.h"
 #include "trainer/export/merge.h"
@@ -8,6 +11,26 @@
 #include "trainer/model/loader.h"
 
 namespace loratune::cli {
+namespace {
+
+// A "Vm...:  N kB" line of /proc/self/status, in bytes; 0 where there is none.
+uint64_t proc_status_bytes(const std::string& key) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind(key + ":", 0) == 0) return std::stoull(line.substr(key.size() + 1)) * 1024;
+  }
+  return 0;
+}
+
+// Resets VmHWM to the current RSS (Linux >= 4.0), so that the peak read after
+// the merge belongs to the merge and not to start-up. False where refused.
+bool reset_peak_rss() {
+  std::ofstream f("/proc/self/clear_refs");
+  return static_cast<bool>(f << "5" << std::flush);
+}
+
+}  // namespace
 
 void add_merge_command(CLI::App& app) {
   auto opt = std::make_shared<exporter::MergeOptions>();
@@ -31,10 +54,26 @@ void add_merge_command(CLI::App& app) {
   cmd->add_option("--shard-size", *shard,
                   "Largest shard, e.g. 5GB, 256MB, 500MiB (default 5GB, as transformers)");
   cmd->add_flag("--overwrite", opt->overwrite, "Replace an existing --out directory");
-  cmd->callback([opt, dtype, shard] {
+  auto report = std::make_shared<bool>(false);
+  cmd->add_flag(
+      "--report-memory", *report,
+      "Print {\"baseline_rss_bytes\", \"peak_rss_bytes\"} on stderr: the RSS once "
+      "libraries are loaded and before any file is read, and the peak RSS during the "
+      "merge (VmRSS / VmHWM of /proc/self/status; used by scripts/bench_merge_memory.py)");
+  cmd->callback([opt, dtype, shard, report] {
     if (!dtype->empty()) opt->dtype = model::parse_dtype(*dtype);
     opt->max_shard_bytes = io::parse_size(*shard);
+    const bool reset = *report && reset_peak_rss();
+    const uint64_t baseline = *report ? proc_status_bytes("VmRSS") : 0;
     exporter::merge_adapter(*opt);
+    if (*report) {
+      std::fprintf(stderr,
+                   "memory: {\"baseline_rss_bytes\": %llu, \"peak_rss_bytes\": %llu, "
+                   "\"peak_reset_at_baseline\": %s}\n",
+                   static_cast<unsigned long long>(baseline),
+                   static_cast<unsigned long long>(proc_status_bytes("VmHWM")),
+                   reset ? "true" : "false");
+    }
     std::fprintf(stderr, "merged %s + %s -> %s\n", opt->model_dir.c_str(), opt->adapter_dir.c_str(),
                  opt->out_dir.c_str());
   });

@@ -5,6 +5,8 @@
 #include <ATen/ops/matmul.h>
 #include <nlohmann/json.hpp>
 
+#include <malloc.h>
+
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
@@ -115,6 +117,82 @@ std::string model_card(const MergeOptions& opt, const lora::LoraSpec& spec, c10:
   return md.str();
 }
 
+// Bytes `info` takes once written as `dtype` (floating tensors are cast).
+uint64_t output_bytes(const io::TensorInfo& info, c10::ScalarType dtype) {
+  const c10::ScalarType t = at::isFloatingType(info.scalar_type) ? dtype : info.scalar_type;
+  return static_cast<uint64_t>(info.numel()) * c10::elementSize(t);
+}
+
+// W' = W + s * (B @ A) in float32, cast once to `dtype`. w [out, in] views
+// the mapping; the result owns its memory. Peak: the result plus w's pages.
+at::Tensor merged_weight(const at::Tensor& w, const Factors& f, const std::string& name,
+                         const std::string& adapter_path, c10::ScalarType dtype) {
+  if (w.dim() != 2 || f.A.size(1) != w.size(1) || f.B.size(0) != w.size(0) ||
+      f.A.size(0) != f.B.size(1)) {
+    throw Error(adapter_path + ": factors for '" + name + "' (A " + c10::str(f.A.sizes()) + ", B " +
+                c10::str(f.B.sizes()) + ") do not fit the base weight " + c10::str(w.sizes()));
+  }
+  at::Tensor out = at::matmul(f.B.to(at::kFloat), f.A.to(at::kFloat));  // [out, in]
+  out.mul_(f.scale).add_(w.to(at::kFloat));  // same bits as W + delta * s, one buffer
+  return dtype == at::kFloat ? out : out.to(dtype);
+}
+
+// Streams every base tensor, merged where the adapter has factors (which are
+// erased from `factors` as they are used), into `writer` in file order.
+// Memory held: the writer's pending shard (tensors it owns, plus views of the
+// mapping whose pages it reads while writing) and one tensor being merged.
+// The pending shard is written before a tensor is materialised that would
+// not fit in it, and the mapping's pages of each tensor are released once
+// nothing reads them any more (converted: at once; queued as a view: when
+// its shard is on disk), so RSS stays near one shard, not the model.
+size_t stream_tensors(const io::Checkpoint& base, std::map<std::string, Factors>& factors,
+                      c10::ScalarType dtype, const std::string& adapter_path,
+                      io::ShardedWriter& writer) {
+  // Fault injection for the crash-safety test: die (SIGKILL) once this many
+  // shards are on disk, as a power cut or the OOM killer would.
+  const char* kill_env = std::getenv("LORATUNE_FAULT_KILL_AFTER_SHARDS");
+  const size_t kill_after = kill_env ? static_cast<size_t>(std::atoi(kill_env)) : 0;
+  // Views queued in the writer's pending shard, with the file they map.
+  std::vector<std::pair<const io::SafetensorsFile*, const io::TensorInfo*>> queued_views;
+  size_t shards = 0, merged = 0;
+  auto release_if_written = [&] {
+    if (writer.shards_written() == shards) return;
+    shards = writer.shards_written();
+    for (const auto& [file, info] : queued_views) file->release(*info);
+    queued_views.clear();
+#ifdef __GLIBC__
+    // The shard's merged tensors are freed, but glibc keeps freed heap chunks
+    // (tensors under its mmap threshold, up to 32 MB) resident, and the
+    // fragments add up shard after shard; hand them back to the kernel.
+    ::malloc_trim(0);
+#endif
+    if (kill_after > 0 && shards >= kill_after) std::raise(SIGKILL);
+  };
+  for (const auto& shard : base.shards()) {
+    for (const io::TensorInfo& info : shard->tensors()) {
+      writer.make_room(output_bytes(info, dtype));
+      release_if_written();
+      at::Tensor w = shard->tensor(info.name);
+      at::Tensor outw;
+      auto it = factors.find(info.name);
+      if (it != factors.end()) {
+        outw = merged_weight(w, it->second, info.name, adapter_path, dtype);
+        factors.erase(it);
+        ++merged;
+      } else {
+        outw = at::isFloatingType(w.scalar_type()) ? w.to(dtype) : w;
+      }
+      const bool view = outw.data_ptr() == w.data_ptr();
+      w.reset();
+      if (!view) shard->release(info);  // converted: the source pages are done
+      writer.add(info.name, outw);
+      release_if_written();
+      if (view) queued_views.emplace_back(shard.get(), &info);
+    }
+  }
+  return merged;
+}
+
 }  // namespace
 
 std::vector<std::string> companion_files(const std::string& model_dir) {
@@ -160,50 +238,7 @@ void merge_adapter(const MergeOptions& opt) {
   io::AtomicDir out(opt.out_dir, opt.overwrite);
   {
     io::ShardedWriter writer(out.path(), opt.max_shard_bytes);
-    size_t merged = 0;
-    std::vector<const io::TensorInfo*> written_views;  // queued views of this shard
-    // Fault injection for the crash-safety test: die (SIGKILL) once this many
-    // shards are on disk, as a power cut or the OOM killer would.
-    const char* kill_env = std::getenv("LORATUNE_FAULT_KILL_AFTER_SHARDS");
-    const int kill_after = kill_env ? std::atoi(kill_env) : -1;
-    int flushed = 0;
-    // Stream in file order, shard by shard, so reads stay sequential.
-    for (const auto& shard : base.shards()) {
-      for (const io::TensorInfo& info : shard->tensors()) {
-        at::Tensor w = shard->tensor(info.name);
-        auto it = factors.find(info.name);
-        at::Tensor outw;
-        if (it != factors.end()) {
-          const Factors& f = it->second;
-          if (w.dim() != 2 || f.A.size(1) != w.size(1) || f.B.size(0) != w.size(0) ||
-              f.A.size(0) != f.B.size(1)) {
-            throw Error(adapter->path() + ": factors for '" + info.name + "' (A " +
-                        c10::str(f.A.sizes()) + ", B " + c10::str(f.B.sizes()) +
-                        ") do not fit the base weight " + c10::str(w.sizes()));
-          }
-          // W' = W + s * (B @ A), in float32, cast once.
-          at::Tensor delta = at::matmul(f.B.to(at::kFloat), f.A.to(at::kFloat));  // [out, in]
-          outw = (w.to(at::kFloat) + delta * f.scale).to(dtype);
-          ++merged;
-          factors.erase(it);
-        } else {
-          outw = at::isFloatingType(w.scalar_type()) ? w.to(dtype) : w;
-        }
-        const bool view = outw.data_ptr() == w.data_ptr();
-        if (!view) shard->release(info);  // converted: the source pages are done
-        writer.add(info.name, outw);
-        // Views of the mapping are read when their shard is written; once the
-        // writer has flushed (only this tensor pending), drop their pages.
-        if (writer.pending_count() <= 1) {
-          for (const io::TensorInfo* done : written_views) shard->release(*done);
-          written_views.clear();
-          if (++flushed == kill_after) std::raise(SIGKILL);  // crash-safety tests
-        }
-        if (view) written_views.push_back(&info);
-      }
-      for (const io::TensorInfo* done : written_views) shard->release(*done);
-      written_views.clear();
-    }
+    const size_t merged = stream_tensors(base, factors, dtype, adapter->path(), writer);
     if (!factors.empty()) {
       throw Error(adapter->path() + ": adapter module '" + factors.begin()->first +
                   "' has no weight in the base model " + opt.model_dir + " (" +

@@ -96,4 +96,22 @@ std::vector<int64_t> generate(model::CausalLMImpl& model, const std::vector<int6
   return out;
 }
 
+void TextStream::push(int64_t id) {
+  ids_.push_back(static_cast<int32_t>(id));
+  emit(/*final=*/false);
+}
+
+void TextStream::finish() {
+  if (!ids_.empty()) emit(/*final=*/true);
+}
+
+void TextStream::emit(bool final) {
+  const std::string text = decode_(ids_);
+  static const std::string kReplacement = "\xEF\xBF\xBD";  // U+FFFD
+  const bool incomplete = text.size() >= 3 && text.compare(text.size() - 3, 3, kReplacement) == 0;
+  if ((incomplete && !final) || text.size() <= printed_) return;
+  sink_(text.substr(printed_));
+  printed_ = text.size();
+}
+
 }  // namespace loratune::generate

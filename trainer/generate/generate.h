@@ -11,6 +11,8 @@
 
 #include <cstdint>
 #include <functional>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "trainer/model/model.h"
@@ -42,5 +44,30 @@ std::vector<int64_t> generate(model::CausalLMImpl& model, const std::vector<int6
 // returning the processed logits (masked entries -inf). Exposed for tests.
 at::Tensor process_logits(const at::Tensor& logits, const std::vector<int64_t>& seen,
                           const SamplingOptions& opt);
+
+// Turns generated ids into text while they arrive. After each id, hands
+// `sink` what decoding all ids so far adds to the text already handed out;
+// a trailing incomplete UTF-8 sequence (decoded as U+FFFD: a character whose
+// bytes are split over byte-fallback or byte-level tokens) is held back
+// until a later id completes it, so no piece ever ends inside a character.
+// finish() hands out whatever is still held (as the full decode shows it).
+// The concatenated pieces equal decode(all ids) whenever decoding a prefix
+// gives a prefix of the text (true of the byte-level and SentencePiece
+// decoders); otherwise only the new tail is printed.
+class TextStream {
+ public:
+  using Decode = std::function<std::string(const std::vector<int32_t>&)>;
+  using Sink = std::function<void(const std::string&)>;
+  TextStream(Decode decode, Sink sink) : decode_(std::move(decode)), sink_(std::move(sink)) {}
+  void push(int64_t id);
+  void finish();
+
+ private:
+  void emit(bool final);
+  Decode decode_;
+  Sink sink_;
+  std::vector<int32_t> ids_;
+  size_t printed_ = 0;  // bytes of the decoded text handed out
+};
 
 }  // namespace loratune::generate

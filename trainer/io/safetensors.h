@@ -148,9 +148,16 @@ class ShardedWriter {
   // Writes the last shard, names the shards, writes the index. Returns the
   // file names written (relative to dir). Call once.
   std::vector<std::string> finish();
-  // Tensors queued for the shard not yet written (callers that stream from a
-  // mapping release source pages once their shard is on disk).
+  // Writes the pending shard now if a tensor of `nbytes` would not fit in it
+  // (the rule add() applies), so a caller about to materialise that tensor
+  // never holds it and a full shard at once. add() of that tensor then
+  // starts the next shard without writing.
+  void make_room(uint64_t nbytes);
+  // Tensors queued for the shard not yet written.
   size_t pending_count() const { return pending_.size(); }
+  // Shards on disk so far (under temp names until finish()). A caller that
+  // queued views of a mapping releases their pages when this grows.
+  size_t shards_written() const { return temp_files_.size(); }
 
  private:
   void flush();

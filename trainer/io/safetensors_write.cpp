@@ -140,6 +140,11 @@ void ShardedWriter::add(const std::string& name, const at::Tensor& tensor) {
   total_params_ += static_cast<uint64_t>(tensor.numel());
 }
 
+void ShardedWriter::make_room(uint64_t nbytes) {
+  if (finished_) throw Error(dir_ + ": ShardedWriter::make_room after finish");
+  if (!pending_.empty() && pending_bytes_ + nbytes > max_bytes_) flush();
+}
+
 void ShardedWriter::flush() {
   // Written under a temporary name: the final one needs the shard count.
   const std::string tmp = (fs::path(dir_) / ("." + prefix_ + ".shard" +
