@@ -1,6 +1,7 @@
 // trainer/model/attention.cpp — grouped-query self-attention with RoPE, the
 // optional per-head q/k RMSNorm, and the KV cache.
 #include <ATen/ops/cat.h>
+#include <ATen/ops/repeat_interleave.h>
 #include <ATen/ops/scaled_dot_product_attention.h>
 
 #include "trainer/io/error.h"
@@ -62,11 +63,20 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const LayerContext& ctx,
     v = cv.narrow(2, 0, ctx.past + T);  // [B,K,S,Dh]
   }
 
+  // On CUDA the flash kernel takes no mask and the memory-efficient one no
+  // GQA: with a mask (packing, padding, windows) repeat the kv heads so the
+  // memory-efficient kernel runs rather than the math path's [B,H,T,S].
+  bool gqa = heads_ != kv_heads_;
+  if (gqa && mask.mask.defined() && q.is_cuda()) {
+    k = k.repeat_interleave(heads_ / kv_heads_, 1);  // [B,H,S,Dh]
+    v = v.repeat_interleave(heads_ / kv_heads_, 1);  // [B,H,S,Dh]
+    gqa = false;
+  }
   // Scale defaults to Dh^-0.5, as transformers' self.scaling.
   at::Tensor out = at::scaled_dot_product_attention(
       q, k, v, mask.mask.defined() ? std::optional<at::Tensor>(mask.mask) : std::nullopt,
       /*dropout_p=*/0.0, mask.is_causal, /*scale=*/std::nullopt,
-      /*enable_gqa=*/heads_ != kv_heads_);                        // [B,H,T,Dh]
+      /*enable_gqa=*/gqa);                                        // [B,H,T,Dh]
   out = out.transpose(1, 2).reshape({B, T, heads_ * head_dim_});  // [B,T,H*Dh]
   return o_proj->forward(out);                                    // [B,T,D]
 }

@@ -141,8 +141,13 @@ CausalLM load_model(const std::string& dir, const LoadOptions& options) {
     at::Tensor src = ckpt.tensor(name);  // zero-copy CPU view of the mapping
     if (device.is_cpu() && src.scalar_type() == options.dtype) {
       param.set_data(src);
+    } else if (device.is_cuda() && src.scalar_type() != options.dtype) {
+      // Upload in the file's dtype and convert on the GPU: copy_ across
+      // devices would convert on the host first.
+      param.copy_(src.to(device));
+      ckpt.file_of(name).release(ckpt.info(name));
     } else {
-      param.copy_(src);
+      param.copy_(src);  // same dtype to CUDA: one host-to-device copy from the mapping
       ckpt.file_of(name).release(ckpt.info(name));
     }
     param.set_requires_grad(false);

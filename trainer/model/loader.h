@@ -7,7 +7,10 @@
 //   * CPU, same dtype as the file: the parameter IS the zero-copy view of the
 //     mapping (pages are read on first use, never copied);
 //   * otherwise each tensor is converted/copied into its parameter, then the
-//     source pages are released (SafetensorsFile::release).
+//     source pages are released (SafetensorsFile::release). On CUDA a tensor
+//     whose file dtype differs is uploaded as stored and converted on the
+//     GPU, so the host holds no converted copy (a float32 file loaded as
+//     bfloat16 costs one tensor's float32 size of GPU memory, briefly).
 // Every parameter must match a checkpoint tensor by name and shape, and every
 // checkpoint tensor must be used (besides ones transformers ignores too: a
 // rotary_emb.inv_freq buffer, lm_head.weight of a tied model); otherwise an
