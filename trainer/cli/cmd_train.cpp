@@ -60,6 +60,9 @@ void run_train(const TrainOptions& o) {
     mo.overwrite = true;
     mo.facts.data_files = cfg.data.train;
     mo.facts.steps = r.steps_done;
+    const train::FinalLosses fl = train::read_final_losses(cfg.output.dir + "/metrics.jsonl");
+    mo.facts.final_train_loss = fl.train;
+    mo.facts.final_val_loss = fl.val;
     exporter::merge_adapter(mo);
     std::fprintf(stderr, "loratune: merged model written to %s\n", mo.out_dir.c_str());
   }

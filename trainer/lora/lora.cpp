@@ -2,6 +2,7 @@
 #include "trainer/lora/lora.h"
 
 #include <ATen/core/grad_mode.h>
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/dropout.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/zeros.h>
@@ -81,6 +82,19 @@ at::Tensor LoraLinearImpl::delta(const at::Tensor& x) {
   if (dropout_ > 0.0) h = at::dropout(h, dropout_, is_training());
   at::Tensor d = lora_B->forward(lora_A->forward(h)) * scale_;  // [..., r] -> [..., out]
   return d.to(x.scalar_type());
+}
+
+at::Tensor LoraLinearImpl::add_delta(const at::Tensor& x, const at::Tensor& y) {
+  const at::Tensor& a = lora_A->weight;  // [r, in]
+  const at::Tensor& b = lora_B->weight;  // [out, r]
+  if (x.scalar_type() != a.scalar_type() || y.scalar_type() != a.scalar_type() || y.dim() < 1) {
+    return y + delta(x);  // base in another dtype: the adapter term is cast
+  }
+  at::Tensor h = dropout_ > 0.0 ? at::dropout(x, dropout_, is_training()) : x;  // [..., in]
+  at::Tensor t = at::linear(h, a) * scale_;                                     // [..., r]
+  const int64_t out = y.size(-1);
+  // [N,out] + [N,r] x [r,out]
+  return at::addmm(y.reshape({-1, out}), t.reshape({-1, r_}), b.t()).view(y.sizes());
 }
 
 std::vector<std::string> inject_lora(model::CausalLMImpl& model, const LoraSpec& spec) {

@@ -62,6 +62,11 @@ class LoraLinearImpl : public model::LinearAdapter {
                  bool use_rslora, const c10::Device& device);
   // x [..., in] -> s · B(A(dropout(x))) [..., out] in x's dtype.
   at::Tensor delta(const at::Tensor& x) override;
+  // y + delta(x). When x, y and the adapter share a dtype, the term goes into
+  // one GEMM, y + (s · A(dropout(x))) B^T, so no [..., out] product and sum
+  // are made (s is applied on the [..., r] side: PEFT applies it after B,
+  // which differs by rounding only, and not at all for a power-of-two s).
+  at::Tensor add_delta(const at::Tensor& x, const at::Tensor& y) override;
   // A ~ U(-1/sqrt(in), 1/sqrt(in)) from the default generator, B = 0.
   void reset_parameters();
 

@@ -20,8 +20,8 @@ LinearImpl::LinearImpl(int64_t in_features, int64_t out_features, bool bias,
 }
 
 at::Tensor LinearImpl::forward(const at::Tensor& x) {
-  at::Tensor y = at::linear(x, weight, bias);  // [..., in] -> [..., out]
-  if (adapter_) y = y + adapter_->delta(x);    // [..., out]
+  at::Tensor y = at::linear(x, weight, bias);   // [..., in] -> [..., out]
+  if (adapter_) y = adapter_->add_delta(x, y);  // [..., out]
   return y;
 }
 

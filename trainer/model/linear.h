@@ -4,7 +4,7 @@
 // LinearImpl holds the Hugging Face parameters "weight" [out,in] and optional
 // "bias" [out]. An adapter (a LinearAdapter subclass, e.g. LoRA in
 // trainer/lora) adds a term to the output:
-//     y = x W^T + b + adapter.delta(x)
+//     y = x W^T + b + adapter.delta(x)      (computed by adapter.add_delta)
 // set_adapter registers the adapter's own direct submodules and parameters on
 // the LinearImpl under their names, so LoRA's "lora_A"/"lora_B" children make
 // parameter names such as "model.layers.0.self_attn.q_proj.lora_A.weight",
@@ -28,6 +28,10 @@ namespace loratune::model {
 class LinearAdapter : public torch::nn::Module {
  public:
   virtual at::Tensor delta(const at::Tensor& x) = 0;
+  // y + delta(x) for the base output y = x W^T + b [..., out]: what
+  // LinearImpl::forward returns. An adapter may fuse the sum (LoRA adds its
+  // term inside its last GEMM); the result equals y + delta(x) up to rounding.
+  virtual at::Tensor add_delta(const at::Tensor& x, const at::Tensor& y) { return y + delta(x); }
 };
 
 class LinearImpl : public torch::nn::Module {

@@ -149,8 +149,13 @@ model::AttentionMask build_mask(int64_t window, int64_t B, int64_t T,
 
 at::Tensor forward_checkpointed(model::CausalLMImpl& m, const at::Tensor& input_ids,
                                 const model::ForwardOptions& opt) {
-  if (opt.cache != nullptr) throw Error("forward_checkpointed: no KV cache in training");
-  if (input_ids.dim() != 2) throw Error("forward_checkpointed: input_ids must be [B,T]");
+  return m.logits(hidden_states_checkpointed(m, input_ids, opt));  // [B,T,V]
+}
+
+at::Tensor hidden_states_checkpointed(model::CausalLMImpl& m, const at::Tensor& input_ids,
+                                      const model::ForwardOptions& opt) {
+  if (opt.cache != nullptr) throw Error("hidden_states_checkpointed: no KV cache in training");
+  if (input_ids.dim() != 2) throw Error("hidden_states_checkpointed: input_ids must be [B,T]");
   const auto& cfg = m.config();
   auto* dec = m.model.get();
   const c10::Device device = m.device();
@@ -179,7 +184,7 @@ at::Tensor forward_checkpointed(model::CausalLMImpl& m, const at::Tensor& input_
     auto fn = [layer, ctx, mask](const at::Tensor& h) { return layer->forward(h, ctx, mask); };
     x = checkpointed(fn, x, params);  // [B,T,D]
   }
-  return m.logits(dec->norm->forward(x));  // [B,T,V]
+  return dec->norm->forward(x);  // [B,T,D]
 }
 
 }  // namespace loratune::train

@@ -19,4 +19,28 @@ void MetricsLog::write(const nlohmann::ordered_json& record) {
   if (!f) throw Error(path_ + ": write failed");
 }
 
+FinalLosses read_final_losses(const std::string& metrics_path) {
+  FinalLosses out;
+  std::ifstream f(metrics_path);
+  if (!f) throw Error(metrics_path + ": cannot open");
+  std::string line;
+  int64_t lineno = 0;
+  while (std::getline(f, line)) {
+    ++lineno;
+    if (line.empty()) continue;
+    nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object()) {
+      throw Error(metrics_path + ":" + std::to_string(lineno) + ": not a JSON object");
+    }
+    auto split = j.find("split");
+    auto loss = j.find("loss");
+    if (split == j.end() || loss == j.end() || !split->is_string()) continue;
+    std::optional<double> v;
+    if (loss->is_number()) v = loss->get<double>();
+    if (*split == "train") out.train = v;
+    if (*split == "val") out.val = v;
+  }
+  return out;
+}
+
 }  // namespace loratune::train

@@ -5,12 +5,14 @@
 // restore the newest checkpoint; write config.yaml; loop.
 #include <ATen/Context.h>
 #include <ATen/core/grad_mode.h>
+#include <ATen/ops/stack.h>
 #include <torch/cuda.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <cstdio>
 #include <filesystem>
 #include <memory>
 
@@ -19,6 +21,7 @@
 #include "trainer/lora/peft_io.h"
 #include "trainer/model/loader.h"
 #include "trainer/tokenizer/tokenizer.h"
+#include "trainer/train/device.h"
 #include "trainer/train/train.h"
 
 namespace fs = std::filesystem;
@@ -109,27 +112,57 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// Host copies of StepResults, taken at log points only.
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
+// Host copies of StepResults, taken at log points only: the one place the
+// step loop waits for the device.
 struct Logger {
   MetricsLog* log = nullptr;
   Progress* progress = nullptr;
+  DeviceTimer* timer = nullptr;  // device time of the steps since the last flush
+  c10::Device device{c10::kCPU};
   int64_t max_bad_steps = 1;
   int64_t bad_run = 0;  // consecutive skipped steps so far
   std::vector<std::pair<int64_t, StepResult>> pending;
   double window_start_s = 0;
   int64_t window_tokens = 0;
+  bool window_open = false;  // the timer is running
+
+  // Starts timing the next window (before its first step is queued).
+  void open_window() {
+    if (window_open) return;
+    timer->start();
+    window_open = true;
+  }
 
   // Syncs once for the pending steps and writes them. Returns false when the
-  // run has reached max_bad_steps consecutive skipped steps.
+  // run has reached max_bad_steps consecutive skipped steps. On CUDA the
+  // records also hold the window's device time per step (CUDA events) and
+  // the caching allocator's memory.
   bool flush(double elapsed_s, int64_t tokens_seen) {
     if (pending.empty()) return true;
     const double dt = std::max(1e-9, elapsed_s - window_start_s);
     const double tps = static_cast<double>(window_tokens) / dt;
-    bool ok = true;
+    timer->stop();
+    window_open = false;
+    const bool on_events = timer->uses_events();
+    const double step_ms = timer->elapsed_ms() / static_cast<double>(pending.size());
+    const std::optional<MemoryStats> mem = memory_stats(device);
+    // [steps,3] (loss, grad_norm, found_inf) in one device-to-host copy.
+    std::vector<at::Tensor> rows;
     for (auto& [step, r] : pending) {
-      const double loss = r.loss.item<double>();
-      const double norm = r.grad_norm.item<double>();
-      const bool skipped = r.found_inf.item<float>() != 0.0f;
+      rows.push_back(at::stack({r.loss, r.grad_norm, r.found_inf.to(r.loss.scalar_type())}));
+    }
+    const at::Tensor host = at::stack(rows).to(at::kCPU, at::kDouble);
+    const double* v = host.data_ptr<double>();
+    bool ok = true;
+    double last_loss = 0, last_norm = 0;
+    for (size_t i = 0; i < pending.size(); ++i) {
+      const auto& [step, r] = pending[i];
+      const double loss = v[3 * i], norm = v[3 * i + 1];
+      const bool skipped = v[3 * i + 2] != 0.0;
+      last_loss = loss;
+      last_norm = norm;
       nlohmann::ordered_json j;
       j["step"] = step;
       j["split"] = "train";
@@ -139,6 +172,11 @@ struct Logger {
       j["tokens"] = r.tokens;
       j["tokens_per_s"] = tps;
       j["elapsed_s"] = elapsed_s;
+      if (on_events) j["step_ms"] = step_ms;
+      if (mem) {
+        j["mem_allocated_gib"] = static_cast<double>(mem->allocated) / kGiB;
+        j["mem_peak_gib"] = static_cast<double>(mem->peak_allocated) / kGiB;
+      }
       if (skipped) j["skipped"] = true;
       log->write(j);
       if (skipped) {
@@ -153,8 +191,7 @@ struct Logger {
       }
     }
     const auto& last = pending.back();
-    progress->update(last.first, last.second.loss.item<double>(), last.second.lr, tps, elapsed_s,
-                     last.second.grad_norm.item<double>());
+    progress->update(last.first, last_loss, last.second.lr, tps, elapsed_s, last_norm);
     pending.clear();
     window_start_s = elapsed_s;
     window_tokens = 0;
@@ -162,6 +199,23 @@ struct Logger {
     return ok;
   }
 };
+
+// "loratune: 20 steps, 81920 tokens in 12.3 s (6660 tokens/s)", on CUDA with
+// "; peak GPU memory 17.2 GiB allocated, 18.0 GiB reserved".
+std::string run_summary(int64_t steps, int64_t tokens, double seconds, const c10::Device& device) {
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "loratune: %lld steps, %lld tokens in %.1f s (%.0f tokens/s)",
+                static_cast<long long>(steps), static_cast<long long>(tokens), seconds,
+                static_cast<double>(tokens) / std::max(1e-9, seconds));
+  std::string line = buf;
+  if (const std::optional<MemoryStats> mem = memory_stats(device)) {
+    std::snprintf(buf, sizeof buf, "; peak GPU memory %.2f GiB allocated, %.2f GiB reserved",
+                  static_cast<double>(mem->peak_allocated) / kGiB,
+                  static_cast<double>(mem->peak_reserved) / kGiB);
+    line += buf;
+  }
+  return line;
+}
 
 }  // namespace
 
@@ -238,9 +292,13 @@ RunResult run_training(const config::TrainConfig& cfg, const RunOptions& opts) {
                    " (" + std::to_string(prepared.train.size()) + " examples, " +
                    std::to_string(val.size()) + " validation batches)" +
                    (resume_from.empty() ? "" : ", resumed from " + resume_from));
+  DeviceTimer timer(device);
+  reset_peak_memory(device);
   Logger logger;
   logger.log = &metrics;
   logger.progress = &progress;
+  logger.timer = &timer;
+  logger.device = device;
   logger.max_bad_steps = cfg.train.max_bad_steps;
   const auto t0 = std::chrono::steady_clock::now();
   const double elapsed0 = state.elapsed_s;
@@ -266,7 +324,10 @@ RunResult run_training(const config::TrainConfig& cfg, const RunOptions& opts) {
                      " perplexity " + std::to_string(e.perplexity));
   };
 
+  const int64_t first_step = trainer.step_count();
+  const int64_t tokens0 = state.tokens_seen;
   while (trainer.step_count() < total) {
+    logger.open_window();
     std::vector<MicroBatch> micro;
     for (int64_t a = 0; a < accum; ++a) {
       micro.push_back(to_micro_batch(loader.next(), device, cfg.data.packing));
@@ -308,6 +369,8 @@ RunResult run_training(const config::TrainConfig& cfg, const RunOptions& opts) {
   }
   if (!val.empty()) run_eval(trainer.step_count());
   progress.finish();
+  progress.message(run_summary(trainer.step_count() - first_step, state.tokens_seen - tokens0,
+                               seconds_since(t0), device));
   lora::save_adapter(run_dir + "/adapter", *model, spec, /*overwrite=*/false);
   progress.message("loratune: adapter written to " + run_dir + "/adapter");
   result.steps_done = trainer.step_count();

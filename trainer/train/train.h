@@ -25,6 +25,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -43,8 +44,10 @@ namespace loratune::train {
 
 // ---- loss (loss.cpp) --------------------------------------------------------
 
-// One micro-batch on the model's device. All [B,T] int64 except
-// attention_mask (int64 1/0). segment_ids set only for packed batches.
+// One micro-batch on the model's device. All [B,T] int64; attention_mask
+// 1/0. segment_ids set only for packed batches; attention_mask only for
+// unpacked batches whose padding is not all at the row ends (right padding
+// needs none: the causal mask hides it, and padded positions hold no targets).
 struct MicroBatch {
   at::Tensor input_ids, labels, position_ids, attention_mask, segment_ids;
   int64_t target_tokens = 0;  // labels[:, 1:] != -100
@@ -52,7 +55,9 @@ struct MicroBatch {
 };
 
 // A data::Batch as tensors on `device`. `packed` passes segment_ids (and the
-// per-example position_ids) to the model; otherwise the attention mask.
+// per-example position_ids) to the model; otherwise the attention mask where
+// needed. Bound for CUDA, the batch is staged in pinned memory and copied
+// asynchronously (no host-device sync).
 MicroBatch to_micro_batch(const data::Batch& b, const c10::Device& device, bool packed);
 
 // Number of target tokens: labels[:, 1:] != -100. labels [B,T].
@@ -62,8 +67,19 @@ int64_t count_target_tokens(const at::Tensor& labels);
 // labels [B,T] (ignore -100): a 0-dim float32 tensor on the logits' device.
 at::Tensor token_loss_sum(const at::Tensor& logits, const at::Tensor& labels);
 
-// forward + token_loss_sum for one micro-batch; with `checkpoint`, through
-// forward_checkpointed (activation checkpointing).
+// The same sum from the final hidden states [B,T,D] and the output
+// projection's weight [V,D] (frozen): hidden[:, :-1] predicts labels[:, 1:],
+// and only the `target_tokens` rows (labels[:, 1:] != -100, the caller's
+// count; no device sync) are projected, in chunks of tokens, so the [N,V]
+// logits and their gradient never exist whole. With autograd on, the
+// gradient w.r.t. hidden is formed in the forward pass (the loss is a sum)
+// and backward scales it. A 0-dim float32 tensor on hidden's device.
+at::Tensor linear_loss_sum(const at::Tensor& hidden, const at::Tensor& weight,
+                           const at::Tensor& labels, int64_t target_tokens);
+
+// forward + loss sum for one micro-batch (linear_loss_sum, or token_loss_sum
+// when lm_head carries an adapter); with `checkpoint`, through
+// hidden_states_checkpointed (activation checkpointing).
 at::Tensor micro_batch_loss_sum(model::CausalLMImpl& model, const MicroBatch& mb,
                                 bool checkpoint = false);
 
@@ -182,6 +198,9 @@ at::Tensor checkpointed(const std::function<at::Tensor(const at::Tensor&)>& fn, 
 // checks the logits equal model.forward's.
 at::Tensor forward_checkpointed(model::CausalLMImpl& model, const at::Tensor& input_ids,
                                 const model::ForwardOptions& opt);
+// The same before lm_head: the final normed hidden states [B,T,D].
+at::Tensor hidden_states_checkpointed(model::CausalLMImpl& model, const at::Tensor& input_ids,
+                                      const model::ForwardOptions& opt);
 
 // ---- metrics and progress (metrics.cpp, progress.cpp) ------------------------
 
@@ -196,6 +215,14 @@ class MetricsLog {
  private:
   std::string path_;
 };
+
+// The loss of the last "train" and of the last "val" record of a
+// metrics.jsonl (nullopt where there is none, or the value is null).
+struct FinalLosses {
+  std::optional<double> train;
+  std::optional<double> val;
+};
+FinalLosses read_final_losses(const std::string& metrics_path);
 
 // A progress display on stderr: a \r-updated bar on a TTY, plain lines
 // otherwise (or when forced).
