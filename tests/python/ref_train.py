@@ -31,6 +31,8 @@ from transformers import (AutoModelForCausalLM, get_constant_schedule_with_warmu
                           get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup)
 from peft import LoraConfig, get_peft_model
 
+from word_tokenizer import write_word_tokenizer
+
 warnings.filterwarnings("ignore")
 
 VARIANTS = ["llama-rope3-tied", "qwen2", "qwen3"]
@@ -131,19 +133,10 @@ def schedules(out):
 
 def tokenizer_model(models, out):
     """llama-rope3-tied + a minimal tokenizer (BPE over 1000 plain tokens)."""
-    from tokenizers import Tokenizer, models as tm
     d = f"{out}/tokmodel"
     shutil.rmtree(d, ignore_errors=True)
     shutil.copytree(f"{models}/llama-rope3-tied", d)
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
-    for i in range(3, 1000):
-        vocab[f"w{i}"] = i
-    tok = Tokenizer(tm.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    tok.add_special_tokens(["<unk>", "<s>", "</s>"])
-    tok.save(f"{d}/tokenizer.json")
-    with open(f"{d}/tokenizer_config.json", "w") as f:
-        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>",
-                   "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>"}, f)
+    write_word_tokenizer(d, 1000)
 
 
 def main():

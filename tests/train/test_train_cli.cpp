@@ -1,9 +1,15 @@
-// `loratune train` end to end on a tiny model: the run directory, resume after
-// a stop request and after kill -9 (bitwise identical losses and adapter on
-// CPU), refusing a finished run, non-finite loss handling, `loratune eval`.
+// `loratune train` end to end on a tiny model with shuffling, packing and
+// dropout on: the run directory, resume after a stop request, after an
+// external SIGTERM or SIGINT and after kill -9 (bitwise identical losses and
+// adapter on CPU), refusing a finished run, non-finite loss handling,
+// `loratune eval`.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <spawn.h>
 #include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
@@ -22,7 +28,8 @@ struct RunDir {
 };
 
 // A config for the tiny model + tokenizer of the ref_train fixture, training
-// on its pre-tokenized data with dropout and shuffling on.
+// on its pre-tokenized data (4 to 20 tokens an example) with dropout,
+// shuffling and packing (rows of up to 64 tokens) on.
 RunDir make_run(const std::string& tag, int64_t steps, const std::string& extra = "") {
   RunDir r;
   const std::string root = test::make_temp_dir(tag);
@@ -37,7 +44,7 @@ RunDir make_run(const std::string& tag, int64_t steps, const std::string& extra 
                        "data: {train: " +
                        data +
                        ", format: tokenized, max_seq_len: 64, shuffle: true, "
-                       "val_fraction: 0.1}\n"
+                       "packing: true, val_fraction: 0.1}\n"
                        "train:\n  max_steps: " +
                        std::to_string(steps) +
                        "\n  micro_batch_size: 2\n  gradient_accumulation_steps: 2\n"
@@ -53,17 +60,26 @@ test::RunResult train(const RunDir& r, const std::string& args = "") {
                    " " + args + " 2>&1");
 }
 
-// (step, loss) of every train record, and val losses, in file order.
-std::vector<std::pair<int64_t, double>> losses(const RunDir& r,
-                                               const std::string& split = "train") {
-  std::vector<std::pair<int64_t, double>> out;
+// The records of metrics.jsonl with this split, in file order.
+std::vector<nlohmann::json> records(const RunDir& r, const std::string& split) {
+  std::vector<nlohmann::json> out;
   std::string text = test::read_file(r.dir + "/metrics.jsonl");
   size_t pos = 0;
   while (pos < text.size()) {
     size_t nl = text.find('\n', pos);
     auto j = nlohmann::json::parse(text.substr(pos, nl - pos));
     pos = nl + 1;
-    if (j.at("split") == split) out.emplace_back(j.at("step"), j.at("loss").get<double>());
+    if (j.at("split") == split) out.push_back(std::move(j));
+  }
+  return out;
+}
+
+// (step, loss) of every train record, and val losses, in file order.
+std::vector<std::pair<int64_t, double>> losses(const RunDir& r,
+                                               const std::string& split = "train") {
+  std::vector<std::pair<int64_t, double>> out;
+  for (const auto& j : records(r, split)) {
+    out.emplace_back(j.at("step"), j.at("loss").get<double>());
   }
   return out;
 }
@@ -92,6 +108,15 @@ TEST(TrainCli, RunDirectoryAndResumeAfterStopIsBitwiseIdentical) {
   ASSERT_EQ(lf.size(), 8u);
   EXPECT_EQ(losses(full, "val").size(), 2u);  // step 4 and the end
   EXPECT_NE(lf.front().second, lf.back().second);
+  // Packing packs: a step (2 micro-batches of 2 rows) holds more tokens than
+  // 4 rows of one example each could.
+  size_t longest = 0;
+  for (const auto& s :
+       test::read_tokenized(test::ref_train_dir() + "/llama-rope3-tied/train.jsonl"))
+    longest = std::max(longest, s.input_ids.size());
+  int64_t most = 0;
+  for (const auto& j : records(full, "train")) most = std::max(most, j.at("tokens").get<int64_t>());
+  EXPECT_GT(most, static_cast<int64_t>(4 * longest)) << "data.packing put one example per row";
 
   RunDir part = make_run("train_stop", 8);
   auto r1 = train(part, "--stop-after-step 3");
@@ -155,6 +180,91 @@ TEST(TrainCli, ResumeAfterKill9IsBitwiseIdentical) {
   expect_same_adapter(full, part);
 }
 
+// Starts `loratune train --plain CONFIG` as a child of this process (output
+// to `log`), with default signal handling, so waitpid gives its exit status.
+pid_t start_train(const RunDir& r, const std::string& log) {
+  std::vector<std::string> args = {test::loratune_bin(), "train", "--plain", r.config};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t none, stop;
+  sigemptyset(&none);
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGINT);
+  sigaddset(&stop, SIGTERM);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setsigdefault(&attr, &stop);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  pid_t pid = -1;
+  const int rc = posix_spawn(&pid, argv[0], &fa, &attr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&attr);
+  EXPECT_EQ(rc, 0) << "posix_spawn " << argv[0];
+  return pid;
+}
+
+// An external SIGTERM (SIGINT) sent with kill() mid-run: the run stops after
+// the current step with a checkpoint at that step, exits 143 (130) without
+// adapter/, and --resume gives bitwise the step losses, validation losses and
+// adapter of the uninterrupted run.
+TEST(TrainCli, ResumeAfterSigtermOrSigintIsBitwiseIdentical) {
+  const int64_t steps = 20;
+  RunDir full = make_run("sig_full", steps);
+  auto rf = train(full);
+  ASSERT_EQ(rf.status, 0) << rf.out;
+  const auto full_losses = losses(full);
+  ASSERT_EQ(full_losses.size(), static_cast<size_t>(steps));
+  for (const auto& [sig, code] : {std::pair{SIGTERM, 143}, std::pair{SIGINT, 130}}) {
+    SCOPED_TRACE(sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    RunDir part = make_run(sig == SIGTERM ? "sig_term" : "sig_int", steps);
+    const std::string log = part.dir + ".log";
+    const pid_t pid = start_train(part, log);
+    ASSERT_GT(pid, 0);
+    bool sent = false, reaped = false;
+    int status = 0;
+    for (int i = 0; i < 12000 && !sent && !reaped; ++i) {  // up to 60 s
+      if (fs::exists(part.dir + "/checkpoints/step-2/state.json")) {
+        ASSERT_EQ(::kill(pid, sig), 0);
+        sent = true;
+      } else if (::waitpid(pid, &status, WNOHANG) == pid) {
+        reaped = true;
+      } else {
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+    }
+    if (!reaped) {
+      ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    }
+    const std::string out = test::read_file(log);
+    ASSERT_TRUE(sent) << "the run ended before the signal:\n" << out;
+    ASSERT_TRUE(WIFEXITED(status)) << "killed by the signal instead of stopping:\n" << out;
+    EXPECT_EQ(WEXITSTATUS(status), code) << out;
+    EXPECT_FALSE(fs::exists(part.dir + "/adapter")) << out;
+    // It stopped mid-run after step n (the steps metrics.jsonl holds), with a
+    // checkpoint of step n.
+    const auto seen = losses(part);
+    const int64_t n = static_cast<int64_t>(seen.size());
+    EXPECT_GE(n, 2);
+    EXPECT_LT(n, steps) << out;
+    const std::string ckpt = part.dir + "/checkpoints/step-" + std::to_string(n);
+    ASSERT_TRUE(fs::exists(ckpt + "/state.json")) << out;
+    EXPECT_EQ(nlohmann::json::parse(test::read_file(ckpt + "/state.json")).at("step"), n);
+    EXPECT_EQ(seen, std::vector(full_losses.begin(), full_losses.begin() + n));
+
+    auto r = train(part, "--resume");
+    ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(losses(part), full_losses);
+    EXPECT_EQ(losses(part, "val"), losses(full, "val"));
+    expect_same_adapter(full, part);
+  }
+}
+
 TEST(TrainCli, NonFiniteLossSkipsThenAbortsWithCheckpoint) {
   RunDir r = make_run("train_nan", 8, "  max_bad_steps: 2\n  max_grad_norm: 0\n");
   // lr 1e30 from step 0 (constant, no warmup): the first update blows the
@@ -177,6 +287,26 @@ TEST(TrainCli, SequencesLongerThanTheModelsPositionsAreRefused) {
             std::string::npos)
       << res.out;
   EXPECT_FALSE(fs::exists(r.dir + "/adapter"));
+}
+
+// output.merge: the run ends with merged/ whose model card carries the last
+// logged train and validation losses of metrics.jsonl and the data's SHA-256.
+TEST(TrainCli, MergeAtTheEndWritesAModelCardWithTheFinalLosses) {
+  RunDir r = make_run("train_merge", 4);
+  auto res = train(r, "output.merge=true");
+  ASSERT_EQ(res.status, 0) << res.out;
+  ASSERT_TRUE(fs::exists(r.dir + "/merged/config.json")) << res.out;
+  const std::string card = test::read_file(r.dir + "/merged/README.md");
+  auto value_after = [&](const std::string& key) {
+    size_t at = card.find(key);
+    EXPECT_NE(at, std::string::npos) << key << " in\n" << card;
+    return at == std::string::npos ? 0.0 : std::stod(card.substr(at + key.size()));
+  };
+  const double train_loss = losses(r).back().second;
+  const double val_loss = losses(r, "val").back().second;
+  EXPECT_NEAR(value_after("- final training loss: "), train_loss, 1e-5 * train_loss);
+  EXPECT_NEAR(value_after("- final validation loss: "), val_loss, 1e-5 * val_loss);
+  EXPECT_NE(card.find("| train.jsonl | "), std::string::npos) << card;
 }
 
 }  // namespace
