@@ -67,6 +67,20 @@ SIZES = {
         num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=4096,
         initializer_range=0.02, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
     )),
+    # A ~58M-parameter float32 llama for the training benchmark (bench_train.py):
+    # embeddings + untied lm_head 2 x 16.4M, 8 layers x 3.16M.
+    "bench-58m": ("llama", dict(
+        vocab_size=32000, hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
+        num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=2048,
+        initializer_range=0.02, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+    )),
+    # A ~2 GB float32 llama for the merge memory benchmark (bench_merge_memory.py):
+    # embeddings + untied lm_head 2 x 65.5M, 8 layers x 45.1M (TinyLlama's widths).
+    "bench-2gb": ("llama", dict(
+        vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=8,
+        num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048,
+        initializer_range=0.02, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+    )),
 }
 
 
