@@ -31,6 +31,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "python"))
+from hf_train import accumulate, collate  # noqa: E402
 from word_tokenizer import write_word_tokenizer  # noqa: E402
 PEAK_BF16 = 989.4e12  # H100/H200 SXM dense bf16, datasheet
 MEASURED_BF16 = 790e12  # an 8192^3 bf16 matmul on this workplace's H200 (KINDS.md)
@@ -131,7 +132,6 @@ def part_logits(a, torch):
 # ---- training -----------------------------------------------------------------
 
 def part_train(a, torch):
-    import torch.nn.functional as F
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
     steps, accum, micro, lr, wd, warmup = 20, 2, 2, 1e-3, 0.01, 3
@@ -171,25 +171,9 @@ def part_train(a, torch):
         group = []
         for k in range(accum):
             rows = examples[(s * accum + k) * micro:(s * accum + k + 1) * micro]
-            T = max(len(r["input_ids"]) for r in rows)
-            ids = torch.zeros(len(rows), T, dtype=torch.long)
-            lab = torch.full((len(rows), T), -100, dtype=torch.long)
-            mask = torch.zeros(len(rows), T, dtype=torch.long)
-            for i, r in enumerate(rows):
-                ids[i, :len(r["input_ids"])] = torch.tensor(r["input_ids"])
-                lab[i, :len(r["labels"])] = torch.tensor(r["labels"])
-                mask[i, :len(r["input_ids"])] = 1
-            group.append((ids.to(a.device), lab.to(a.device), mask.to(a.device)))
-        n = sum(int((lab[:, 1:] != -100).sum()) for _, lab, _ in group)
+            group.append(collate(rows, device=a.device))
         opt.zero_grad()
-        total = 0.0
-        for ids, lab, mask in group:
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
-            V = logits.shape[-1]
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, V), lab[:, 1:].reshape(-1),
-                                   ignore_index=-100, reduction="sum") / n
-            loss.backward()
-            total += loss.item()
+        total, _ = accumulate(model, group)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()

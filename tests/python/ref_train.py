@@ -26,11 +26,11 @@ import shutil
 import warnings
 
 import torch
-import torch.nn.functional as F
 from transformers import (AutoModelForCausalLM, get_constant_schedule_with_warmup,
                           get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup)
 from peft import LoraConfig, get_peft_model
 
+from hf_train import accumulate, collate
 from word_tokenizer import write_word_tokenizer
 
 warnings.filterwarnings("ignore")
@@ -48,19 +48,6 @@ def make_examples(n, vocab, g):
         labels = [-100] * prompt + ids[prompt:]
         out.append({"input_ids": ids, "labels": labels})
     return out
-
-
-def collate(rows, pad=0):
-    T = max(len(r["input_ids"]) for r in rows)
-    ids = torch.full((len(rows), T), pad, dtype=torch.long)
-    lab = torch.full((len(rows), T), -100, dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for i, r in enumerate(rows):
-        n = len(r["input_ids"])
-        ids[i, :n] = torch.tensor(r["input_ids"])
-        lab[i, :n] = torch.tensor(r["labels"])
-        mask[i, :n] = 1
-    return ids, lab, mask
 
 
 def train_variant(models, out, variant, seed):
@@ -91,16 +78,8 @@ def train_variant(models, out, variant, seed):
     it = iter(range(0, len(examples), MICRO))
     for _ in range(STEPS):
         micro = [collate(examples[i:i + MICRO]) for i in (next(it) for _ in range(ACCUM))]
-        n = sum(int((lab[:, 1:] != -100).sum()) for _, lab, _ in micro)
         opt.zero_grad()
-        total = 0.0
-        for ids, lab, mask in micro:
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
-            V = logits.shape[-1]
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, V), lab[:, 1:].reshape(-1),
-                                   ignore_index=-100, reduction="sum") / n
-            loss.backward()
-            total += loss.item()
+        total, n = accumulate(model, micro)
         lr = sched.get_last_lr()[0]
         norm = torch.nn.utils.clip_grad_norm_(params, CLIP).item()
         opt.step()
