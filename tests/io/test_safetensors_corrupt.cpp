@@ -3,6 +3,7 @@
 // whose message names the file (and the tensor where one is at fault).
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <initializer_list>
 
 #include "common/test_env.h"
@@ -29,6 +30,7 @@ void expect_rejected(const std::string& bytes, std::initializer_list<std::string
     ADD_FAILURE() << "opened a corrupt file without error";
   } catch (const Error& e) {
     const std::string msg = e.what();
+    EXPECT_EQ(e.kind(), loratune::ErrorKind::kCorrupt) << msg;  // exit 5, not a config mistake
     EXPECT_NE(msg.find(path), std::string::npos) << msg;
     for (const auto& p : parts)
       EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
@@ -270,4 +272,30 @@ TEST(CheckpointCorrupt, CorruptShardNamesShardFile) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find(f.dir + "/s2.safetensors"), std::string::npos) << e.what();
   }
+}
+
+// A file that is not there is an I/O error (exit 4); a JSON file that does
+// not parse is corrupt (exit 5), whoever reads it.
+TEST(ErrorKinds, MissingFilesAreIoAndMalformedJsonIsCorrupt) {
+  const std::string dir = loratune::test::make_temp_dir("kinds");
+  auto kind_of = [](const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const Error& e) {
+      return e.kind();
+    }
+    ADD_FAILURE() << "no error";
+    return loratune::ErrorKind::kInternal;
+  };
+  EXPECT_EQ(kind_of([&] { SafetensorsFile::open(dir + "/absent.safetensors"); }),
+            loratune::ErrorKind::kIo);
+  EXPECT_EQ(kind_of([&] { Checkpoint::open(dir); }), loratune::ErrorKind::kIo);
+  EXPECT_EQ(kind_of([&] { loratune::io::read_json(dir + "/absent.json"); }),
+            loratune::ErrorKind::kIo);
+  loratune::test::write_file(dir + "/bad.json", "{\"a\": ");
+  EXPECT_EQ(kind_of([&] { loratune::io::read_json(dir + "/bad.json"); }),
+            loratune::ErrorKind::kCorrupt);
+  loratune::test::write_file(dir + "/model.safetensors.index.json",
+                             R"({"weight_map": {"w": "model-00001-of-00002.safetensors"}})");
+  EXPECT_EQ(kind_of([&] { Checkpoint::open(dir); }), loratune::ErrorKind::kIo);  // shard missing
 }

@@ -1,14 +1,41 @@
 // loratune — LoRA fine-tuning for open-weight models on LibTorch.
+#include <c10/util/Exception.h>
+
 #include <cstdio>
 #include <exception>
+#include <filesystem>
+#include <new>
+#include <string>
 
 #include "trainer/cli/commands.h"
 #include "trainer/io/error.h"
 
+namespace {
+
+// Prints "loratune: error: <what>" as exactly one line and returns the exit
+// code of `kind`. Bytes from outside (file contents, names) inside `what` are
+// escaped, newlines included.
+int report(loratune::ErrorKind kind, const std::string& what) {
+  std::string line = what;
+  // LibTorch messages end in a newline and may carry a backtrace after it.
+  if (kind == loratune::ErrorKind::kInternal || kind == loratune::ErrorKind::kResource) {
+    const size_t nl = line.find('\n');
+    if (nl != std::string::npos) line.resize(nl);
+  }
+  line = loratune::printable(line, 4096);
+  const char* label = kind == loratune::ErrorKind::kInternal ? "internal error" : "error";
+  std::fprintf(stderr, "loratune: %s: %s\n", label, line.c_str());
+  return loratune::exit_code(kind);
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   CLI::App app{
       "loratune: LoRA fine-tuning of Hugging Face decoder models (Llama, Mistral, Qwen2, "
-      "Qwen3) on LibTorch.\nRun `loratune <command> --help` for the options of a command."};
+      "Qwen3) on LibTorch.\nRun `loratune <command> --help` for the options of a command.\n"
+      "Exit codes: 0 ok, 1 config or option, 2 internal, 3 data, 4 file system, 5 corrupt "
+      "input file, 6 unsupported, 7 out of memory or a safety limit, 130/143 interrupted."};
   app.require_subcommand(1);
   app.set_version_flag("--version", "loratune 0.1.0");
   loratune::cli::add_inspect_command(app);
@@ -18,16 +45,32 @@ int main(int argc, char** argv) {
   loratune::cli::add_eval_command(app);
   loratune::cli::add_merge_command(app);
   loratune::cli::add_generate_command(app);
+  loratune::cli::add_import_command(app);
+  using loratune::ErrorKind;
   try {
     app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
+  } catch (const CLI::Success& e) {  // --help, --version
     return app.exit(e);
+  } catch (const CLI::RuntimeError& e) {  // a command's own exit code (130/143 after a signal)
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);
+    return loratune::exit_code(ErrorKind::kConfig);
   } catch (const loratune::Error& e) {
-    std::fprintf(stderr, "loratune: error: %s\n", e.what());
-    return 1;
+    return report(e.kind(), e.what());
+  } catch (const c10::OutOfMemoryError& e) {
+    return report(ErrorKind::kResource,
+                  std::string("out of memory: ") + e.what_without_backtrace());
+  } catch (const std::bad_alloc&) {
+    return report(ErrorKind::kResource, "out of memory (host allocation failed)");
+  } catch (const std::length_error& e) {
+    return report(ErrorKind::kResource, std::string("size limit exceeded: ") + e.what());
+  } catch (const std::filesystem::filesystem_error& e) {  // permission, disk full, ...
+    return report(ErrorKind::kIo, e.what());
+  } catch (const c10::Error& e) {
+    return report(ErrorKind::kInternal, e.what_without_backtrace());
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "loratune: internal error: %s\n", e.what());
-    return 2;
+    return report(ErrorKind::kInternal, e.what());
   }
   return 0;
 }

@@ -29,7 +29,7 @@ std::string temp_name(const std::string& path) {
 }
 
 Error sys_error(const std::string& path, const std::string& what) {
-  return Error(path + ": " + what + ": " + std::strerror(errno));
+  return Error(path + ": " + what + ": " + std::strerror(errno), ErrorKind::kIo);
 }
 
 std::string parent_dir(const std::string& path) {
@@ -52,7 +52,7 @@ void fsync_path(const std::string& path, bool directory) {
 // silently, which would hide a broken or tampered file.
 class DuplicateKeyCheck {
  public:
-  explicit DuplicateKeyCheck(const std::string& source) : source_(source) {}
+  DuplicateKeyCheck(const std::string& source, ErrorKind kind) : source_(source), kind_(kind) {}
   bool operator()(int /*depth*/, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
     using E = nlohmann::json::parse_event_t;
     if (event == E::object_start) {
@@ -62,7 +62,7 @@ class DuplicateKeyCheck {
     } else if (event == E::key && !keys_.empty()) {
       const auto& k = parsed.get_ref<const std::string&>();
       if (!keys_.back().insert(k).second) {
-        throw Error(source_ + ": duplicate key \"" + k + "\" in a JSON object");
+        throw Error(source_ + ": duplicate key \"" + k + "\" in a JSON object", kind_);
       }
     }
     return true;
@@ -70,6 +70,7 @@ class DuplicateKeyCheck {
 
  private:
   const std::string& source_;
+  ErrorKind kind_;
   std::vector<std::set<std::string>> keys_;
 };
 
@@ -111,8 +112,8 @@ void remove_stale_temp_dirs(const std::string& target) {
 
 }  // namespace
 
-nlohmann::json parse_json(const std::string& text, const std::string& source) {
-  DuplicateKeyCheck check(source);
+nlohmann::json parse_json(const std::string& text, const std::string& source, ErrorKind kind) {
+  DuplicateKeyCheck check(source, kind);
   try {
     return nlohmann::json::parse(text, std::ref(check));
   } catch (const nlohmann::json::parse_error& e) {
@@ -129,7 +130,14 @@ nlohmann::json parse_json(const std::string& text, const std::string& source) {
       }
     }
     throw Error(source + ":" + std::to_string(line) + ":" + std::to_string(column) +
-                ": invalid JSON: " + parse_error_detail(e.what()));
+                    ": invalid JSON: " + parse_error_detail(e.what()),
+                kind);
+  } catch (const nlohmann::json::out_of_range& e) {  // a number beyond double: 1e400
+    // "[json.exception.out_of_range.406] number overflow parsing '1e400'"
+    std::string what = e.what();
+    const size_t close = what.find("] ");
+    if (close != std::string::npos) what = what.substr(close + 2);
+    throw Error(source + ": invalid JSON: " + printable(what), kind);
   }
 }
 
@@ -154,8 +162,8 @@ std::string read_file(const std::string& path) {
   return out;
 }
 
-nlohmann::json read_json(const std::string& path) {
-  return parse_json(read_file(path), path);
+nlohmann::json read_json(const std::string& path, ErrorKind kind) {
+  return parse_json(read_file(path), path, kind);
 }
 
 void write_json_atomic(const std::string& path, const nlohmann::json& j) {
@@ -185,7 +193,7 @@ AtomicFile::~AtomicFile() {
 }
 
 void AtomicFile::write(const void* data, size_t n) {
-  if (fd_ < 0) throw Error(path_ + ": write after commit");
+  if (fd_ < 0) throw Error(path_ + ": write after commit", ErrorKind::kInternal);
   const char* p = static_cast<const char*>(data);
   while (n > 0) {
     ssize_t w = ::write(fd_, p, n);
@@ -197,7 +205,7 @@ void AtomicFile::write(const void* data, size_t n) {
 }
 
 void AtomicFile::commit() {
-  if (fd_ < 0) throw Error(path_ + ": commit called twice");
+  if (fd_ < 0) throw Error(path_ + ": commit called twice", ErrorKind::kInternal);
   if (::fsync(fd_) != 0) throw sys_error(path_, "fsync failed");
   int rc = ::close(fd_);
   fd_ = -1;
@@ -226,7 +234,7 @@ AtomicDir::~AtomicDir() {
 }
 
 void AtomicDir::commit() {
-  if (committed_) throw Error(target_ + ": commit called twice");
+  if (committed_) throw Error(target_ + ": commit called twice", ErrorKind::kInternal);
   // Make the contents durable before the rename publishes them.
   for (const auto& e : fs::recursive_directory_iterator(tmp_)) {
     fsync_path(e.path().string(), e.is_directory());

@@ -5,6 +5,8 @@
 
 #include <string>
 
+#include "trainer/io/error.h"
+
 namespace loratune::io {
 
 // Writes `bytes` to `path` atomically: a temp file in the same directory,
@@ -51,11 +53,14 @@ class AtomicDir {
   bool committed_ = false;
 };
 
-// Reads and parses a JSON file. Errors name the file and line:column.
-nlohmann::json read_json(const std::string& path);
-// Parses JSON text; `source` names it in errors.
-nlohmann::json parse_json(const std::string& text, const std::string& source);
-// Reads a whole file into memory; throws io::Error naming path.
+// Reads and parses a JSON file. Errors name the file and line:column; a file
+// that cannot be read is kIo, malformed JSON (or a duplicate key) is `kind`:
+// kCorrupt for a model's or adapter's files, kData for a user's data.
+nlohmann::json read_json(const std::string& path, ErrorKind kind = ErrorKind::kCorrupt);
+// Parses JSON text; `source` names it in errors (malformed: `kind`).
+nlohmann::json parse_json(const std::string& text, const std::string& source,
+                          ErrorKind kind = ErrorKind::kCorrupt);
+// Reads a whole file into memory; throws io::Error (kIo) naming path.
 std::string read_file(const std::string& path);
 // fsync on a directory: makes creations, renames and removals in it durable.
 void fsync_dir(const std::string& dir);

@@ -23,7 +23,7 @@ struct FdCloser {
 };
 
 Error sys_error(const std::string& path, const char* what) {
-  return Error(path + ": " + what + ": " + std::strerror(errno));
+  return Error(path + ": " + what + ": " + std::strerror(errno), ErrorKind::kIo);
 }
 
 }  // namespace
@@ -33,7 +33,7 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
   if (fd.fd < 0) throw sys_error(path, "cannot open");
   struct stat st {};
   if (::fstat(fd.fd, &st) != 0) throw sys_error(path, "cannot stat");
-  if (!S_ISREG(st.st_mode)) throw Error(path + ": not a regular file");
+  if (!S_ISREG(st.st_mode)) throw Error(path + ": not a regular file", ErrorKind::kIo);
 
   std::shared_ptr<MappedFile> m(new MappedFile());
   m->path_ = path;

@@ -77,47 +77,53 @@ bool as_u64(const nlohmann::json& j, uint64_t* out) {
 }
 
 TensorInfo parse_entry(const std::string& ctx, const std::string& name, const nlohmann::json& e) {
-  if (!e.is_object()) throw Error(ctx + "entry is not a JSON object");
+  if (!e.is_object()) throw Error(ctx + "entry is not a JSON object", ErrorKind::kCorrupt);
   for (const char* field : {"dtype", "shape", "data_offsets"}) {
-    if (!e.contains(field)) throw Error(ctx + "missing field \"" + field + "\"");
+    if (!e.contains(field))
+      throw Error(ctx + "missing field \"" + field + "\"", ErrorKind::kCorrupt);
   }
   TensorInfo info;
   info.name = name;
-  if (!e["dtype"].is_string()) throw Error(ctx + "\"dtype\" is not a string");
+  if (!e["dtype"].is_string()) throw Error(ctx + "\"dtype\" is not a string", ErrorKind::kCorrupt);
   info.dtype = e["dtype"].get<std::string>();
   const DtypeEntry* d = find_dtype(info.dtype);
   if (d == nullptr) {
     std::string hint = closest_match(info.dtype, dtype_names());
     throw Error(ctx + "unknown dtype \"" + info.dtype + "\"" +
-                (hint.empty() ? "" : " (did you mean \"" + hint + "\"?)"));
+                    (hint.empty() ? "" : " (did you mean \"" + hint + "\"?)"),
+                ErrorKind::kCorrupt);
   }
   info.scalar_type = d->type;
 
   const auto& shape = e["shape"];
-  if (!shape.is_array()) throw Error(ctx + "\"shape\" is not an array");
+  if (!shape.is_array()) throw Error(ctx + "\"shape\" is not an array", ErrorKind::kCorrupt);
   uint64_t nbytes = d->size;
   for (const auto& dim : shape) {
     uint64_t v = 0;
     if (!as_u64(dim, &v) || v > static_cast<uint64_t>(INT64_MAX)) {
-      throw Error(ctx + "shape " + shape.dump() + " has a negative or non-integer dimension");
+      throw Error(ctx + "shape " + shape.dump() + " has a negative or non-integer dimension",
+                  ErrorKind::kCorrupt);
     }
     if (__builtin_mul_overflow(nbytes, v, &nbytes)) {
-      throw Error(ctx + "shape " + shape.dump() + " overflows the byte size");
+      throw Error(ctx + "shape " + shape.dump() + " overflows the byte size", ErrorKind::kCorrupt);
     }
     info.shape.push_back(static_cast<int64_t>(v));
   }
   const auto& off = e["data_offsets"];
   if (!off.is_array() || off.size() != 2 || !as_u64(off[0], &info.begin) ||
       !as_u64(off[1], &info.end)) {
-    throw Error(ctx + "\"data_offsets\" is not [begin, end] of non-negative integers");
+    throw Error(ctx + "\"data_offsets\" is not [begin, end] of non-negative integers",
+                ErrorKind::kCorrupt);
   }
   if (info.begin > info.end) {
     throw Error(ctx + "data_offsets begin " + std::to_string(info.begin) + " > end " +
-                std::to_string(info.end));
+                    std::to_string(info.end),
+                ErrorKind::kCorrupt);
   }
   if (info.end - info.begin != nbytes) {
     throw Error(ctx + "byte size " + std::to_string(nbytes) + " of " + info.dtype + " " +
-                shape.dump() + " != data_offsets span " + std::to_string(info.end - info.begin));
+                    shape.dump() + " != data_offsets span " + std::to_string(info.end - info.begin),
+                ErrorKind::kCorrupt);
   }
   return info;
 }
@@ -132,22 +138,26 @@ void check_layout(const std::string& path, std::vector<TensorInfo>& tensors, uin
     const std::string ctx = path + ": tensor '" + t.name + "': ";
     if (t.begin > pos) {
       throw Error(ctx + "gap in the data buffer: begins at " + std::to_string(t.begin) +
-                  ", previous data ends at " + std::to_string(pos));
+                      ", previous data ends at " + std::to_string(pos),
+                  ErrorKind::kCorrupt);
     }
     if (t.begin < pos) {
       throw Error(ctx + "overlaps the previous tensor: begins at " + std::to_string(t.begin) +
-                  ", previous data ends at " + std::to_string(pos));
+                      ", previous data ends at " + std::to_string(pos),
+                  ErrorKind::kCorrupt);
     }
     if (t.end > buffer) {
       throw Error(ctx + "data_offsets end " + std::to_string(t.end) +
-                  " is past the data buffer of " + std::to_string(buffer) + " bytes");
+                      " is past the data buffer of " + std::to_string(buffer) + " bytes",
+                  ErrorKind::kCorrupt);
     }
     pos = t.end;
   }
   if (pos != buffer) {
     throw Error(path + ": " + std::to_string(buffer - pos) +
-                " trailing bytes after the last tensor (data ends at " + std::to_string(pos) +
-                ", buffer is " + std::to_string(buffer) + " bytes)");
+                    " trailing bytes after the last tensor (data ends at " + std::to_string(pos) +
+                    ", buffer is " + std::to_string(buffer) + " bytes)",
+                ErrorKind::kCorrupt);
   }
 }
 
@@ -161,7 +171,7 @@ int64_t TensorInfo::numel() const {
 
 at::ScalarType scalar_type_from_name(const std::string& dtype) {
   const DtypeEntry* d = find_dtype(dtype);
-  if (d == nullptr) throw Error("unknown safetensors dtype \"" + dtype + "\"");
+  if (d == nullptr) throw Error("unknown safetensors dtype \"" + dtype + "\"", ErrorKind::kCorrupt);
   return d->type;
 }
 
@@ -169,12 +179,13 @@ std::string dtype_name(at::ScalarType t) {
   for (const auto& d : kDtypes) {
     if (d.type == t) return d.name;
   }
-  throw Error(std::string("safetensors cannot store dtype ") + c10::toString(t));
+  throw Error(std::string("safetensors cannot store dtype ") + c10::toString(t),
+              ErrorKind::kUnsupported);
 }
 
 size_t dtype_size(const std::string& dtype) {
   const DtypeEntry* d = find_dtype(dtype);
-  if (d == nullptr) throw Error("unknown safetensors dtype \"" + dtype + "\"");
+  if (d == nullptr) throw Error("unknown safetensors dtype \"" + dtype + "\"", ErrorKind::kCorrupt);
   return d->size;
 }
 
@@ -184,32 +195,37 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
   f->map_ = MappedFile::open(path);
   const uint64_t size = f->map_->size();
   if (size < 8) {
-    throw Error(path + ": file too small for a safetensors header (" + std::to_string(size) +
-                " bytes)");
+    throw Error(
+        path + ": file too small for a safetensors header (" + std::to_string(size) + " bytes)",
+        ErrorKind::kCorrupt);
   }
   uint64_t n = 0;
   const uint8_t* p = f->map_->data();
   for (int i = 7; i >= 0; --i) n = (n << 8) | p[i];  // little-endian u64
   if (n > kMaxHeaderSize) {
     throw Error(path + ": header length " + std::to_string(n) + " exceeds the limit of " +
-                std::to_string(kMaxHeaderSize));
+                    std::to_string(kMaxHeaderSize),
+                ErrorKind::kCorrupt);
   }
   if (8 + n > size) {
     throw Error(path + ": header length " + std::to_string(n) + " runs past the end of the file (" +
-                std::to_string(size) + " bytes)");
+                    std::to_string(size) + " bytes)",
+                ErrorKind::kCorrupt);
   }
   f->header_size_ = n;
   const std::string text(reinterpret_cast<const char*>(p + 8), n);
   nlohmann::json header = parse_json(text, path + " (header)");
-  if (!header.is_object()) throw Error(path + ": header is not a JSON object");
+  if (!header.is_object()) throw Error(path + ": header is not a JSON object", ErrorKind::kCorrupt);
 
   f->tensors_.reserve(header.size());
   for (const auto& [name, entry] : header.items()) {
     if (name == "__metadata__") {
-      if (!entry.is_object()) throw Error(path + ": __metadata__ is not a JSON object");
+      if (!entry.is_object())
+        throw Error(path + ": __metadata__ is not a JSON object", ErrorKind::kCorrupt);
       for (const auto& [k, v] : entry.items()) {
         if (!v.is_string()) {
-          throw Error(path + ": __metadata__ value of \"" + k + "\" is not a string");
+          throw Error(path + ": __metadata__ value of \"" + k + "\" is not a string",
+                      ErrorKind::kCorrupt);
         }
         f->metadata_[k] = v.get<std::string>();
       }
@@ -246,7 +262,8 @@ at::Tensor SafetensorsFile::tensor(const std::string& name) const {
     for (const auto& t : tensors_) names.push_back(t.name);
     std::string hint = closest_match(name, names);
     throw Error(path_ + ": no tensor '" + name + "'" +
-                (hint.empty() ? "" : " (did you mean '" + hint + "'?)"));
+                    (hint.empty() ? "" : " (did you mean '" + hint + "'?)"),
+                ErrorKind::kCorrupt);
   }
   const auto options = at::TensorOptions().dtype(info->scalar_type).device(at::kCPU);
   try {
@@ -263,7 +280,8 @@ at::Tensor SafetensorsFile::tensor(const std::string& name) const {
     return at::from_blob(
         ptr, info->shape, [keep](void*) {}, options);
   } catch (const c10::Error& e) {  // e.g. a zero-size shape LibTorch finds too large
-    throw Error(path_ + ": tensor '" + name + "': " + e.what_without_backtrace());
+    throw Error(path_ + ": tensor '" + name + "': " + e.what_without_backtrace(),
+                ErrorKind::kCorrupt);
   }
 }
 
@@ -285,7 +303,8 @@ Checkpoint Checkpoint::open(const std::string& path) {
       }
       if (found.size() != 1) {
         throw Error(path + ": no model.safetensors.index.json or model.safetensors" +
-                    (found.empty() ? std::string() : " (and several other .safetensors files)"));
+                        (found.empty() ? std::string() : " (and several other .safetensors files)"),
+                    ErrorKind::kIo);
       }
       single = found[0];
     }
@@ -304,23 +323,26 @@ Checkpoint Checkpoint::open(const std::string& path) {
 
   const nlohmann::json j = read_json(index);
   if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object()) {
-    throw Error(index + ": no \"weight_map\" object");
+    throw Error(index + ": no \"weight_map\" object", ErrorKind::kCorrupt);
   }
   const fs::path base = fs::path(index).parent_path();
   std::map<std::string, size_t> file_index;  // shard file name -> shards_ slot
   for (const auto& [name, file] : j["weight_map"].items()) {
-    if (!file.is_string()) throw Error(index + ": weight_map entry '" + name + "' is not a string");
+    if (!file.is_string())
+      throw Error(index + ": weight_map entry '" + name + "' is not a string", ErrorKind::kCorrupt);
     const std::string f = file.get<std::string>();
     if (f.empty() || f.find('/') != std::string::npos || f == "." || f == "..") {
       throw Error(index + ": tensor '" + name + "': shard name \"" + f +
-                  "\" is not a file name in the checkpoint directory");
+                      "\" is not a file name in the checkpoint directory",
+                  ErrorKind::kCorrupt);
     }
     file_index.emplace(f, 0);
   }
   for (auto& [f, slot] : file_index) {
     const std::string shard_path = (base / f).string();
     if (!fs::exists(shard_path)) {
-      throw Error(index + ": names shard " + f + ", which is missing (" + shard_path + ")");
+      throw Error(index + ": names shard " + f + ", which is missing (" + shard_path + ")",
+                  ErrorKind::kIo);
     }
     slot = ck.shards_.size();
     ck.shards_.push_back(SafetensorsFile::open(shard_path));
@@ -330,7 +352,8 @@ Checkpoint Checkpoint::open(const std::string& path) {
       auto [it, fresh] = ck.shard_of_.emplace(t.name, s);
       if (!fresh) {
         throw Error(index + ": tensor '" + t.name + "' is in two shards: " +
-                    ck.shards_[it->second]->path() + " and " + ck.shards_[s]->path());
+                        ck.shards_[it->second]->path() + " and " + ck.shards_[s]->path(),
+                    ErrorKind::kCorrupt);
       }
     }
   }
@@ -340,8 +363,10 @@ Checkpoint Checkpoint::open(const std::string& path) {
     if (it == ck.shard_of_.end() || it->second != s) {
       throw Error(
           index + ": tensor '" + name + "' is mapped to " + ck.shards_[s]->path() +
-          ", which does not contain it" +
-          (it == ck.shard_of_.end() ? "" : " (it is in " + ck.shards_[it->second]->path() + ")"));
+              ", which does not contain it" +
+              (it == ck.shard_of_.end() ? ""
+                                        : " (it is in " + ck.shards_[it->second]->path() + ")"),
+          ErrorKind::kCorrupt);
     }
   }
   return ck;
@@ -365,7 +390,8 @@ const SafetensorsFile& Checkpoint::file_of(const std::string& name) const {
     std::string hint = closest_match(name, names());
     std::string where = shards_.empty() ? std::string("checkpoint") : shards_[0]->path();
     throw Error(where + ": checkpoint has no tensor '" + name + "'" +
-                (hint.empty() ? "" : " (did you mean '" + hint + "'?)"));
+                    (hint.empty() ? "" : " (did you mean '" + hint + "'?)"),
+                ErrorKind::kCorrupt);
   }
   return *shards_[it->second];
 }

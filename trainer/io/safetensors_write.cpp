@@ -52,7 +52,7 @@ std::string make_header(const NamedTensors& tensors, const Metadata& user_metada
     try {
       dtype = dtype_name(t.scalar_type());
     } catch (const Error& e) {
-      throw Error("tensor '" + name + "': " + e.what());
+      throw Error("tensor '" + name + "': ", e);
     }
     h += "," + nlohmann::json(name).dump() + ":{\"dtype\":\"" + dtype + "\",\"shape\":[";
     for (int64_t i = 0; i < t.dim(); ++i) h += (i ? "," : "") + std::to_string(t.size(i));
@@ -101,7 +101,7 @@ void save_file(const NamedTensors& tensors, const std::string& path, Metadata me
   } catch (const Error& e) {
     const std::string what = e.what();
     if (what.rfind(path, 0) == 0) throw;
-    throw Error(path + ": " + what);
+    throw Error(path + ": ", e);
   }
 }
 
@@ -114,7 +114,7 @@ ShardedWriter::ShardedWriter(std::string dir, uint64_t max_shard_bytes, std::str
       prefix_(std::move(prefix)),
       metadata_(std::move(metadata)) {
   if (max_bytes_ == 0) throw Error(dir_ + ": max shard size must be positive");
-  if (!fs::is_directory(dir_)) throw Error(dir_ + ": not a directory");
+  if (!fs::is_directory(dir_)) throw Error(dir_ + ": not a directory", ErrorKind::kIo);
 }
 
 ShardedWriter::~ShardedWriter() {
@@ -126,7 +126,7 @@ ShardedWriter::~ShardedWriter() {
 }
 
 void ShardedWriter::add(const std::string& name, const at::Tensor& tensor) {
-  if (finished_) throw Error(dir_ + ": ShardedWriter::add after finish");
+  if (finished_) throw Error(dir_ + ": ShardedWriter::add after finish", ErrorKind::kInternal);
   if (!seen_.emplace(name, true).second) {
     throw Error(dir_ + ": duplicate tensor name '" + name + "'");
   }
@@ -141,7 +141,9 @@ void ShardedWriter::add(const std::string& name, const at::Tensor& tensor) {
 }
 
 void ShardedWriter::make_room(uint64_t nbytes) {
-  if (finished_) throw Error(dir_ + ": ShardedWriter::make_room after finish");
+  if (finished_) {
+    throw Error(dir_ + ": ShardedWriter::make_room after finish", ErrorKind::kInternal);
+  }
   if (!pending_.empty() && pending_bytes_ + nbytes > max_bytes_) flush();
 }
 
@@ -160,7 +162,7 @@ void ShardedWriter::flush() {
 }
 
 std::vector<std::string> ShardedWriter::finish() {
-  if (finished_) throw Error(dir_ + ": ShardedWriter::finish called twice");
+  if (finished_) throw Error(dir_ + ": ShardedWriter::finish called twice", ErrorKind::kInternal);
   if (!pending_.empty() || temp_files_.empty()) flush();
   const size_t count = temp_files_.size();
   const fs::path dir(dir_);
@@ -187,7 +189,8 @@ std::vector<std::string> ShardedWriter::finish() {
   }
   for (size_t i = 0; i < count; ++i) {
     if (::rename(temp_files_[i].c_str(), (dir / files[i]).c_str()) != 0) {
-      throw Error((dir / files[i]).string() + ": rename failed: " + std::strerror(errno));
+      throw Error((dir / files[i]).string() + ": rename failed: " + std::strerror(errno),
+                  ErrorKind::kIo);
     }
   }
   temp_files_.clear();

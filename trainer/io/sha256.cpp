@@ -120,7 +120,7 @@ std::string sha256_hex(const std::string& bytes) {
 
 std::string sha256_file_hex(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw Error(path + ": cannot open: " + std::strerror(errno));
+  if (fd < 0) throw Error(path + ": cannot open: " + std::strerror(errno), ErrorKind::kIo);
   Sha256 h;
   char buf[1 << 16];
   for (;;) {
@@ -129,7 +129,7 @@ std::string sha256_file_hex(const std::string& path) {
     if (n < 0) {
       int saved = errno;
       ::close(fd);
-      throw Error(path + ": read failed: " + std::strerror(saved));
+      throw Error(path + ": read failed: " + std::strerror(saved), ErrorKind::kIo);
     }
     if (n == 0) break;
     h.update(buf, static_cast<size_t>(n));
