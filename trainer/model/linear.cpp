@@ -46,6 +46,14 @@ void LinearImpl::set_adapter(std::shared_ptr<LinearAdapter> adapter) {
     register_buffer(item.key(), item.value());
   }
   adapter_ = std::move(adapter);
+  adapter_->train(is_training());  // the adapter follows its projection's mode from now on
+}
+
+void LinearImpl::train(bool on) {
+  torch::nn::Module::train(on);
+  // The adapter object itself is not a registered child (only its layers
+  // are), so Module::train would not reach it; its dropout reads its own flag.
+  if (adapter_) adapter_->train(on);
 }
 
 std::vector<std::pair<std::string, std::shared_ptr<LinearImpl>>> linear_modules(

@@ -51,6 +51,9 @@ class LinearImpl : public torch::nn::Module {
   // already attached or one of its names collides with "weight"/"bias".
   void set_adapter(std::shared_ptr<LinearAdapter> adapter);
   const std::shared_ptr<LinearAdapter>& adapter() const { return adapter_; }
+  // train()/eval() also switch the attached adapter (its dropout is off in
+  // eval mode): model->eval() reaches every adapter through its projection.
+  void train(bool on = true) override;
 
   int64_t in_features() const { return in_features_; }
   int64_t out_features() const { return out_features_; }
