@@ -138,7 +138,8 @@ TEST(Lora, RefusesWhatItDoesNotSupport) {
       {"bias", "\"all\"", "bias training"},
       {"modules_to_save", "[\"lm_head\"]", "modules_to_save"},
       {"peft_type", "\"IA3\"", "peft_type"},
-      {"target_modules", "\".*proj\"", "regex"},
+      {"lora_bias", "true", "lora_bias"},
+      {"init_lora_weights", "\"olora\"", "olora"},
   };
   for (const Bad& b : cases) {
     std::string dir = test::make_temp_dir("badcfg");
@@ -148,6 +149,7 @@ TEST(Lora, RefusesWhatItDoesNotSupport) {
       ADD_FAILURE() << "accepted: " << b.key << " = " << b.value;
     } catch (const Error& e) {
       std::string msg = e.what();
+      EXPECT_EQ(e.kind(), ErrorKind::kUnsupported) << msg;
       EXPECT_NE(msg.find(b.needle), std::string::npos) << msg;
       EXPECT_NE(msg.find("adapter_config.json"), std::string::npos) << msg;
     }
@@ -168,10 +170,11 @@ TEST(Lora, AdapterThatDoesNotFitIsRejectedByName) {
     lora::load_adapter_weights(dir, *other);
     FAIL() << "expected an error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("missing base_model.model.model.layers.0.self_attn."
-                                         "v_proj.lora_A.weight"),
+    EXPECT_NE(std::string(e.what()).find("tensor 'base_model.model.model.layers.0.self_attn."
+                                         "v_proj.lora_A.weight' is missing"),
               std::string::npos)
         << e.what();
+    EXPECT_EQ(e.kind(), ErrorKind::kCorrupt);
   }
 }
 

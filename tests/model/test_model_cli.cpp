@@ -88,7 +88,7 @@ TEST(CliInspect, JsonDescribesShardsDtypesAndWindows) {
 
 TEST(CliInspect, MissingDirectoryIsOneLineError) {
   RunResult r = run(quote(loratune_bin()) + " inspect /nonexistent/model");
-  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_EQ(r.status, 4) << r.out;  // ErrorKind::kIo: a missing file
   EXPECT_NE(r.out.find("loratune: error: /nonexistent/model"), std::string::npos) << r.out;
 }
 

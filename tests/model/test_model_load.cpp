@@ -131,14 +131,30 @@ TEST(LoadErrors, MissingTensorsAreNamedAndCounted) {
             t.end());
   });
   const std::string msg = load_error(dir);
-  EXPECT_NE(msg.find("2 missing tensors"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(dir + "/config.json: the checkpoint lacks 2 tensors the config implies: "),
+            std::string::npos)
+      << msg;
   EXPECT_NE(msg.find("model.norm.weight"), std::string::npos) << msg;
   EXPECT_NE(msg.find("model.layers.1.mlp.up_proj.bias"), std::string::npos) << msg;
-  EXPECT_NE(msg.find(dir), std::string::npos) << msg;
 }
 
 TEST(LoadErrors, ManyMissingTensorsAreListedUpToAFew) {
   const std::string dir = copy_model("qwen2", "many");
+  edit_weights(dir, [](io::NamedTensors& t) {
+    t.erase(
+        std::remove_if(t.begin(), t.end(),
+                       [](const auto& p) { return p.first.find("_proj.") != std::string::npos; }),
+        t.end());
+  });
+  const std::string msg = load_error(dir);
+  // 3 layers x (q, k, v with bias: 6; o, gate, up, down: 4).
+  EXPECT_NE(msg.find("the checkpoint lacks 30 tensors the config implies: "), std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find("and 27 more"), std::string::npos) << msg;
+}
+
+TEST(LoadErrors, MissingLayerIsNamedBeforeItsTensors) {
+  const std::string dir = copy_model("qwen2", "layer");
   edit_weights(dir, [](io::NamedTensors& t) {
     t.erase(std::remove_if(
                 t.begin(), t.end(),
@@ -146,8 +162,10 @@ TEST(LoadErrors, ManyMissingTensorsAreListedUpToAFew) {
             t.end());
   });
   const std::string msg = load_error(dir);
-  EXPECT_NE(msg.find("12 missing tensors"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("and 7 more"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("config.json: num_hidden_layers is 3 but the checkpoint has 2 layers "
+                     "(model.layers.0 .. model.layers.1)"),
+            std::string::npos)
+      << msg;
 }
 
 TEST(LoadErrors, UnexpectedTensorIsNamed) {
@@ -156,9 +174,19 @@ TEST(LoadErrors, UnexpectedTensorIsNamed) {
     t.emplace_back("model.layers.7.self_attn.q_proj.weight", at::zeros({64, 64}));
   });
   const std::string msg = load_error(dir);
-  EXPECT_NE(msg.find("1 unexpected tensors: model.layers.7.self_attn.q_proj.weight"),
+  EXPECT_NE(msg.find("num_hidden_layers is 3 but the checkpoint has 4 layers (model.layers.0, 1, "
+                     "2, 7)"),
             std::string::npos)
       << msg;
+  const std::string dir2 = copy_model("mistral-window", "unexpected2");
+  edit_weights(dir2, [](io::NamedTensors& t) {
+    t.emplace_back("model.layers.1.self_attn.rope.weight", at::zeros({64}));
+  });
+  const std::string msg2 = load_error(dir2);
+  EXPECT_NE(msg2.find("the checkpoint has 1 tensor the config does not describe: "
+                      "model.layers.1.self_attn.rope.weight"),
+            std::string::npos)
+      << msg2;
 }
 
 TEST(LoadErrors, MisshapenTensorNamesExpectedAndActualShape) {
@@ -169,7 +197,8 @@ TEST(LoadErrors, MisshapenTensorNamesExpectedAndActualShape) {
     }
   });
   const std::string msg = load_error(dir);
-  EXPECT_NE(msg.find("model.layers.0.self_attn.k_proj.weight (expected [64, 64], got [32, 64])"),
+  EXPECT_NE(msg.find("num_key_value_heads * head_dim (2 * 32) is 64 but the checkpoint's "
+                     "model.layers.0.self_attn.k_proj.weight is [32, 64] (expected [64, 64])"),
             std::string::npos)
       << msg;
 }

@@ -31,18 +31,6 @@ const V* pattern_value(const std::map<std::string, V>& patterns, const std::stri
   return nullptr;
 }
 
-bool ends_with_component(const std::string& path, const std::string& name) {
-  if (path == name) return true;
-  return path.size() > name.size() &&
-         path.compare(path.size() - name.size(), name.size(), name) == 0 &&
-         path[path.size() - name.size() - 1] == '.';
-}
-
-std::string last_component(const std::string& path) {
-  size_t dot = path.rfind('.');
-  return dot == std::string::npos ? path : path.substr(dot + 1);
-}
-
 }  // namespace
 
 double lora_scale(double alpha, int64_t r, bool use_rslora) {
@@ -98,41 +86,12 @@ at::Tensor LoraLinearImpl::add_delta(const at::Tensor& x, const at::Tensor& y) {
 }
 
 std::vector<std::string> inject_lora(model::CausalLMImpl& model, const LoraSpec& spec) {
-  auto linears = model::linear_modules(model);
-  const bool all_linear = spec.target_modules.size() == 1 && spec.target_modules[0] == "all-linear";
-  if (spec.target_modules.empty()) throw Error("lora.target_modules is empty");
-  std::vector<bool> used(spec.target_modules.size(), false);
+  const std::vector<AdaptedModule> plan =
+      plan_lora(spec, linear_shapes_of(model), "lora.target_modules", ErrorKind::kConfig,
+                /*every_name_must_match=*/true);
+  attach_lora(model, plan, spec);
   std::vector<std::string> injected;
-  for (auto& [path, linear] : linears) {
-    bool hit = false;
-    if (all_linear) {
-      hit = path.rfind("model.layers.", 0) == 0;  // decoder layers only, never lm_head
-    } else {
-      for (size_t i = 0; i < spec.target_modules.size(); ++i) {
-        if (ends_with_component(path, spec.target_modules[i])) used[i] = hit = true;
-      }
-    }
-    if (!hit) continue;
-    auto [r, alpha] = rank_and_alpha(spec, path);
-    auto adapter =
-        std::make_shared<LoraLinearImpl>(linear->in_features(), linear->out_features(), r, alpha,
-                                         spec.dropout, spec.use_rslora, linear->weight.device());
-    linear->set_adapter(adapter);
-    injected.push_back(path);
-  }
-  if (!all_linear) {
-    std::vector<std::string> names;
-    for (auto& [path, linear] : linears) names.push_back(last_component(path));
-    for (size_t i = 0; i < used.size(); ++i) {
-      if (used[i]) continue;
-      std::string hint = closest_match(spec.target_modules[i], names);
-      throw Error("lora.target_modules: '" + spec.target_modules[i] +
-                  "' matches no projection of this model" +
-                  (hint.empty() ? "" : " (did you mean '" + hint + "'?)") +
-                  "; use module names such as q_proj, or all-linear");
-    }
-  }
-  if (injected.empty()) throw Error("lora.target_modules matched no projection of this model");
+  for (const AdaptedModule& m : plan) injected.push_back(m.path);
   return injected;
 }
 

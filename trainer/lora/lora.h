@@ -25,7 +25,9 @@
 #include <utility>
 #include <vector>
 
+#include "trainer/io/error.h"
 #include "trainer/model/linear.h"
+#include "trainer/model/loader.h"
 #include "trainer/model/model.h"
 
 namespace loratune::lora {
@@ -45,6 +47,19 @@ struct LoraSpec {
   std::map<std::string, int64_t> rank_pattern;
   std::map<std::string, double> alpha_pattern;
   std::string base_model_name_or_path;
+  // The rest are read from PEFT adapters (adapter_config.json) and matched as
+  // PEFT's check_target_module_exists does; training configs leave them empty.
+  // target_modules given as a string other than "all-linear": a regex the
+  // whole module path must match (re.fullmatch); target_modules is then empty.
+  std::string target_regex;
+  // exclude_modules: a list (equal to the path or a '.'-suffix of it) or a
+  // regex string (full match); excluded modules are never adapted.
+  std::vector<std::string> exclude_modules;
+  std::string exclude_regex;
+  // layers_to_transform (empty: every layer) and layers_pattern; applied only
+  // to modules matched by a '.'-suffix of a target_modules entry, as PEFT.
+  std::vector<int64_t> layers_to_transform;
+  std::vector<std::string> layers_pattern;
 };
 
 // The one place the LoRA scale is computed: alpha / r, or alpha / sqrt(r)
@@ -53,6 +68,45 @@ double lora_scale(double alpha, int64_t r, bool use_rslora);
 
 // The rank and alpha `spec` gives the module at `module_path`.
 std::pair<int64_t, double> rank_and_alpha(const LoraSpec& spec, const std::string& module_path);
+
+// Whether PEFT would put a LoRA layer on the projection at `module_path`
+// (e.g. "model.layers.0.self_attn.q_proj") for `spec`: exclusions first,
+// then target_regex / target_modules ("all-linear": every projection inside
+// the decoder layers), then layers_to_transform. Throws Error for a pattern
+// that is not a valid regular expression.
+bool is_targeted(const LoraSpec& spec, const std::string& module_path);
+
+// One projection that gets an adapter, with the rank, alpha and scale that
+// `spec` gives it (rank_pattern / alpha_pattern applied).
+struct AdaptedModule {
+  std::string path;  // "model.layers.0.self_attn.q_proj"
+  int64_t in_features = 0;
+  int64_t out_features = 0;
+  int64_t r = 0;
+  double alpha = 0;
+  double scale = 0;  // lora_scale(alpha, r, use_rslora)
+};
+
+// The projections among `linears` (a model's, in model order) that `spec`
+// targets: exactly the LoRA layers PEFT would create. Allocates nothing.
+// Throws Error of `kind` prefixed by `source` ("lora.target_modules", or an
+// adapter_config.json path) when nothing is targeted, when a rank is not
+// positive, or, with `every_name_must_match` (a training config, where an
+// unmatched name is a typo; PEFT itself only requires some match), when a
+// target_modules entry matches no projection (naming the closest).
+std::vector<AdaptedModule> plan_lora(const LoraSpec& spec,
+                                     const std::vector<model::LinearShape>& linears,
+                                     const std::string& source, ErrorKind kind,
+                                     bool every_name_must_match);
+
+// The projections of `model` as LinearShape (path, in, out), in model order.
+std::vector<model::LinearShape> linear_shapes_of(model::CausalLMImpl& model);
+
+// Attaches a fresh adapter (reset_parameters) per entry of `plan` to
+// `model`'s projection of that path. Throws Error when a path is not a
+// projection of `model` or already has an adapter.
+void attach_lora(model::CausalLMImpl& model, const std::vector<AdaptedModule>& plan,
+                 const LoraSpec& spec);
 
 // The adapter attached to one projection. Registers "lora_A" and "lora_B"
 // (each a model::Linear without bias, trainable, float32).
@@ -82,9 +136,10 @@ class LoraLinearImpl : public model::LinearAdapter {
 };
 
 // Attaches a fresh LoRA adapter (reset_parameters) to every projection of
-// `model` that `spec` targets and returns their module paths in model order.
-// Throws Error when a target name matches no projection (naming the closest
-// module name) or a projection already has an adapter.
+// `model` that `spec` targets (plan_lora, then attach_lora) and returns their
+// module paths in model order. Throws Error when a target name matches no
+// projection (naming the closest module name) or a projection already has
+// an adapter.
 std::vector<std::string> inject_lora(model::CausalLMImpl& model, const LoraSpec& spec);
 
 // The adapter tensors of `model` under their PEFT file names

@@ -4,8 +4,9 @@
 #include <ATen/core/grad_mode.h>
 #include <nlohmann/json.hpp>
 
+#include <cctype>
+#include <cmath>
 #include <filesystem>
-#include <set>
 
 #include "trainer/io/error.h"
 #include "trainer/io/file_util.h"
@@ -27,118 +28,244 @@ void refuse_if_set(const json& cfg, const std::string& file, const char* key, co
   bool set = !(v.is_null() || (v.is_boolean() && !v.get<bool>()) ||
                ((v.is_array() || v.is_object() || v.is_string()) && v.empty()));
   if (set) {
-    throw Error(file + ": " + key + " = " + v.dump() + ": " + what +
-                " is not supported by loratune (plain LoRA on the decoder projections only)");
+    throw Error(file + ": " + key + " = " + printable(v.dump(), 80) + ": " + what +
+                    " is not supported by loratune (plain LoRA on the decoder projections only)",
+                ErrorKind::kUnsupported);
   }
 }
 
-template <typename T>
-T get_or(const json& cfg, const std::string& file, const char* key, T fallback) {
-  if (!cfg.contains(key) || cfg[key].is_null()) return fallback;
-  try {
-    return cfg[key].get<T>();
-  } catch (const json::exception&) {
-    throw Error(file + ": " + key + " has the wrong type: " + cfg[key].dump());
+[[noreturn]] void bad_value(const std::string& file, const char* key, const json& v,
+                            const std::string& want) {
+  throw Error(file + ": " + key + " must be " + want + ", got " + printable(v.dump(), 80),
+              ErrorKind::kCorrupt);
+}
+
+// cfg[key] when present and not null, else nullptr.
+const json* present(const json& cfg, const char* key) {
+  auto it = cfg.find(key);
+  return it == cfg.end() || it->is_null() ? nullptr : &*it;
+}
+
+std::vector<std::string> string_list(const std::string& file, const char* key, const json& v) {
+  if (!v.is_array()) bad_value(file, key, v, "a list of strings or a string");
+  std::vector<std::string> out;
+  for (const auto& e : v) {
+    if (!e.is_string()) bad_value(file, key, v, "a list of strings or a string");
+    out.push_back(e.get<std::string>());
+  }
+  return out;
+}
+
+// init_lora_weights: only how a fresh adapter starts, except for the
+// variants that also rewrite the base weights (the adapter then fits only
+// that rewritten base, which loratune does not have).
+void check_init(const std::string& file, const json& cfg) {
+  const json* v = present(cfg, "init_lora_weights");
+  if (v == nullptr || v->is_boolean()) return;
+  if (!v->is_string()) bad_value(file, "init_lora_weights", *v, "true, false or a method name");
+  const std::string s = v->get<std::string>();
+  if (s == "gaussian" || s == "eva" || s == "orthogonal") return;
+  for (const char* base_changing : {"pissa", "olora", "loftq", "corda"}) {
+    if (s.rfind(base_changing, 0) == 0) {
+      throw Error(file + ": init_lora_weights = \"" + printable(s) + "\": " + base_changing +
+                      " adapters expect a base model rewritten by PEFT, which loratune does not "
+                      "support (convert the adapter with PEFT's path_initial_model_for_weight_"
+                      "conversion first)",
+                  ErrorKind::kUnsupported);
+    }
+  }
+  throw Error(file + ": init_lora_weights = \"" + printable(s) + "\" is not supported " +
+                  "(true, false, gaussian, eva, orthogonal)",
+              ErrorKind::kUnsupported);
+}
+
+// target_modules, exclude_modules, layers_to_transform and layers_pattern,
+// with PEFT's own consistency rules (LoraConfig.__post_init__).
+void read_targets(const std::string& file, const json& cfg, LoraSpec& spec) {
+  const json* tm = present(cfg, "target_modules");
+  if (tm == nullptr) throw Error(file + ": target_modules is missing", ErrorKind::kCorrupt);
+  spec.target_modules.clear();
+  if (tm->is_string()) {
+    std::string s = tm->get<std::string>();
+    std::string lower = s;
+    for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    if (lower == "all-linear") {
+      spec.target_modules = {"all-linear"};
+    } else {
+      if (s.empty()) bad_value(file, "target_modules", *tm, "a non-empty list or pattern");
+      spec.target_regex = s;
+    }
+  } else {
+    spec.target_modules = string_list(file, "target_modules", *tm);
+    if (spec.target_modules.empty()) {
+      bad_value(file, "target_modules", *tm, "a non-empty list or pattern");
+    }
+  }
+  if (const json* ex = present(cfg, "exclude_modules")) {
+    if (ex->is_string()) {
+      spec.exclude_regex = ex->get<std::string>();
+    } else {
+      spec.exclude_modules = string_list(file, "exclude_modules", *ex);
+    }
+  }
+  if (const json* lt = present(cfg, "layers_to_transform")) {
+    if (lt->is_number_integer()) {
+      spec.layers_to_transform = {lt->get<int64_t>()};
+    } else if (lt->is_array()) {
+      for (const auto& e : *lt) {
+        if (!e.is_number_integer()) bad_value(file, "layers_to_transform", *lt, "integers");
+        spec.layers_to_transform.push_back(e.get<int64_t>());
+      }
+    } else {
+      bad_value(file, "layers_to_transform", *lt, "an integer or a list of integers");
+    }
+    if (!spec.target_regex.empty() && !spec.layers_to_transform.empty()) {
+      throw Error(file + ": layers_to_transform cannot be used with a regex target_modules " +
+                      "(PEFT refuses this config too)",
+                  ErrorKind::kCorrupt);
+    }
+  }
+  if (const json* lp = present(cfg, "layers_pattern")) {
+    spec.layers_pattern = lp->is_string() ? std::vector<std::string>{lp->get<std::string>()}
+                                          : string_list(file, "layers_pattern", *lp);
+    if (!spec.layers_pattern.empty() && spec.layers_to_transform.empty()) {
+      throw Error(file + ": layers_pattern is set but layers_to_transform is not " +
+                      "(PEFT refuses this config too)",
+                  ErrorKind::kCorrupt);
+    }
   }
 }
 
-// Copies each adapter tensor in `file` into `model`'s matching parameter.
-void copy_weights(const std::string& dir, model::CausalLMImpl& model) {
+std::shared_ptr<io::SafetensorsFile> open_weights(const std::string& dir) {
   const std::string path = (fs::path(dir) / kWeightsFile).string();
   if (!fs::exists(path)) {
     if (fs::exists(fs::path(dir) / "adapter_model.bin")) {
       throw Error(path +
-                  ": not found; adapter_model.bin (pickle) is not read by loratune: "
-                  "save the adapter with safe_serialization=True");
+                      ": not found; adapter_model.bin (pickle) is not read by loratune: "
+                      "save the adapter with safe_serialization=True",
+                  ErrorKind::kUnsupported);
     }
-    throw Error(path + ": not found");
+    throw Error(path + ": not found", ErrorKind::kIo);
   }
-  auto file = io::SafetensorsFile::open(path);
-  auto params = adapter_tensors(model);
-  std::set<std::string> expected;
-  std::vector<std::string> missing, misshapen;
+  return io::SafetensorsFile::open(path);
+}
+
+// The LoRA layers `model` already has, as AdaptedModule entries.
+std::vector<AdaptedModule> attached_modules(model::CausalLMImpl& model) {
+  std::vector<AdaptedModule> out;
+  for (auto& [path, linear] : model::linear_modules(model)) {
+    auto lora = std::dynamic_pointer_cast<LoraLinearImpl>(linear->adapter());
+    if (!lora) continue;
+    out.push_back(
+        {path, linear->in_features(), linear->out_features(), lora->r(), 0.0, lora->scale()});
+  }
+  return out;
+}
+
+// Copies every adapter factor of `model` from `file` (already checked).
+void copy_weights(const io::SafetensorsFile& file, model::CausalLMImpl& model) {
   at::NoGradGuard no_grad;
-  for (auto& [name, param] : params) {
-    expected.insert(name);
-    // PEFT files written with an adapter name keep it: "...lora_A.default.weight".
-    const io::TensorInfo* info = file->find(name);
-    if (info == nullptr) {
-      missing.push_back(name);
-      continue;
-    }
-    at::Tensor src = file->tensor(name);
-    if (src.sizes() != param.sizes()) {
-      misshapen.push_back(name + " file " + c10::str(src.sizes()) + " vs model " +
-                          c10::str(param.sizes()));
-      continue;
-    }
-    param.copy_(src);
-  }
-  std::vector<std::string> unexpected;
-  for (const auto& info : file->tensors()) {
-    if (!expected.count(info.name)) unexpected.push_back(info.name);
-  }
-  if (missing.empty() && unexpected.empty() && misshapen.empty()) return;
-  auto list = [](const std::vector<std::string>& v) {
-    std::string s;
-    for (size_t i = 0; i < v.size() && i < 3; ++i) s += (i ? ", " : "") + v[i];
-    if (v.size() > 3) s += ", ... (" + std::to_string(v.size()) + " in all)";
-    return s;
-  };
-  std::string msg = path + ": adapter does not fit the model:";
-  if (!missing.empty()) msg += " missing " + list(missing) + ";";
-  if (!unexpected.empty()) msg += " unexpected " + list(unexpected) + ";";
-  if (!misshapen.empty()) msg += " wrong shape " + list(misshapen) + ";";
-  msg.pop_back();
-  throw Error(msg);
+  for (auto& [name, param] : adapter_tensors(model)) param.copy_(file.tensor(name));
 }
 
 }  // namespace
 
 LoraSpec read_adapter_config(const std::string& dir) {
   const std::string file = (fs::path(dir) / kConfigFile).string();
+  if (!fs::exists(file)) {
+    throw Error(file + ": not found (a PEFT adapter directory has adapter_config.json)",
+                ErrorKind::kIo);
+  }
   json cfg = io::read_json(file);
-  if (!cfg.is_object()) throw Error(file + ": expected a JSON object");
-  std::string type = get_or<std::string>(cfg, file, "peft_type", "");
-  if (type != "LORA") {
-    throw Error(file + ": peft_type '" + type + "' is not supported (only LORA)");
+  if (!cfg.is_object()) throw Error(file + ": expected a JSON object", ErrorKind::kCorrupt);
+  const json* type = present(cfg, "peft_type");
+  if (type == nullptr || !type->is_string()) {
+    throw Error(file + ": peft_type is missing or not a string (a LoRA adapter says \"LORA\")",
+                ErrorKind::kCorrupt);
+  }
+  if (type->get<std::string>() != "LORA") {
+    throw Error(file + ": peft_type '" + printable(type->get<std::string>()) +
+                    "' is not supported (only LORA)",
+                ErrorKind::kUnsupported);
   }
   refuse_if_set(cfg, file, "use_dora", "DoRA");
   refuse_if_set(cfg, file, "modules_to_save", "modules_to_save (fully trained extra modules)");
   refuse_if_set(cfg, file, "fan_in_fan_out", "fan_in_fan_out (Conv1D layers)");
-  refuse_if_set(cfg, file, "layers_to_transform", "layers_to_transform");
   refuse_if_set(cfg, file, "target_parameters", "target_parameters");
   refuse_if_set(cfg, file, "lora_bias", "lora_bias");
   refuse_if_set(cfg, file, "trainable_token_indices", "trainable_token_indices");
   refuse_if_set(cfg, file, "layer_replication", "layer_replication");
-  std::string bias = get_or<std::string>(cfg, file, "bias", "none");
-  if (bias != "none") {
-    throw Error(file + ": bias = \"" + bias + "\": bias training is not supported (only \"none\")");
-  }
-  LoraSpec spec;
-  spec.r = get_or<int64_t>(cfg, file, "r", spec.r);
-  spec.alpha = get_or<double>(cfg, file, "lora_alpha", spec.alpha);
-  spec.dropout = get_or<double>(cfg, file, "lora_dropout", 0.0);
-  spec.use_rslora = get_or<bool>(cfg, file, "use_rslora", false);
-  spec.base_model_name_or_path = get_or<std::string>(cfg, file, "base_model_name_or_path", "");
-  if (!cfg.contains("target_modules") || cfg["target_modules"].is_null()) {
-    throw Error(file + ": target_modules is missing");
-  }
-  const json& tm = cfg["target_modules"];
-  if (tm.is_string()) {
-    std::string s = tm.get<std::string>();
-    if (s != "all-linear") {
-      throw Error(file + ": target_modules is the regex '" + s +
-                  "': give a list of module names (regex targets are not supported)");
+  refuse_if_set(cfg, file, "alora_invocation_tokens", "aLoRA (alora_invocation_tokens)");
+  refuse_if_set(cfg, file, "use_qalora", "QALoRA");
+  if (const json* bias = present(cfg, "bias")) {
+    if (!bias->is_string()) bad_value(file, "bias", *bias, "\"none\", \"all\" or \"lora_only\"");
+    if (bias->get<std::string>() != "none") {
+      throw Error(file + ": bias = \"" + printable(bias->get<std::string>()) +
+                      "\": bias training is not supported (only \"none\")",
+                  ErrorKind::kUnsupported);
     }
-    spec.target_modules = {s};
-  } else {
-    spec.target_modules = get_or<std::vector<std::string>>(cfg, file, "target_modules", {});
   }
-  spec.rank_pattern = get_or<std::map<std::string, int64_t>>(cfg, file, "rank_pattern", {});
-  spec.alpha_pattern = get_or<std::map<std::string, double>>(cfg, file, "alpha_pattern", {});
-  if (spec.r < 1) throw Error(file + ": r must be >= 1, got " + std::to_string(spec.r));
+  check_init(file, cfg);
+
+  LoraSpec spec;
+  if (const json* r = present(cfg, "r")) {
+    if (!r->is_number_integer() || r->get<int64_t>() < 1) {
+      bad_value(file, "r", *r, "an integer >= 1");
+    }
+    spec.r = r->get<int64_t>();
+  }
+  if (const json* a = present(cfg, "lora_alpha")) {
+    if (!a->is_number() || !std::isfinite(a->get<double>()))
+      bad_value(file, "lora_alpha", *a, "a number");
+    spec.alpha = a->get<double>();
+  }
+  if (const json* d = present(cfg, "lora_dropout")) {
+    if (!d->is_number() || !(d->get<double>() >= 0.0 && d->get<double>() < 1.0)) {
+      bad_value(file, "lora_dropout", *d, "a number in [0, 1)");
+    }
+    spec.dropout = d->get<double>();
+  } else {
+    spec.dropout = 0.0;
+  }
+  if (const json* rs = present(cfg, "use_rslora")) {
+    if (!rs->is_boolean()) bad_value(file, "use_rslora", *rs, "true or false");
+    spec.use_rslora = rs->get<bool>();
+  }
+  if (const json* b = present(cfg, "base_model_name_or_path"); b != nullptr && b->is_string()) {
+    spec.base_model_name_or_path = b->get<std::string>();
+  }
+  read_targets(file, cfg, spec);
+  if (const json* rp = present(cfg, "rank_pattern")) {
+    if (!rp->is_object()) bad_value(file, "rank_pattern", *rp, "an object of integers >= 1");
+    for (const auto& [k, v] : rp->items()) {
+      if (!v.is_number_integer() || v.get<int64_t>() < 1) {
+        bad_value(file, "rank_pattern", *rp, "an object of integers >= 1");
+      }
+      spec.rank_pattern[k] = v.get<int64_t>();
+    }
+  }
+  if (const json* ap = present(cfg, "alpha_pattern")) {
+    if (!ap->is_object()) bad_value(file, "alpha_pattern", *ap, "an object of numbers");
+    for (const auto& [k, v] : ap->items()) {
+      if (!v.is_number() || !std::isfinite(v.get<double>())) {
+        bad_value(file, "alpha_pattern", *ap, "an object of numbers");
+      }
+      spec.alpha_pattern[k] = v.get<double>();
+    }
+  }
   return spec;
+}
+
+CheckedAdapter open_adapter(const std::string& dir,
+                            const std::vector<model::LinearShape>& linears) {
+  const std::string config = (fs::path(dir) / kConfigFile).string();
+  CheckedAdapter a;
+  a.spec = read_adapter_config(dir);
+  a.modules = plan_lora(a.spec, linears, config + ": target_modules", ErrorKind::kCorrupt,
+                        /*every_name_must_match=*/false);
+  a.file = open_weights(dir);
+  check_adapter_tensors(*a.file, a.modules, linears, config);
+  return a;
 }
 
 std::string adapter_config_json(const LoraSpec& spec) {
@@ -150,9 +277,13 @@ std::string adapter_config_json(const LoraSpec& spec) {
       {"r", spec.r},
       {"lora_alpha", spec.alpha},
       {"lora_dropout", spec.dropout},
-      {"target_modules", spec.target_modules.size() == 1 && spec.target_modules[0] == "all-linear"
+      {"target_modules", !spec.target_regex.empty() ? json(spec.target_regex)
+                         : spec.target_modules.size() == 1 && spec.target_modules[0] == "all-linear"
                              ? json("all-linear")
                              : json(spec.target_modules)},
+      {"exclude_modules", !spec.exclude_regex.empty()    ? json(spec.exclude_regex)
+                          : spec.exclude_modules.empty() ? json(nullptr)
+                                                         : json(spec.exclude_modules)},
       {"use_rslora", spec.use_rslora},
       {"use_dora", false},
       {"bias", "none"},
@@ -160,8 +291,9 @@ std::string adapter_config_json(const LoraSpec& spec) {
       {"init_lora_weights", true},
       {"inference_mode", true},
       {"modules_to_save", nullptr},
-      {"layers_to_transform", nullptr},
-      {"layers_pattern", nullptr},
+      {"layers_to_transform",
+       spec.layers_to_transform.empty() ? json(nullptr) : json(spec.layers_to_transform)},
+      {"layers_pattern", spec.layers_pattern.empty() ? json(nullptr) : json(spec.layers_pattern)},
       {"rank_pattern", spec.rank_pattern},
       {"alpha_pattern", spec.alpha_pattern},
       {"revision", nullptr},
@@ -172,7 +304,9 @@ std::string adapter_config_json(const LoraSpec& spec) {
 void save_adapter(const std::string& dir, model::CausalLMImpl& model, const LoraSpec& spec,
                   bool overwrite) {
   auto tensors = adapter_tensors(model);
-  if (tensors.empty()) throw Error("save_adapter " + dir + ": the model has no LoRA adapters");
+  if (tensors.empty()) {
+    throw Error("save_adapter " + dir + ": the model has no LoRA adapters", ErrorKind::kInternal);
+  }
   io::AtomicDir out(dir, overwrite);
   io::save_file(tensors, (fs::path(out.path()) / kWeightsFile).string());
   io::write_file_atomic((fs::path(out.path()) / kConfigFile).string(), adapter_config_json(spec));
@@ -180,14 +314,20 @@ void save_adapter(const std::string& dir, model::CausalLMImpl& model, const Lora
 }
 
 LoraSpec load_adapter(const std::string& dir, model::CausalLMImpl& model) {
-  LoraSpec spec = read_adapter_config(dir);
-  inject_lora(model, spec);
-  copy_weights(dir, model);
-  return spec;
+  CheckedAdapter a = open_adapter(dir, linear_shapes_of(model));
+  attach_lora(model, a.modules, a.spec);
+  copy_weights(*a.file, model);
+  return a.spec;
 }
 
 void load_adapter_weights(const std::string& dir, model::CausalLMImpl& model) {
-  copy_weights(dir, model);
+  const std::vector<AdaptedModule> modules = attached_modules(model);
+  if (modules.empty())
+    throw Error("load_adapter_weights " + dir + ": the model has no LoRA adapters");
+  auto file = open_weights(dir);
+  check_adapter_tensors(*file, modules, linear_shapes_of(model),
+                        (fs::path(dir) / kConfigFile).string());
+  copy_weights(*file, model);
 }
 
 }  // namespace loratune::lora

@@ -32,7 +32,8 @@ RopeConfig parse_rope(const json& root, const ConfigJson& j, int64_t max_pos) {
   for (const char* nested : {"full_attention", "sliding_attention"}) {
     if (params->contains(nested)) {
       j.fail(key,
-             "per-layer-type rope parameters (\"" + std::string(nested) + "\") are not supported");
+             "per-layer-type rope parameters (\"" + std::string(nested) + "\") are not supported",
+             ErrorKind::kUnsupported);
     }
   }
   const json defaults = json::object();
@@ -53,7 +54,8 @@ RopeConfig parse_rope(const json& root, const ConfigJson& j, int64_t max_pos) {
   for (const json* src : {params, &root}) {
     auto it = src->find("partial_rotary_factor");
     if (it != src->end() && !it->is_null() && (!it->is_number() || it->get<double>() != 1.0)) {
-      j.fail("partial_rotary_factor", "only 1.0 is supported, got " + it->dump());
+      j.fail("partial_rotary_factor", "only 1.0 is supported, got " + it->dump(),
+             ErrorKind::kUnsupported);
     }
   }
   auto need = [&](const char* name) {
@@ -87,23 +89,51 @@ RopeConfig parse_rope(const json& root, const ConfigJson& j, int64_t max_pos) {
         "rope_type \"" + r.type + "\" is not supported (supported: default, linear, llama3)";
     std::string near = closest_match(r.type, {"default", "linear", "llama3"});
     if (!near.empty()) msg += "; did you mean \"" + near + "\"?";
-    j.fail(key, msg);
+    j.fail(key, msg, ErrorKind::kUnsupported);
   }
   if (r.theta <= 0) j.fail("rope_theta", "must be positive");
   return r;
 }
 
-void check_positive(const ConfigJson& j, const char* key, int64_t v) {
+// Hard caps on the sizes config.json gives, far above any released model of
+// these families (Llama 3.1 405B: hidden 16384, intermediate 53248, 126
+// layers, 128 heads; vocabularies up to 256k). They keep every product the
+// loader forms (H*Dh, V*D, a layer's parameter count times the layers) well
+// inside int64, and a hostile config.json from driving allocations.
+struct SizeCap {
+  const char* key;
+  int64_t max;
+};
+constexpr SizeCap kSizeCaps[] = {
+    {"vocab_size", int64_t{1} << 24},
+    {"hidden_size", int64_t{1} << 18},
+    {"intermediate_size", int64_t{1} << 20},
+    {"num_hidden_layers", int64_t{1} << 12},
+    {"num_attention_heads", int64_t{1} << 12},
+    {"num_key_value_heads", int64_t{1} << 12},
+    {"head_dim", int64_t{1} << 14},
+    {"max_position_embeddings", int64_t{1} << 30},
+};
+
+// v must be positive and at most the key's cap (kSizeCaps).
+void check_size(const ConfigJson& j, const char* key, int64_t v) {
   if (v <= 0) j.fail(key, "must be positive, got " + std::to_string(v));
+  for (const SizeCap& cap : kSizeCaps) {
+    if (std::string(cap.key) == key && v > cap.max) {
+      j.fail(key, std::to_string(v) + " is larger than any model loratune supports (at most " +
+                      std::to_string(cap.max) + ")");
+    }
+  }
 }
 
 }  // namespace
 
 ModelConfig parse_config(const json& root, const std::string& source) {
-  if (!root.is_object()) throw Error(source + ": config must be a JSON object");
+  if (!root.is_object())
+    throw Error(source + ": config must be a JSON object", ErrorKind::kCorrupt);
   auto mt = root.find("model_type");
   if (mt == root.end() || !mt->is_string()) {
-    throw Error(source + ": key \"model_type\" is required (a string)");
+    throw Error(source + ": key \"model_type\" is required (a string)", ErrorKind::kCorrupt);
   }
   const FamilySpec& family = find_family(mt->get<std::string>(), source);
   ConfigJson j(root, family.defaults, source);
@@ -117,12 +147,12 @@ ModelConfig parse_config(const json& root, const std::string& source) {
   c.num_attention_heads = j.get_int("num_attention_heads");
   for (const char* k : {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                         "num_attention_heads"}) {
-    check_positive(j, k, j.get_int(k));
+    check_size(j, k, j.get_int(k));
   }
   c.num_key_value_heads = j.is_null_or_absent("num_key_value_heads")
                               ? c.num_attention_heads
                               : j.get_int("num_key_value_heads");
-  check_positive(j, "num_key_value_heads", c.num_key_value_heads);
+  check_size(j, "num_key_value_heads", c.num_key_value_heads);
   if (c.num_attention_heads % c.num_key_value_heads != 0) {
     j.fail("num_key_value_heads", std::to_string(c.num_key_value_heads) +
                                       " does not divide num_attention_heads " +
@@ -137,16 +167,18 @@ ModelConfig parse_config(const json& root, const std::string& source) {
   } else {
     c.head_dim = j.get_int("head_dim");
   }
-  check_positive(j, "head_dim", c.head_dim);
+  check_size(j, "head_dim", c.head_dim);
   if (c.head_dim % 2 != 0) j.fail("head_dim", "must be even for RoPE");
   c.max_position_embeddings = j.get_int("max_position_embeddings");
+  check_size(j, "max_position_embeddings", c.max_position_embeddings);
   c.rms_norm_eps = j.get_double("rms_norm_eps");
   c.tie_word_embeddings = j.get_bool("tie_word_embeddings");
 
   c.hidden_act = j.get_string("hidden_act");
   if (c.hidden_act == "swish") c.hidden_act = "silu";  // the same function in transformers
   if (c.hidden_act != "silu") {
-    j.fail("hidden_act", "\"" + c.hidden_act + "\" is not supported (supported: silu)");
+    j.fail("hidden_act", "\"" + c.hidden_act + "\" is not supported (supported: silu)",
+           ErrorKind::kUnsupported);
   }
   c.rope = parse_rope(root, j, c.max_position_embeddings);
 
@@ -171,17 +203,24 @@ ModelConfig parse_config(const json& root, const std::string& source) {
   family.resolve(j, c);
   if (static_cast<int64_t>(c.layer_window.size()) != c.num_hidden_layers) {
     throw Error(source + ": family " + c.model_type + " resolved " +
-                std::to_string(c.layer_window.size()) + " layer windows for " +
-                std::to_string(c.num_hidden_layers) + " layers");
+                    std::to_string(c.layer_window.size()) + " layer windows for " +
+                    std::to_string(c.num_hidden_layers) + " layers",
+                ErrorKind::kInternal);
   }
   return c;
 }
 
-ModelConfig load_config(const std::string& path) {
+std::string config_json_path(const std::string& path) {
   std::filesystem::path p(path);
   if (std::filesystem::is_directory(p)) p /= "config.json";
-  if (!std::filesystem::exists(p))
-    throw Error(p.string() + ": no such file (a model's config.json)");
+  return p.string();
+}
+
+ModelConfig load_config(const std::string& path) {
+  const std::filesystem::path p = config_json_path(path);
+  if (!std::filesystem::exists(p)) {
+    throw Error(p.string() + ": no such file (a model's config.json)", ErrorKind::kIo);
+  }
   return parse_config(io::read_json(p.string()), p.string());
 }
 

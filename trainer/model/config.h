@@ -67,8 +67,13 @@ struct ModelConfig {
 
 // Parses a config.json object. `source` names it in errors (usually the path).
 ModelConfig parse_config(const nlohmann::json& j, const std::string& source);
-// Reads DIR/config.json (or a path to a .json file).
+// Reads DIR/config.json (or a path to a .json file). Sizes are checked
+// against hard caps far above any real model (errors kCorrupt), so that a
+// ModelConfig never describes an allocation that cannot exist; whether the
+// weights agree is loader.h's check_checkpoint.
 ModelConfig load_config(const std::string& path);
+// The file load_config reads for `path`: DIR/config.json, or `path` itself.
+std::string config_json_path(const std::string& path);
 
 // The model_type values loratune supports, sorted.
 std::vector<std::string> supported_model_types();

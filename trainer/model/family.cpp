@@ -2,6 +2,7 @@
 #include "trainer/model/family.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "trainer/io/error.h"
 
@@ -34,7 +35,7 @@ const FamilySpec& find_family(const std::string& model_type, const std::string& 
       source + ": model_type \"" + model_type + "\" is not supported (supported: " + list + ")";
   std::string near = closest_match(model_type, names);
   if (!near.empty()) msg += "; did you mean \"" + near + "\"?";
-  throw Error(msg);
+  throw Error(msg, ErrorKind::kUnsupported);
 }
 
 void resolve_qwen_windows(const ConfigJson& j, ModelConfig& c) {
@@ -54,14 +55,19 @@ void resolve_qwen_windows(const ConfigJson& j, ModelConfig& c) {
       if (t == "sliding_attention") {
         c.layer_window[i] = window;
       } else if (t != "full_attention") {
-        j.fail("layer_types", "entry " + std::to_string(i) + " is " + t.dump() +
-                                  "; supported: \"full_attention\", \"sliding_attention\"");
+        j.fail("layer_types",
+               "entry " + std::to_string(i) + " is " + t.dump() +
+                   "; supported: \"full_attention\", \"sliding_attention\"",
+               ErrorKind::kUnsupported);
       }
     }
     return;
   }
   const int64_t first = j.get_int("max_window_layers");
-  for (int64_t i = first; i < c.num_hidden_layers; ++i) c.layer_window[i] = window;
+  // transformers: layer i slides when i >= max_window_layers (a negative value: all).
+  for (int64_t i = std::max<int64_t>(first, 0); i < c.num_hidden_layers; ++i) {
+    c.layer_window[i] = window;
+  }
 }
 
 // --- ConfigJson ----------------------------------------------------------------
@@ -79,17 +85,26 @@ bool ConfigJson::is_null_or_absent(const std::string& key) const {
   return v == nullptr || v->is_null();
 }
 
-void ConfigJson::fail(const std::string& key, const std::string& what) const {
-  throw Error(source_ + ": key \"" + key + "\": " + what);
+void ConfigJson::fail(const std::string& key, const std::string& what, ErrorKind kind) const {
+  throw Error(source_ + ": key \"" + key + "\": " + what, kind);
 }
 
 int64_t ConfigJson::get_int(const std::string& key) const {
   const nlohmann::json* v = find(key);
   if (v == nullptr || v->is_null()) fail(key, "is required (an integer)");
-  if (v->is_number_integer()) return v->get<int64_t>();
-  // transformers writes some integers as floats (e.g. 8192.0).
-  if (v->is_number_float() && v->get<double>() == static_cast<double>(v->get<int64_t>())) {
+  if (v->is_number_unsigned()) {
+    if (v->get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
+      fail(key, "is out of range: " + v->dump());
     return v->get<int64_t>();
+  }
+  if (v->is_number_integer()) return v->get<int64_t>();
+  // transformers writes some integers as floats (e.g. 8192.0). Converting a
+  // double outside the int64 range is undefined, so check the range first.
+  if (v->is_number_float()) {
+    const double d = v->get<double>();
+    if (std::isfinite(d) && d >= -9.2e18 && d <= 9.2e18 && d == std::floor(d)) {
+      return static_cast<int64_t>(d);
+    }
   }
   fail(key, "must be an integer, got " + v->dump());
 }

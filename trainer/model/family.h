@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "trainer/io/error.h"
 #include "trainer/model/config.h"
 
 namespace loratune::model {
@@ -35,7 +36,11 @@ class ConfigJson {
   std::string get_string(const std::string& key) const;
   std::optional<int64_t> get_optional_int(const std::string& key) const;  // null -> nullopt
 
-  [[noreturn]] void fail(const std::string& key, const std::string& what) const;
+  // Throws Error("<source>: key \"<key>\": <what>") of `kind`: kCorrupt for
+  // a missing, mistyped or impossible value, kUnsupported for a valid value
+  // loratune does not implement.
+  [[noreturn]] void fail(const std::string& key, const std::string& what,
+                         ErrorKind kind = ErrorKind::kCorrupt) const;
   const std::string& source() const { return source_; }
 
  private:

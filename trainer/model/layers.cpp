@@ -65,8 +65,9 @@ Rotary::Rotary(const ModelConfig& c, const c10::Device& device) {
     at::Tensor medium = (wavelen < high_wl).logical_not() & (wavelen > low_wl).logical_not();
     inv = at::where(medium, smoothed, scaled);
   } else if (r.type != "default") {
-    throw Error("rope_type \"" + r.type +
-                "\" is not supported (supported: default, linear, llama3)");
+    throw Error(
+        "rope_type \"" + r.type + "\" is not supported (supported: default, linear, llama3)",
+        ErrorKind::kUnsupported);
   }
   inv_freq_ = inv.to(device);
 }

@@ -48,48 +48,26 @@ c10::Device parse_device(const std::string& text) {
   return *device;
 }
 
-// Checkpoint tensors transformers skips when loading these models.
-bool ignorable(const ModelConfig& c, const std::string& name) {
-  const std::string inv = "rotary_emb.inv_freq";
-  if (name.size() >= inv.size() && name.compare(name.size() - inv.size(), inv.size(), inv) == 0) {
-    return true;
-  }
-  return c.tie_word_embeddings && name == "lm_head.weight";
-}
-
-// Compares the model's parameters with the checkpoint; throws one Error
-// listing every kind of mismatch.
-void check_names(const std::string& dir, const ModelConfig& c, const io::Checkpoint& ckpt,
-                 const torch::OrderedDict<std::string, at::Tensor>& params) {
-  std::vector<std::string> missing, misshapen, bad_dtype, unexpected;
-  std::set<std::string> used;
+// After check_checkpoint accepted the checkpoint, every parameter the
+// model registered must be in it with its shape; a miss means that
+// expected_tensors and the modules disagree (a loratune bug).
+void check_params(const std::string& dir, const ModelConfig& c, const io::Checkpoint& ckpt,
+                  const torch::OrderedDict<std::string, at::Tensor>& params) {
+  std::vector<std::string> wrong;
   for (const auto& item : params) {
     const std::string name = checkpoint_name(c, item.key());
     if (!ckpt.contains(name)) {
-      missing.push_back(name);
-      continue;
-    }
-    used.insert(name);
-    const io::TensorInfo& info = ckpt.info(name);
-    if (at::IntArrayRef(info.shape) != item.value().sizes()) {
-      misshapen.push_back(name + " (expected " + shape_str(item.value().sizes()) + ", got " +
-                          shape_str(info.shape) + ")");
-    }
-    if (!at::isFloatingType(info.scalar_type)) {
-      bad_dtype.push_back(name + " (" + info.dtype + ")");
+      wrong.push_back(name + " (missing)");
+    } else if (at::IntArrayRef(ckpt.info(name).shape) != item.value().sizes()) {
+      wrong.push_back(name + " (expected " + shape_str(item.value().sizes()) + ", got " +
+                      shape_str(ckpt.info(name).shape) + ")");
     }
   }
-  for (const auto& name : ckpt.names()) {
-    if (!used.count(name) && !ignorable(c, name)) unexpected.push_back(name);
-  }
-  if (missing.empty() && misshapen.empty() && unexpected.empty() && bad_dtype.empty()) return;
-  std::string msg =
-      dir + ": the checkpoint does not match the " + c.model_type + " model of config.json";
-  if (!missing.empty()) msg += "; " + list_names(missing, "missing tensors");
-  if (!unexpected.empty()) msg += "; " + list_names(unexpected, "unexpected tensors");
-  if (!misshapen.empty()) msg += "; " + list_names(misshapen, "tensors with the wrong shape");
-  if (!bad_dtype.empty()) msg += "; " + list_names(bad_dtype, "tensors not floating point");
-  throw Error(msg);
+  if (wrong.empty()) return;
+  throw Error(
+      dir + ": the " + c.model_type +
+          " model's parameters disagree with expected_tensors: " + list_names(wrong, "parameters"),
+      ErrorKind::kInternal);
 }
 
 }  // namespace
@@ -113,7 +91,8 @@ std::string dtype_string(at::ScalarType t) {
     case at::kHalf:
       return "float16";
     default:
-      throw Error(std::string("unsupported model dtype ") + c10::toString(t));
+      throw Error(std::string("unsupported model dtype ") + c10::toString(t),
+                  ErrorKind::kUnsupported);
   }
 }
 
@@ -127,12 +106,14 @@ CausalLM load_model(const std::string& dir, const LoadOptions& options) {
   dtype_string(options.dtype);  // rejects non-float model dtypes
   const c10::Device device = parse_device(options.device);
   io::Checkpoint ckpt = io::Checkpoint::open(dir);
+  // config.json against the headers before the model allocates anything.
+  check_checkpoint(config_json_path(dir), config, ckpt);
 
   // Parameters are allocated but untouched: on CPU those pages cost nothing
   // and are dropped when a parameter takes the mapped tensor instead.
   CausalLM model(config, at::TensorOptions().dtype(options.dtype).device(device));
   const auto params = model->named_parameters(/*recurse=*/true);
-  check_names(dir, config, ckpt, params);
+  check_params(dir, config, ckpt, params);
 
   torch::NoGradGuard no_grad;
   for (const auto& item : params) {

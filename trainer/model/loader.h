@@ -16,16 +16,71 @@
 // rotary_emb.inv_freq buffer, lm_head.weight of a tied model); otherwise an
 // Error lists the missing, unexpected and misshapen tensors with counts.
 // Loaded parameters have requires_grad false.
+//
+// config.json is never trusted with sizes: before anything is allocated,
+// check_checkpoint compares the config with the safetensors headers (read
+// without touching the data), so a config.json that lies (1e6 layers, a
+// hidden_size of 1e12) is a one-line kCorrupt error instead of an
+// allocation.
 #pragma once
 
 #include <c10/core/ScalarType.h>
 
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include "trainer/model/config.h"
 #include "trainer/model/model.h"
 
+namespace loratune::io {
+class Checkpoint;
+}
+
 namespace loratune::model {
+
+// A tensor a model of some config has, under its checkpoint name. `dims`
+// names where each dimension comes from ("hidden_size",
+// "num_attention_heads*head_dim", ...), for error messages.
+struct ExpectedTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::vector<std::string> dims;
+};
+
+// Every parameter CausalLM(config) registers, in registration order, with the
+// checkpoint name it loads from. Pure arithmetic on a config parse_config
+// accepted (its size caps keep every product in range); allocates nothing
+// but the list (about 12 entries per layer).
+std::vector<ExpectedTensor> expected_tensors(const ModelConfig& config);
+
+// One projection (model::Linear) of CausalLM(config): its module path
+// ("model.layers.0.self_attn.q_proj") and sizes, in registration order.
+struct LinearShape {
+  std::string path;
+  int64_t in_features = 0;
+  int64_t out_features = 0;
+};
+std::vector<LinearShape> linear_shapes(const ModelConfig& config);
+
+// The number of parameters CausalLM(config) has, without building it.
+int64_t parameter_count(const ModelConfig& config);
+
+// Where config.json and the checkpoint's headers disagree, one line each,
+// most telling first; empty when they agree. Checks, in order: the layer
+// count against the model.layers.N indices the checkpoint holds (before any
+// per-layer work, so a config claiming 1e6 layers costs nothing), then every
+// expected tensor's presence, shape and floating dtype, then tensors nothing
+// expects (ignoring what transformers ignores: rotary inv_freq buffers,
+// lm_head.weight of a tied model). Each line names the key, its value and
+// what the checkpoint holds, e.g. "num_hidden_layers is 1000000 but the
+// checkpoint has 2 layers (model.layers.0 .. model.layers.1)".
+std::vector<std::string> checkpoint_problems(const ModelConfig& config, const io::Checkpoint& ckpt);
+
+// Throws Error (kCorrupt) "<config_path>: <first problems>" when
+// checkpoint_problems is not empty.
+void check_checkpoint(const std::string& config_path, const ModelConfig& config,
+                      const io::Checkpoint& ckpt);
 
 struct LoadOptions {
   at::ScalarType dtype = at::kFloat;  // float32, bfloat16 or float16

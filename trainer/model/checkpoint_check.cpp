@@ -1,0 +1,252 @@
+// trainer/model/checkpoint_check.cpp — config.json against the checkpoint's
+// safetensors headers, before anything is allocated (see loader.h).
+#include <c10/core/ScalarType.h>
+
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "trainer/io/error.h"
+#include "trainer/io/safetensors.h"
+#include "trainer/model/loader.h"
+
+namespace loratune::model {
+namespace {
+
+constexpr size_t kListed = 3;    // names listed per problem
+constexpr size_t kProblems = 4;  // problems in one error message
+
+// A parameter of CausalLM(config) under its module-tree name.
+struct Param {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::vector<std::string> dims;
+  bool linear_weight = false;  // the weight of a model::Linear (a LoRA target)
+};
+
+// The parameters in CausalLM's registration order (model.cpp, layers.cpp,
+// attention.cpp): embed_tokens; per layer self_attn (q, k, v, o, q_norm,
+// k_norm), mlp (gate, up, down), input_layernorm, post_attention_layernorm;
+// norm; lm_head.
+std::vector<Param> parameters(const ModelConfig& c) {
+  const std::string heads = "num_attention_heads * head_dim (" +
+                            std::to_string(c.num_attention_heads) + " * " +
+                            std::to_string(c.head_dim) + ")";
+  const std::string kv_heads = "num_key_value_heads * head_dim (" +
+                               std::to_string(c.num_key_value_heads) + " * " +
+                               std::to_string(c.head_dim) + ")";
+  const std::string D = "hidden_size", I = "intermediate_size", V = "vocab_size";
+  std::vector<Param> out;
+  auto linear = [&](const std::string& path, int64_t in, const std::string& in_dim, int64_t o,
+                    const std::string& out_dim, bool bias) {
+    out.push_back({path + ".weight", {o, in}, {out_dim, in_dim}, true});
+    if (bias) out.push_back({path + ".bias", {o}, {out_dim}, false});
+  };
+  auto norm = [&](const std::string& path, int64_t dim, const std::string& label) {
+    out.push_back({path + ".weight", {dim}, {label}, false});
+  };
+  out.push_back({"model.embed_tokens.weight", {c.vocab_size, c.hidden_size}, {V, D}, false});
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    linear(p + "self_attn.q_proj", c.hidden_size, D, c.q_dim(), heads, c.q_bias);
+    linear(p + "self_attn.k_proj", c.hidden_size, D, c.kv_dim(), kv_heads, c.k_bias);
+    linear(p + "self_attn.v_proj", c.hidden_size, D, c.kv_dim(), kv_heads, c.v_bias);
+    linear(p + "self_attn.o_proj", c.q_dim(), heads, c.hidden_size, D, c.o_bias);
+    if (c.qk_norm) {
+      norm(p + "self_attn.q_norm", c.head_dim, "head_dim");
+      norm(p + "self_attn.k_norm", c.head_dim, "head_dim");
+    }
+    linear(p + "mlp.gate_proj", c.hidden_size, D, c.intermediate_size, I, c.mlp_bias);
+    linear(p + "mlp.up_proj", c.hidden_size, D, c.intermediate_size, I, c.mlp_bias);
+    linear(p + "mlp.down_proj", c.intermediate_size, I, c.hidden_size, D, c.mlp_bias);
+    norm(p + "input_layernorm", c.hidden_size, D);
+    norm(p + "post_attention_layernorm", c.hidden_size, D);
+  }
+  norm("model.norm", c.hidden_size, D);
+  if (!c.tie_word_embeddings) {
+    linear("lm_head", c.hidden_size, D, c.vocab_size, V, false);
+  }
+  return out;
+}
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::ostringstream o;
+  o << at::IntArrayRef(s);
+  return o.str();
+}
+
+// "a, b, c, and 4 more" of names that came from a file (escaped).
+std::string list_names(const std::vector<std::string>& names) {
+  std::string s;
+  for (size_t i = 0; i < names.size() && i < kListed; ++i) {
+    s += (i ? ", " : "") + printable(names[i], 120);
+  }
+  if (names.size() > kListed) s += ", and " + std::to_string(names.size() - kListed) + " more";
+  return s;
+}
+
+// Checkpoint tensors transformers skips when loading these models.
+bool ignorable(const ModelConfig& c, const std::string& name) {
+  const std::string inv = "rotary_emb.inv_freq";
+  if (name.size() >= inv.size() && name.compare(name.size() - inv.size(), inv.size(), inv) == 0) {
+    return true;
+  }
+  return c.tie_word_embeddings && name == "lm_head.weight";
+}
+
+// The layer index of "model.layers.<N>.<...>", or -1 for any other name
+// (including an index too long to be a layer count loratune accepts).
+int64_t layer_index(const std::string& name) {
+  static const std::string kPrefix = "model.layers.";
+  if (name.compare(0, kPrefix.size(), kPrefix) != 0) return -1;
+  size_t i = kPrefix.size(), end = i;
+  while (end < name.size() && name[end] >= '0' && name[end] <= '9') ++end;
+  if (end == i || end - i > 9 || end >= name.size() || name[end] != '.') return -1;
+  if (name[i] == '0' && end - i > 1) return -1;  // "01" is not a module index
+  return std::stoll(name.substr(i, end - i));
+}
+
+// "2 layers (model.layers.0 .. model.layers.1)", "3 layers (model.layers.0, 1, 5)".
+std::string describe_layers(const std::set<int64_t>& idx) {
+  if (idx.empty()) return "no layers (no model.layers.N tensors)";
+  std::string s = std::to_string(idx.size()) + (idx.size() == 1 ? " layer (" : " layers (");
+  const int64_t last = *idx.rbegin();
+  if (last + 1 == static_cast<int64_t>(idx.size())) {
+    s += "model.layers.0";
+    if (last > 0) s += " .. model.layers." + std::to_string(last);
+    return s + ")";
+  }
+  s += "model.layers.";
+  size_t n = 0;
+  for (int64_t i : idx) {
+    if (n == 6) {
+      s += ", ...";
+      break;
+    }
+    s += (n++ ? ", " : "") + std::to_string(i);
+  }
+  return s + ")";
+}
+
+}  // namespace
+
+std::vector<ExpectedTensor> expected_tensors(const ModelConfig& config) {
+  std::vector<ExpectedTensor> out;
+  for (Param& p : parameters(config)) {
+    out.push_back({checkpoint_name(config, p.name), std::move(p.shape), std::move(p.dims)});
+  }
+  return out;
+}
+
+std::vector<LinearShape> linear_shapes(const ModelConfig& config) {
+  std::vector<LinearShape> out;
+  for (const Param& p : parameters(config)) {
+    if (!p.linear_weight) continue;
+    const std::string path = p.name.substr(0, p.name.size() - std::string(".weight").size());
+    out.push_back({path, p.shape[1], p.shape[0]});
+  }
+  return out;
+}
+
+int64_t parameter_count(const ModelConfig& config) {
+  int64_t n = 0;
+  for (const Param& p : parameters(config)) {
+    int64_t numel = 1;
+    for (int64_t d : p.shape) numel *= d;  // parse_config's caps keep this in range
+    n += numel;
+  }
+  return n;
+}
+
+std::vector<std::string> checkpoint_problems(const ModelConfig& c, const io::Checkpoint& ckpt) {
+  std::vector<std::string> problems;
+  const std::vector<std::string> names = ckpt.names();
+
+  // The layer count first: every per-layer check below depends on it.
+  std::set<int64_t> layers;
+  for (const auto& n : names) {
+    const int64_t l = layer_index(n);
+    if (l >= 0) layers.insert(l);
+  }
+  const bool layers_match = static_cast<int64_t>(layers.size()) == c.num_hidden_layers &&
+                            (layers.empty() || *layers.rbegin() + 1 == c.num_hidden_layers);
+  if (!layers_match) {
+    problems.push_back("num_hidden_layers is " + std::to_string(c.num_hidden_layers) +
+                       " but the checkpoint has " + describe_layers(layers));
+    return problems;
+  }
+
+  std::set<std::string> used;
+  std::vector<std::string> missing, not_float;
+  std::map<std::string, std::pair<std::string, size_t>> by_key;  // dims label -> (first, count)
+  std::vector<std::string> key_order;
+  for (const ExpectedTensor& t : expected_tensors(c)) {
+    if (!ckpt.contains(t.name)) {
+      missing.push_back(t.name);
+      continue;
+    }
+    used.insert(t.name);
+    const io::TensorInfo& info = ckpt.info(t.name);
+    if (info.shape != t.shape) {
+      std::string key = "the number of dimensions";
+      std::string what = "config.json implies " + shape_str(t.shape);
+      if (info.shape.size() == t.shape.size()) {
+        for (size_t d = 0; d < t.shape.size(); ++d) {
+          if (info.shape[d] == t.shape[d]) continue;
+          key = t.dims[d];
+          what = key + " is " + std::to_string(t.shape[d]);
+          break;
+        }
+      }
+      auto [it, fresh] = by_key.try_emplace(key);
+      if (fresh) {
+        key_order.push_back(key);
+        it->second.first = what + " but the checkpoint's " + t.name + " is " +
+                           shape_str(info.shape) + " (expected " + shape_str(t.shape) + ")";
+      }
+      ++it->second.second;
+    }
+    if (!at::isFloatingType(info.scalar_type)) {
+      not_float.push_back(t.name + " (" + printable(info.dtype, 16) + ")");
+    }
+  }
+  for (const auto& key : key_order) {
+    const auto& [first, count] = by_key[key];
+    problems.push_back(
+        first +
+        (count > 1 ? " (and " + std::to_string(count - 1) + " more tensors of that size)" : ""));
+  }
+  if (!missing.empty()) {
+    problems.push_back("the checkpoint lacks " + std::to_string(missing.size()) + " tensor" +
+                       (missing.size() == 1 ? "" : "s") +
+                       " the config implies: " + list_names(missing));
+  }
+  std::vector<std::string> unexpected;
+  for (const auto& n : names) {
+    if (!used.count(n) && !ignorable(c, n)) unexpected.push_back(n);
+  }
+  if (!unexpected.empty()) {
+    problems.push_back("the checkpoint has " + std::to_string(unexpected.size()) + " tensor" +
+                       (unexpected.size() == 1 ? "" : "s") +
+                       " the config does not describe: " + list_names(unexpected));
+  }
+  if (!not_float.empty()) {
+    problems.push_back("weights must be floating point: " + list_names(not_float));
+  }
+  return problems;
+}
+
+void check_checkpoint(const std::string& config_path, const ModelConfig& config,
+                      const io::Checkpoint& ckpt) {
+  const std::vector<std::string> problems = checkpoint_problems(config, ckpt);
+  if (problems.empty()) return;
+  std::string msg = config_path + ": ";
+  for (size_t i = 0; i < problems.size() && i < kProblems; ++i)
+    msg += (i ? "; " : "") + problems[i];
+  if (problems.size() > kProblems) {
+    msg += "; and " + std::to_string(problems.size() - kProblems) + " more problems";
+  }
+  throw Error(msg, ErrorKind::kCorrupt);
+}
+
+}  // namespace loratune::model
