@@ -78,11 +78,11 @@ TEST(TokenizerCli, MalformedInputLineIsOneClearError) {
   test::write_file(file, "\"ok\"\n{\"txt\": 1}\n");
   auto r = test::run(test::quote(test::loratune_bin()) + " tokenize --model " + test::quote(model) +
                      " --file " + test::quote(file));
-  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_EQ(r.status, 3) << r.out;  // kData: an input record
   EXPECT_NE(r.out.find(file + ":2: expected a JSON string"), std::string::npos) << r.out;
   auto missing = test::run(test::quote(test::loratune_bin()) + " tokenize --model " +
                            test::quote(dir) + " --text x");
-  EXPECT_EQ(missing.status, 1) << missing.out;
+  EXPECT_EQ(missing.status, 4) << missing.out;  // kIo: a missing file
   EXPECT_NE(missing.out.find("no tokenizer.json or tokenizer.model"), std::string::npos)
       << missing.out;
 }

@@ -66,7 +66,7 @@ Bpe::Bpe(std::unordered_map<std::string, int32_t> vocab,
   m.strings = &vocab_;
   int32_t max_id = -1;
   for (const auto& [tok, id] : vocab_) {
-    if (id < 0) throw Error(where + ": vocab id of '" + tok + "' is negative");
+    if (id < 0) throw Error(where + ": vocab id of '" + tok + "' is negative", ErrorKind::kCorrupt);
     max_id = std::max(max_id, id);
   }
   id_to_token_.assign(static_cast<size_t>(max_id + 1), std::string());
@@ -99,7 +99,8 @@ Bpe::Bpe(std::unordered_map<std::string, int32_t> vocab,
   if (!opt.unk_token.empty()) {
     auto it = vocab_.find(opt.unk_token);
     if (it == vocab_.end())
-      throw Error(where + ": unk_token '" + opt.unk_token + "' is not in the vocab");
+      throw Error(where + ": unk_token '" + opt.unk_token + "' is not in the vocab",
+                  ErrorKind::kCorrupt);
     m.unk_id = it->second;
   }
   m.merges.reserve(merges.size());
@@ -108,10 +109,12 @@ Bpe::Bpe(std::unordered_map<std::string, int32_t> vocab,
     auto ia = vocab_.find(a), ib = vocab_.find(b), iab = vocab_.find(a + b);
     if (ia == vocab_.end() || ib == vocab_.end())
       throw Error(where + ": merges[" + std::to_string(r) + "] uses a token not in the vocab: '" +
-                  (ia == vocab_.end() ? a : b) + "'");
+                      (ia == vocab_.end() ? a : b) + "'",
+                  ErrorKind::kCorrupt);
     if (iab == vocab_.end())
       throw Error(where + ": merges[" + std::to_string(r) + "] makes '" + a + b +
-                  "', which is not in the vocab");
+                      "', which is not in the vocab",
+                  ErrorKind::kCorrupt);
     m.merges[pair_key(ia->second, ib->second)] = {static_cast<uint32_t>(r), iab->second};
   }
 }

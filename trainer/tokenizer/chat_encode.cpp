@@ -161,8 +161,9 @@ std::vector<tokenizer::Token> encode_pieces(const tokenizer::Tokenizer& tok, con
       auto id = tok.token_to_id(text);
       for (const auto& t : toks) {
         if (id && t.id == *id)
-          throw Error("chat: can't sanitize '" + text +
-                      "': the tokenizer produces it from plain text");
+          throw Error(
+              "chat: can't sanitize '" + text + "': the tokenizer produces it from plain text",
+              ErrorKind::kUnsupported);
       }
     }
     for (auto& t : toks) {

@@ -3,6 +3,7 @@
 #include "trainer/tokenizer/chat_template.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <string>
 
 #include "trainer/io/error.h"
@@ -12,11 +13,12 @@ namespace {
 
 // transformers' _normalize_chat_messages + _alias_reasoning_fields.
 Json normalize_messages(const Json& messages) {
-  if (!messages.is_array()) throw Error("chat: messages must be a JSON array");
+  if (!messages.is_array()) throw Error("chat: messages must be a JSON array", ErrorKind::kData);
   Json out = Json::array();
   for (size_t i = 0; i < messages.size(); ++i) {
     const Json& m = messages[i];
-    if (!m.is_object()) throw Error("chat: message " + std::to_string(i) + " is not a JSON object");
+    if (!m.is_object())
+      throw Error("chat: message " + std::to_string(i) + " is not a JSON object", ErrorKind::kData);
     Json n = Json::object();
     for (auto it = m.begin(); it != m.end(); ++it) {
       if (!it.value().is_null()) n[it.key()] = it.value();
@@ -41,6 +43,22 @@ Json normalize_messages(const Json& messages) {
   return out;
 }
 
+// `s` for a one-line message: control bytes as \xNN (the tokenizer library
+// does not link io's printable()).
+std::string one_line(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (c < 0x20 || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
+
 std::string role_of(const Json& m) {
   auto it = m.find("role");
   return it != m.end() && it->is_string() ? it->get<std::string>() : std::string();
@@ -48,7 +66,9 @@ std::string role_of(const Json& m) {
 
 }  // namespace
 
-ChatTemplate::ChatTemplate(const std::string& source) : source_(source), template_(source) {}
+ChatTemplate::ChatTemplate(const std::string& source, const std::string& name,
+                           const jinja::Budgets& budgets)
+    : source_(source), template_(source, name, budgets) {}
 
 jinja::RenderOutput ChatTemplate::run(const Json& messages, const RenderOptions& opts, bool agp,
                                       bool track) const {
@@ -64,13 +84,14 @@ jinja::RenderOutput ChatTemplate::run(const Json& messages, const RenderOptions&
     if (!opts.eos_token.empty()) ctx.set("eos_token", jinja::Value(opts.eos_token));
     for (const Json* vars : {&opts.special_tokens, &opts.extra}) {
       if (vars->is_null()) continue;
-      if (!vars->is_object()) throw Error("chat: template variables must be a JSON object");
+      if (!vars->is_object())
+        throw Error("chat: template variables must be a JSON object", ErrorKind::kConfig);
       for (auto it = vars->begin(); it != vars->end(); ++it) {
         ctx.set(it.key(), jinja::Value::from_json(it.value()));
       }
     }
   } catch (const jinja::Failure& f) {
-    throw Error("chat: " + f.message);
+    throw Error("chat: " + f.message, f.kind);
   }
   std::vector<jinja::Value> tracked;
   if (track) tracked = msgs.items();
@@ -97,8 +118,9 @@ Rendered ChatTemplate::render(const Json& messages, const RenderOptions& opts) c
     const auto& segs = full.tracked_segments[i];
     if (segs.size() != 1) {
       throw Error(where + "the template wrote it in " + std::to_string(segs.size()) +
-                  " loop iterations (expected exactly one); add {% generation %} to the template "
-                  "to mark it");
+                      " loop iterations (expected exactly one); add {% generation %} to the "
+                      "template to mark it",
+                  ErrorKind::kUnsupported);
     }
     // The generation prompt for this turn: what the template appends after
     // messages[:i] when asked for one, i.e. the output past its last message.
@@ -109,7 +131,8 @@ Rendered ChatTemplate::render(const Json& messages, const RenderOptions& opts) c
       p = run(prefix, opts, true, true);
     } catch (const Error& e) {
       throw Error(where + "rendering messages[:" + std::to_string(i) +
-                  "] with add_generation_prompt failed: " + e.what());
+                      "] with add_generation_prompt failed: ",
+                  e);
     }
     const jinja::Span seg = segs[0];
     // After the last message's output in that prefix render; when no message
@@ -123,15 +146,17 @@ Rendered ChatTemplate::render(const Json& messages, const RenderOptions& opts) c
     if (!any) {
       if (p.text.compare(0, seg.begin, r.text, 0, seg.begin) != 0) {
         throw Error(where + "the text before it differs from messages[:" + std::to_string(i) +
-                    "] rendered alone; add {% generation %} to the template to mark it");
+                        "] rendered alone; add {% generation %} to the template to mark it",
+                    ErrorKind::kUnsupported);
       }
       tail = seg.begin;
     }
     const std::string prompt = p.text.substr(std::min(tail, p.text.size()));
     if (seg.end - seg.begin < prompt.size() ||
         r.text.compare(seg.begin, prompt.size(), prompt) != 0) {
-      throw Error(where + "its turn does not start with the generation prompt '" + prompt +
-                  "'; add {% generation %} to the template to mark it");
+      throw Error(where + "its turn does not start with the generation prompt '" +
+                      one_line(prompt) + "'; add {% generation %} to the template to mark it",
+                  ErrorKind::kUnsupported);
     }
     r.assistant_spans.push_back({seg.begin + prompt.size(), seg.end});
   }

@@ -61,20 +61,27 @@ struct Rendered {
   //    "Hi<|eot_id|>", "a1<|im_end|>\n", " a </s>"). A template for which this
   //    does not hold (turn written outside a loop over messages, or written
   //    twice, or a header that differs from the generation prompt) is an
-  //    error, never a guess.
+  //    error (kUnsupported), never a guess.
   std::vector<jinja::Span> assistant_spans;
   bool spans_from_generation_tags = false;
 };
 
 class ChatTemplate {
  public:
-  // Compiles `source` once; throws loratune::Error on syntax errors or
-  // unsupported constructs.
-  explicit ChatTemplate(const std::string& source);
+  // Compiles `source` once; throws loratune::Error on syntax errors
+  // (kCorrupt), unsupported constructs (kUnsupported) or a source over the
+  // budgets (kResource). `name` says where the template comes from and
+  // starts every error message (e.g. "<dir>/tokenizer_config.json: chat
+  // template"); `budgets` bound compiling and every render (the defaults fit
+  // all real templates, see jinja_budgets.h).
+  explicit ChatTemplate(const std::string& source, const std::string& name = "chat template",
+                        const jinja::Budgets& budgets = {});
 
   // Renders `messages` (a JSON array of {"role", "content", ...}). Throws
-  // loratune::Error when the template refuses the conversation
-  // ("chat template line 19: raise_exception: Conversation roles must ...").
+  // loratune::Error when the template refuses the conversation, kData
+  // ("chat template line 19: raise_exception: Conversation roles must ..."),
+  // or exceeds a budget, kResource ("chat template line 1: macro calls
+  // nested deeper than the limit of 100").
   std::string render_text(const Json& messages, const RenderOptions& opts) const;
   // Renders and computes the assistant spans (see Rendered).
   Rendered render(const Json& messages, const RenderOptions& opts) const;

@@ -128,7 +128,8 @@ class ReplaceDecoder : public Decoder {
     } else if (pattern.contains("Regex") && pattern["Regex"].is_string()) {
       regex_ = std::make_unique<Regex>(pattern["Regex"].get<std::string>(), where);
     } else {
-      throw Error(where + ": 'pattern' must be {\"String\": ...} or {\"Regex\": ...}");
+      throw Error(where + ": 'pattern' must be {\"String\": ...} or {\"Regex\": ...}",
+                  ErrorKind::kCorrupt);
     }
   }
   void decode_chain(std::vector<std::string>& tokens) const override {
@@ -174,7 +175,8 @@ class SequenceDecoder : public Decoder {
 
 char32_t single_char(const std::string& s, const std::string& what, const std::string& where) {
   auto cs = chars_of(s);
-  if (cs.size() != 1) throw Error(where + ": '" + what + "' must be a single character");
+  if (cs.size() != 1)
+    throw Error(where + ": '" + what + "' must be a single character", ErrorKind::kCorrupt);
   return cs[0];
 }
 
@@ -213,7 +215,7 @@ std::unique_ptr<Decoder> make_decoder(const Json& j, const std::string& where) {
     check_keys(j, {"content", "start", "stop"}, at);
     auto num = [&](const char* k) {
       if (!j.contains(k) || !j[k].is_number_integer() || j[k].get<long long>() < 0)
-        throw Error(at + ": '" + k + "' must be a non-negative integer");
+        throw Error(at + ": '" + k + "' must be a non-negative integer", ErrorKind::kCorrupt);
       return j[k].get<size_t>();
     };
     return std::make_unique<StripDecoder>(single_char(json_string(j, "content", at), "content", at),
@@ -222,26 +224,29 @@ std::unique_ptr<Decoder> make_decoder(const Json& j, const std::string& where) {
   if (type == "Replace") {
     check_keys(j, {"pattern", "content"}, at);
     if (!j.contains("pattern") || !j["pattern"].is_object())
-      throw Error(at + ": 'pattern' must be an object");
+      throw Error(at + ": 'pattern' must be an object", ErrorKind::kCorrupt);
     return std::make_unique<ReplaceDecoder>(j["pattern"], json_string(j, "content", at), at);
   }
-  throw Error(where + ": decoder type '" + type +
-              "' is not supported (supported: Sequence, ByteLevel, Metaspace, ByteFallback, Fuse, "
-              "Strip, Replace)");
+  throw Error(
+      where + ": decoder type '" + type +
+          "' is not supported (supported: Sequence, ByteLevel, Metaspace, ByteFallback, Fuse, "
+          "Strip, Replace)",
+      ErrorKind::kUnsupported);
 }
 
 PostProcessor make_post_processor(const Json& j, const std::string& where) {
   PostProcessor pp;
   if (j.is_null()) return pp;
   if (!j.is_object() || !j.contains("type") || !j["type"].is_string()) {
-    throw Error(where + ": a post-processor must be an object with a string 'type'");
+    throw Error(where + ": a post-processor must be an object with a string 'type'",
+                ErrorKind::kCorrupt);
   }
   const std::string type = j["type"].get<std::string>();
   const std::string at = where + " (" + type + ")";
   if (type == "ByteLevel") return pp;  // changes offsets only
   if (type == "Sequence") {
     if (!j.contains("processors") || !j["processors"].is_array())
-      throw Error(at + ": 'processors' must be a list");
+      throw Error(at + ": 'processors' must be a list", ErrorKind::kCorrupt);
     for (size_t i = 0; i < j["processors"].size(); ++i) {
       PostProcessor p =
           make_post_processor(j["processors"][i], where + ".processors[" + std::to_string(i) + "]");
@@ -253,32 +258,33 @@ PostProcessor make_post_processor(const Json& j, const std::string& where) {
   }
   if (type == "TemplateProcessing") {
     if (!j.contains("single") || !j["single"].is_array())
-      throw Error(at + ": 'single' must be a list");
+      throw Error(at + ": 'single' must be a list", ErrorKind::kCorrupt);
     const Json specials = j.value("special_tokens", Json::object());
     bool seen_a = false;
     for (const Json& item : j["single"]) {
       if (item.contains("Sequence")) {
         if (item["Sequence"].value("id", "") != "A")
-          throw Error(at + ": the single template may only use sequence A");
+          throw Error(at + ": the single template may only use sequence A", ErrorKind::kCorrupt);
         seen_a = true;
       } else if (item.contains("SpecialToken")) {
         std::string id = item["SpecialToken"].value("id", "");
         if (!specials.contains(id) || !specials[id].contains("ids") ||
             !specials[id]["ids"].is_array())
-          throw Error(at + ": special token '" + id + "' is not listed in special_tokens");
+          throw Error(at + ": special token '" + id + "' is not listed in special_tokens",
+                      ErrorKind::kCorrupt);
         auto& dst = seen_a ? pp.suffix : pp.prefix;
         for (const Json& x : specials[id]["ids"]) dst.push_back(x.get<int32_t>());
       } else {
-        throw Error(at + ": unknown template item " + item.dump());
+        throw Error(at + ": unknown template item " + item.dump(), ErrorKind::kCorrupt);
       }
     }
-    if (!seen_a) throw Error(at + ": the single template has no $A");
+    if (!seen_a) throw Error(at + ": the single template has no $A", ErrorKind::kCorrupt);
     return pp;
   }
   if (type == "BertProcessing" || type == "RobertaProcessing") {
     auto id_of = [&](const char* k) {
       if (!j.contains(k) || !j[k].is_array() || j[k].size() != 2)
-        throw Error(at + ": '" + k + "' must be [token, id]");
+        throw Error(at + ": '" + k + "' must be [token, id]", ErrorKind::kCorrupt);
       return j[k][1].get<int32_t>();
     };
     pp.prefix = {id_of("cls")};
@@ -286,9 +292,10 @@ PostProcessor make_post_processor(const Json& j, const std::string& where) {
     return pp;
   }
   throw Error(where + ": post-processor type '" + type +
-              "' is not supported (supported: TemplateProcessing, ByteLevel, BertProcessing, "
-              "RobertaProcessing, "
-              "Sequence)");
+                  "' is not supported (supported: TemplateProcessing, ByteLevel, BertProcessing, "
+                  "RobertaProcessing, "
+                  "Sequence)",
+              ErrorKind::kUnsupported);
 }
 
 }  // namespace loratune::tokenizer

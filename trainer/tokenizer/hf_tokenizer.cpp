@@ -146,11 +146,12 @@ class HfTokenizer : public Tokenizer {
 
 AddedToken parse_added(const Json& j, const std::string& where) {
   if (!j.is_object() || !j.contains("content") || !j["content"].is_string())
-    throw Error(where + ": an added token needs a string 'content'");
+    throw Error(where + ": an added token needs a string 'content'", ErrorKind::kCorrupt);
   AddedToken t;
   t.content = j["content"].get<std::string>();
   if (j.contains("id")) {
-    if (!j["id"].is_number_integer()) throw Error(where + ": 'id' must be an integer");
+    if (!j["id"].is_number_integer())
+      throw Error(where + ": 'id' must be an integer", ErrorKind::kCorrupt);
     t.id = j["id"].get<int32_t>();
   }
   t.special = json_bool(j, "special", false, where);
@@ -165,21 +166,23 @@ std::unique_ptr<Bpe> parse_bpe(TokenizerJson& file, const std::string& where,
                                const std::string& cls, bool byte_level,
                                const std::string& gemma_unk) {
   const Json& m = file.tree["model"];
-  if (!m.is_object()) throw Error(where + ": 'model' must be an object");
+  if (!m.is_object()) throw Error(where + ": 'model' must be an object", ErrorKind::kCorrupt);
   std::string type = m.value("type", file.has_merges ? "BPE" : "");
   if (type != "BPE")
-    throw Error(where + ": model type '" + type + "' is not supported (supported: BPE)");
+    throw Error(where + ": model type '" + type + "' is not supported (supported: BPE)",
+                ErrorKind::kUnsupported);
   check_keys(m,
              {"dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix", "fuse_unk",
               "byte_fallback", "ignore_merges", "vocab", "merges"},
              where);
   if (m.contains("dropout") && !m["dropout"].is_null() && m["dropout"].get<double>() != 0.0)
-    throw Error(where + ": BPE dropout is not supported");
+    throw Error(where + ": BPE dropout is not supported", ErrorKind::kUnsupported);
   for (const char* k : {"continuing_subword_prefix", "end_of_word_suffix"})
     if (m.contains(k) && !m[k].is_null() && m[k] != "")
-      throw Error(where + ": BPE option '" + k + "' is not supported");
-  if (!file.has_vocab) throw Error(where + ": model 'vocab' must be an object");
-  if (!file.has_merges) throw Error(where + ": model 'merges' must be a list");
+      throw Error(where + ": BPE option '" + k + "' is not supported", ErrorKind::kUnsupported);
+  if (!file.has_vocab)
+    throw Error(where + ": model 'vocab' must be an object", ErrorKind::kCorrupt);
+  if (!file.has_merges) throw Error(where + ": model 'merges' must be a list", ErrorKind::kCorrupt);
   std::unordered_map<std::string, int32_t> vocab;
   vocab.reserve(file.vocab.size());
   for (auto& [tok, id] : file.vocab) vocab.emplace(std::move(tok), id);
@@ -210,7 +213,7 @@ std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& dir, const std::
   TokenizerJson file = read_tokenizer_json(path);
   const Json& j = file.tree;
   if (!j.is_object() || !j.contains("model"))
-    throw Error(path + ": not a tokenizer.json (no 'model' object)");
+    throw Error(path + ": not a tokenizer.json (no 'model' object)", ErrorKind::kCorrupt);
   const std::string& cls = cfg.tokenizer_class;
   auto tok = std::make_unique<HfTokenizer>();
 
@@ -289,13 +292,16 @@ std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& dir, const std::
   if (rebuilt && cfg.added_tokens_decoder) {
     added = *cfg.added_tokens_decoder;
   } else if (j.contains("added_tokens")) {
-    if (!j["added_tokens"].is_array()) throw Error(path + ": 'added_tokens' must be a list");
+    if (!j["added_tokens"].is_array())
+      throw Error(path + ": 'added_tokens' must be a list", ErrorKind::kCorrupt);
     for (size_t i = 0; i < j["added_tokens"].size(); ++i)
       added.push_back(
           parse_added(j["added_tokens"][i], path + ": added_tokens[" + std::to_string(i) + "]"));
   }
   for (AddedToken& t : added) {
-    if (t.id < 0) throw Error(path + ": added token '" + t.content + "' has a negative id");
+    if (t.id < 0)
+      throw Error(path + ": added token '" + t.content + "' has a negative id",
+                  ErrorKind::kCorrupt);
     tok->added_by_id[t.id] = tok->added_.size();
     tok->added_by_content[t.content] = t.id;
     tok->added_.push_back(t);

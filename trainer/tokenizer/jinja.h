@@ -16,10 +16,16 @@
 // empty, and fails on attribute access, arithmetic and calls.
 //
 // Anything outside the subset (include, extends, import, call blocks,
-// recursive loops, unknown filters/tests) is a loratune::Error at compile time
-// or at the point it is evaluated — never silently different output. Errors
-// read "chat template line N: <what>"; raise_exception('m') reads
+// recursive loops, unknown filters/tests, a namespace stored inside a
+// namespace) is a loratune::Error at compile time or at the point it is
+// evaluated — never silently different output. Errors read
+// "chat template line N: <what>"; raise_exception('m') reads
 // "chat template line N: raise_exception: m".
+//
+// Templates are untrusted code: compiling and rendering run under Budgets
+// (jinja_budgets.h) for nesting, macro recursion, loop iterations, output and
+// value sizes and time; no template can crash the process, exhaust its
+// memory or hang it.
 #pragma once
 
 #include <memory>
@@ -50,9 +56,13 @@ struct RenderOutput {
 
 class Template {
  public:
-  // Compiles `source`; throws loratune::Error on a syntax error or an
-  // unsupported construct.
-  explicit Template(const std::string& source);
+  // Compiles `source`; throws loratune::Error on a syntax error (kCorrupt),
+  // an unsupported construct (kUnsupported) or a source larger or nested
+  // deeper than `budgets` allow (kResource). `name` starts every message
+  // ("<name> line N: ..."): where the template comes from, e.g.
+  // "<dir>/tokenizer_config.json: chat template".
+  explicit Template(const std::string& source, const std::string& name = "chat template",
+                    const Budgets& budgets = {});
   ~Template();
   Template(Template&&) noexcept;
   Template& operator=(Template&&) noexcept;
@@ -62,8 +72,11 @@ class Template {
 
   // Renders with `context` as the template's variables (on top of the
   // globals). `tracked` values are compared by identity (Value::identity) to
-  // loop variables. Throws loratune::Error. Thread-safe: rendering does not
-  // mutate the compiled template.
+  // loop variables. Throws loratune::Error: kData when the template refuses
+  // the conversation (raise_exception) or fails on it, kResource when a
+  // budget (jinja_budgets.h) is exceeded, kUnsupported for constructs met
+  // only at run time. Thread-safe: rendering does not mutate the compiled
+  // template.
   RenderOutput render(const Dict& context, const std::vector<Value>& tracked = {}) const;
 
  private:

@@ -36,7 +36,9 @@ struct Token {
 
 // Lexes with transformers' Environment options: trim_blocks and lstrip_blocks
 // on, keep_trailing_newline off, "{%- -%}" / "{%+ +%}" whitespace control.
-std::vector<Token> lex(const std::string& source);
+// Throws loratune::Error "<name> line N: ..." (kCorrupt) on a lexical error
+// and (kResource) for a source over budgets.max_source_bytes.
+std::vector<Token> lex(const std::string& source, const std::string& name, const Budgets& budgets);
 
 struct Expr;
 using ExprPtr = std::unique_ptr<Expr>;
@@ -67,6 +69,7 @@ struct Expr {
   std::vector<std::pair<std::string, ExprPtr>> kwargs;
   std::vector<std::string> ops;
   bool negated = false;
+  int depth = 1;  // height of this subtree (the parser bounds it)
 };
 
 struct Stmt;
@@ -100,10 +103,14 @@ struct Stmt {
   Body body, else_body;
   std::string name;
   std::vector<std::pair<std::string, ExprPtr>> params;  // macro parameters, default may be null
+  bool uses_loop = true;  // kFor: whether the body names `loop` (else it is not built)
 };
 
-// Parses a whole template; throws loratune::Error "chat template line N: ...".
-Body parse(const std::string& source);
+// Parses a whole template; throws loratune::Error "<name> line N: ...":
+// kCorrupt for syntax errors, kUnsupported for constructs outside the subset,
+// kResource for nesting deeper than budgets.max_nesting (checked on the way
+// down, so the recursive-descent parser itself never overflows the stack).
+Body parse(const std::string& source, const std::string& name, const Budgets& budgets);
 
 // Names the parser accepts after "|" and "is" (jinja_filters.cpp).
 bool is_known_filter(const std::string& name);

@@ -17,12 +17,46 @@ namespace loratune::jinja {
 
 struct Template::Program {
   Body body;
+  std::string name;
+  Budgets budgets;
 };
 
 namespace {
 
 [[noreturn]] void fail_undefined(const Value& v) {
   throw Failure{v.str()};
+}
+
+bool expr_names(const Expr* e, const std::string& name) {
+  if (!e) return false;
+  if (e->kind == Expr::Kind::kName && e->name == name) return true;
+  for (const auto& a : e->args) {
+    if (expr_names(a.get(), name)) return true;
+  }
+  for (const auto& kv : e->kwargs) {
+    if (expr_names(kv.second.get(), name)) return true;
+  }
+  return false;
+}
+
+// Whether a statement in `body` names `loop`; marks each for-loop whose body
+// never does (its `loop` variable is then not built: a macro body cannot see
+// it, so a name in the subtree is the only way to reach it).
+bool mark_loop_use(Body& body) {
+  bool found = false;
+  for (auto& s : body) {
+    bool here = expr_names(s->expr.get(), "loop") || expr_names(s->filter.get(), "loop") ||
+                expr_names(s->attr_object.get(), "loop");
+    for (auto& br : s->branches) {
+      here = expr_names(br.first.get(), "loop") | mark_loop_use(br.second) | here;
+    }
+    for (auto& p : s->params) here = expr_names(p.second.get(), "loop") || here;
+    const bool in_body = mark_loop_use(s->body);
+    here = mark_loop_use(s->else_body) | in_body | here;
+    if (s->kind == Stmt::Kind::kFor) s->uses_loop = in_body;
+    found = found || here;
+  }
+  return found;
 }
 
 bool body_has_generation(const Body& body) {
@@ -38,8 +72,9 @@ bool body_has_generation(const Body& body) {
 
 class Evaluator {
  public:
-  Evaluator(const Dict& context, const std::vector<Value>& tracked, RenderOutput& result)
-      : result_(result), out_(&result.text) {
+  Evaluator(const std::string& name, const Budgets& budgets, const Dict& context,
+            const std::vector<Value>& tracked, RenderOutput& result)
+      : name_(name), budgets_(budgets), result_(result), out_(&result.text) {
     install_globals(globals_);
     auto root = std::make_shared<Frame>();
     for (const auto& [k, v] : context.items) (*root)[k] = v;
@@ -52,7 +87,8 @@ class Evaluator {
 
   void run(const Body& body) {
     Flow f = exec_body(body);
-    if (f != Flow::kNormal) throw Error("chat template: 'break'/'continue' outside of a loop");
+    if (f != Flow::kNormal)
+      throw Error(name_ + ": 'break'/'continue' outside of a loop", ErrorKind::kCorrupt);
   }
 
  private:
@@ -73,8 +109,51 @@ class Evaluator {
     std::string* saved_;
   };
 
-  [[noreturn]] static void fail(int line, const std::string& what) {
-    throw Error("chat template line " + std::to_string(line) + ": " + what);
+  [[noreturn]] void fail(int line, const Failure& f) const {
+    throw Error(name_ + " line " + std::to_string(line) + ": " + f.message, f.kind);
+  }
+
+  [[noreturn]] static void exceeded(const std::string& what, int64_t limit,
+                                    const std::string& unit = "") {
+    throw Failure{what + " the limit of " + std::to_string(limit) + unit, ErrorKind::kResource};
+  }
+
+  // Counts one evaluation level for the guard's lifetime (stack guard).
+  struct Level {
+    explicit Level(Evaluator& e) : e_(e) {
+      if (++e_.depth_ > e_.budgets_.max_eval_depth) {
+        --e_.depth_;
+        exceeded("evaluation nested deeper than", e_.budgets_.max_eval_depth, " levels");
+      }
+    }
+    ~Level() { --e_.depth_; }
+    Evaluator& e_;
+  };
+
+  // One loop iteration (or one item a loop's `if` tests); also checks the time.
+  void count_iteration() {
+    if (++iterations_ > budgets_.max_loop_iterations)
+      exceeded("loop iterations exceed", budgets_.max_loop_iterations);
+    check_render_time();
+  }
+
+  // Appends rendered text: the render's output, or a captured block (a value).
+  void emit(const std::string& text) {
+    const bool captured = out_ != &result_.text;
+    const size_t limit = captured ? budgets_.max_value_bytes : budgets_.max_output_bytes;
+    if (text.size() > limit || out_->size() > limit - text.size()) {
+      throw Failure{std::string(captured ? "captured block output" : "rendered output") +
+                        " exceeds the limit of " + std::to_string(limit) + " bytes",
+                    ErrorKind::kResource};
+    }
+    *out_ += text;
+  }
+
+  // A value the template built (not one it was given) must fit the budgets.
+  void check_built(const Value& v) const {
+    if (v.bytes() > budgets_.max_value_bytes) check_value_bytes(v.bytes(), "a value");
+    if (v.depth() > static_cast<uint32_t>(budgets_.max_nesting))
+      exceeded("a value nested deeper than", budgets_.max_nesting, " levels");
   }
 
   Value lookup(const std::string& name) const {
@@ -119,19 +198,20 @@ class Evaluator {
 
   Flow exec(const Stmt& s) {
     try {
+      Level level(*this);
       return exec_inner(s);
     } catch (const Failure& f) {
-      fail(s.line, f.message);
+      fail(s.line, f);
     }
   }
 
   Flow exec_inner(const Stmt& s) {
     switch (s.kind) {
       case Stmt::Kind::kText:
-        *out_ += s.text;
+        emit(s.text);
         return Flow::kNormal;
       case Stmt::Kind::kOutput:
-        *out_ += to_str(eval(*s.expr));
+        emit(to_str(eval(*s.expr)));
         return Flow::kNormal;
       case Stmt::Kind::kIf:
         for (const auto& [cond, body] : s.branches) {
@@ -149,7 +229,13 @@ class Evaluator {
           }
           if (!s.attr.empty() && s.attr[0] == '_')
             throw Failure{"namespace attributes cannot start with '_'"};
-          ns.namespace_data().set(s.attr, eval(*s.expr));
+          Value v = eval(*s.expr);
+          // Keeps namespaces acyclic and their recorded depth exact.
+          if (v.holds_namespace()) {
+            throw Failure{"a namespace inside a namespace is not supported",
+                          ErrorKind::kUnsupported};
+          }
+          ns.namespace_data().set(s.attr, std::move(v));
         } else {
           assign(s.targets, eval(*s.expr));
         }
@@ -178,51 +264,72 @@ class Evaluator {
         return f;
       }
       case Stmt::Kind::kFilterBlock:
-        *out_ += to_str(apply_chain(*s.expr, Value(capture(s.body))));
+        emit(to_str(apply_chain(*s.expr, Value(capture(s.body)))));
         return Flow::kNormal;
     }
     return Flow::kNormal;
   }
 
+  // jinja2's `loop` in iteration i over `items` (distinct keys: appended
+  // directly; Value::dict computes the sizes).
+  static Value loop_variable(const List& items, int64_t i) {
+    const int64_t n = static_cast<int64_t>(items.size());
+    Dict loop;
+    loop.items.reserve(12);
+    loop.items.emplace_back("index", Value(i + 1));
+    loop.items.emplace_back("index0", Value(i));
+    loop.items.emplace_back("revindex", Value(n - i));
+    loop.items.emplace_back("revindex0", Value(n - i - 1));
+    loop.items.emplace_back("first", Value(i == 0));
+    loop.items.emplace_back("last", Value(i == n - 1));
+    loop.items.emplace_back("length", Value(n));
+    loop.items.emplace_back("depth", Value(int64_t{1}));
+    loop.items.emplace_back("depth0", Value(int64_t{0}));
+    loop.items.emplace_back("previtem", i > 0 ? items[static_cast<size_t>(i - 1)]
+                                              : Value::undefined("there is no previous item"));
+    loop.items.emplace_back("nextitem", i + 1 < n ? items[static_cast<size_t>(i + 1)]
+                                                  : Value::undefined("there is no next item"));
+    loop.items.emplace_back("cycle", Value::callable("loop.cycle", [i](Args& a) -> Value {
+                              if (a.pos.empty())
+                                throw Failure{"loop.cycle() needs at least one argument"};
+                              return a.pos[static_cast<size_t>(i) % a.pos.size()];
+                            }));
+    return Value::dict(std::move(loop));
+  }
+
   Flow exec_for(const Stmt& s) {
-    List items = iterate(eval(*s.expr));
+    const Value seq = eval(*s.expr);
+    List owned;  // iterate()'s copy, or the kept items; a list is used in place
+    const List* items = &owned;
+    if (seq.is_list())
+      items = &seq.items();
+    else
+      owned = iterate(seq);
     if (s.filter) {
       List kept;
-      for (const auto& it : items) {
+      for (const auto& it : *items) {
+        count_iteration();
         scopes_.push_back(std::make_shared<Frame>());
         assign(s.targets, it);
         bool keep = eval(*s.filter).truthy();
         scopes_.pop_back();
         if (keep) kept.push_back(it);
       }
-      items = std::move(kept);
+      owned = std::move(kept);
+      items = &owned;
     }
-    if (items.empty()) return exec_body(s.else_body);
-    const int64_t n = static_cast<int64_t>(items.size());
+    if (items->empty()) return exec_body(s.else_body);
+    const int64_t n = static_cast<int64_t>(items->size());
+    // One scope, emptied for each iteration (nothing keeps a loop scope alive:
+    // macros see only the top-level scope).
+    auto frame = std::make_shared<Frame>();
     for (int64_t i = 0; i < n; ++i) {
-      const Value& item = items[static_cast<size_t>(i)];
-      auto frame = std::make_shared<Frame>();
+      count_iteration();
+      const Value& item = (*items)[static_cast<size_t>(i)];
+      frame->clear();
       scopes_.push_back(frame);
       assign(s.targets, item);
-      Dict loop;
-      loop.set("index", Value(i + 1));
-      loop.set("index0", Value(i));
-      loop.set("revindex", Value(n - i));
-      loop.set("revindex0", Value(n - i - 1));
-      loop.set("first", Value(i == 0));
-      loop.set("last", Value(i == n - 1));
-      loop.set("length", Value(n));
-      loop.set("depth", Value(int64_t{1}));
-      loop.set("depth0", Value(int64_t{0}));
-      loop.set("previtem", i > 0 ? items[static_cast<size_t>(i - 1)]
-                                 : Value::undefined("there is no previous item"));
-      loop.set("nextitem", i + 1 < n ? items[static_cast<size_t>(i + 1)]
-                                     : Value::undefined("there is no next item"));
-      loop.set("cycle", Value::callable("loop.cycle", [i](Args& a) -> Value {
-                 if (a.pos.empty()) throw Failure{"loop.cycle() needs at least one argument"};
-                 return a.pos[static_cast<size_t>(i) % a.pos.size()];
-               }));
-      (*frame)["loop"] = Value::dict(std::move(loop));
+      if (s.uses_loop) (*frame)["loop"] = loop_variable(*items, i);
       size_t begin = out_->size();
       Flow f = exec_body(s.body);
       scopes_.pop_back();
@@ -243,6 +350,12 @@ class Evaluator {
   void define_macro(const Stmt& s) {
     const Stmt* def = &s;
     (*scopes_.back())[s.name] = Value::callable(s.name, [this, def](Args& a) -> Value {
+      if (call_depth_ >= budgets_.max_call_depth)
+        exceeded("macro calls nested deeper than", budgets_.max_call_depth);
+      struct CallDepth {
+        int& d;
+        ~CallDepth() { --d; }
+      } guard{++call_depth_};
       auto frame = std::make_shared<Frame>();
       if (a.pos.size() > def->params.size())
         throw Failure{"macro '" + def->name + "' takes " + std::to_string(def->params.size()) +
@@ -274,9 +387,20 @@ class Evaluator {
 
   Value eval(const Expr& e) {
     try {
-      return eval_inner(e);
+      Level level(*this);
+      Value v = eval_inner(e);
+      switch (e.kind) {
+        case Expr::Kind::kLiteral:
+        case Expr::Kind::kName:
+        case Expr::Kind::kGetAttr:
+        case Expr::Kind::kGetItem:
+          break;  // existing values
+        default:
+          check_built(v);
+      }
+      return v;
     } catch (const Failure& f) {
-      fail(e.line, f.message);
+      fail(e.line, f);
     }
   }
 
@@ -355,7 +479,11 @@ class Evaluator {
         }
         Value a = eval(*e.args[0]);
         Value b = eval(*e.args[1]);
-        if (e.name == "~") return Value(to_str(a) + to_str(b));
+        if (e.name == "~") {
+          std::string x = to_str(a), y = to_str(b);
+          check_value_bytes(x.size() + y.size(), "string concatenation");
+          return Value(x + y);
+        }
         return binary_op(e.name, a, b);
       }
       case Expr::Kind::kCompare: {
@@ -407,9 +535,14 @@ class Evaluator {
     throw Failure{"internal: unknown expression"};
   }
 
+  const std::string& name_;
+  const Budgets& budgets_;
   RenderOutput& result_;
   std::string* out_;
   int capture_depth_ = 0;
+  int depth_ = 0;       // evaluation levels active (Level)
+  int call_depth_ = 0;  // macro calls active
+  int64_t iterations_ = 0;
   std::vector<std::shared_ptr<Frame>> scopes_;
   Frame globals_;
   std::unordered_map<const void*, size_t> tracked_;
@@ -417,9 +550,13 @@ class Evaluator {
 
 }  // namespace
 
-Template::Template(const std::string& source) : program_(std::make_unique<Program>()) {
-  program_->body = parse(source);
+Template::Template(const std::string& source, const std::string& name, const Budgets& budgets)
+    : program_(std::make_unique<Program>()) {
+  program_->name = name;
+  program_->budgets = budgets;
+  program_->body = parse(source, name, budgets);
   has_generation_ = body_has_generation(program_->body);
+  mark_loop_use(program_->body);
 }
 
 Template::~Template() = default;
@@ -428,7 +565,8 @@ Template& Template::operator=(Template&&) noexcept = default;
 
 RenderOutput Template::render(const Dict& context, const std::vector<Value>& tracked) const {
   RenderOutput out;
-  Evaluator ev(context, tracked, out);
+  BudgetScope scope(program_->budgets);
+  Evaluator ev(program_->name, program_->budgets, context, tracked, out);
   ev.run(program_->body);
   return out;
 }

@@ -3,6 +3,7 @@
 // (json.dumps(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)).
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <set>
 #include <string>
 
@@ -65,7 +66,7 @@ Value attr_path(const Value& v, const std::string& path) {
     size_t dot = path.find('.', pos);
     std::string part = path.substr(pos, dot == std::string::npos ? std::string::npos : dot - pos);
     cur = !part.empty() && std::isdigit(static_cast<unsigned char>(part[0]))
-              ? get_item(cur, Value(static_cast<int64_t>(std::stoll(part))))
+              ? get_item(cur, Value(static_cast<int64_t>(std::strtoll(part.c_str(), nullptr, 10))))
               : get_attr(cur, part);
     if (dot == std::string::npos) break;
     pos = dot + 1;
@@ -108,7 +109,7 @@ Value tojson(const Value& in, const Args& a) {
   const Value* indent = a.get(0, "indent");
   if (indent && !indent->is_none()) {
     if (indent->kind() == Value::Kind::kInt)
-      o.indent = static_cast<int>(indent->as_int());
+      o.indent = static_cast<int>(std::clamp<int64_t>(indent->as_int(), -1, INT32_MAX));
     else if (indent->is_string())
       o.indent_str = indent->str();
     else
@@ -124,6 +125,8 @@ Value tojson(const Value& in, const Args& a) {
     o.item_sep = v->items()[0].str();
     o.key_sep = v->items()[1].str();
   }
+  o.max_bytes = active_budgets().max_value_bytes;
+  if (o.indent > 0) check_value_bytes(static_cast<size_t>(o.indent), "tojson indent");
   return Value(to_json(in, o));
 }
 
@@ -205,11 +208,14 @@ Value apply_filter(const std::string& f, const Value& in, Args& a) {
   if (f == "join") {
     const Value* sep = arg(0, "d");
     const Value* attr = arg(1, "attribute");
+    const std::string sep_text = sep ? to_str(*sep) : "";
     std::string out;
     bool first = true;
     for (const auto& e : iterate(in)) {
-      out +=
-          (first ? "" : (sep ? to_str(*sep) : "")) + to_str(attr ? attr_path(e, to_str(*attr)) : e);
+      std::string piece = to_str(attr ? attr_path(e, to_str(*attr)) : e);
+      check_value_bytes(out.size() + (first ? 0 : sep_text.size()) + piece.size(), "join result");
+      if (!first) out += sep_text;
+      out += piece;
       first = false;
     }
     return Value(out);
@@ -286,8 +292,14 @@ Value apply_filter(const std::string& f, const Value& in, Args& a) {
     const Value* w = arg(0, "width");
     const Value* first = arg(1, "first");
     const Value* blank = arg(2, "blank");
+    if (w && !w->is_string() && w->kind() != Value::Kind::kInt)
+      throw Failure{"indent filter: width must be an int or str"};
+    if (w && w->kind() == Value::Kind::kInt)
+      check_value_bytes(static_cast<size_t>(std::max<int64_t>(w->as_int(), 0)), "indent width");
     std::string pad =
-        w && w->is_string() ? w->str() : std::string(w ? static_cast<size_t>(w->as_int()) : 4, ' ');
+        w && w->is_string()
+            ? w->str()
+            : std::string(w ? static_cast<size_t>(std::max<int64_t>(w->as_int(), 0)) : 4, ' ');
     std::string s = need_str(), out;
     size_t pos = 0;
     bool is_first = true;
@@ -296,7 +308,9 @@ Value apply_filter(const std::string& f, const Value& in, Args& a) {
       std::string line = s.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
       bool add = (!is_first || (first && first->truthy())) &&
                  (!line.empty() || (blank && blank->truthy()));
-      out += (add ? pad : "") + line;
+      check_value_bytes(out.size() + (add ? pad.size() : 0) + line.size() + 1, "indent result");
+      if (add) out += pad;
+      out += line;
       if (nl == std::string::npos) break;
       out += '\n';
       pos = nl + 1;
@@ -322,7 +336,9 @@ Value apply_filter(const std::string& f, const Value& in, Args& a) {
       }
       if (c != 's' && c != 'd') throw Failure{std::string("format: unsupported conversion %") + c};
       if (ai >= a.pos.size()) throw Failure{"format: not enough arguments for format string"};
-      out += c == 'd' ? std::to_string(to_int(a.pos[ai++])) : to_str(a.pos[ai++]);
+      std::string piece = c == 'd' ? std::to_string(to_int(a.pos[ai++])) : to_str(a.pos[ai++]);
+      check_value_bytes(out.size() + piece.size() + s.size(), "format result");
+      out += piece;
     }
     return Value(out);
   }
@@ -353,10 +369,12 @@ Value apply_filter(const std::string& f, const Value& in, Args& a) {
   if (f == "sort") return sort_list(in, a);
   if (f == "unique") {
     List out;
+    size_t work = 0;
     for (const auto& e : iterate(in)) {
       bool seen = false;
       for (const auto& o : out) seen = seen || equals(o, e);
       if (!seen) out.push_back(e);
+      if ((work += out.size()) > 100000) work = 0, check_render_time();  // quadratic
     }
     return Value::list(std::move(out));
   }

@@ -49,38 +49,50 @@ Value binary_op(const std::string& op, const Value& a, const Value& b) {
     }
     if (op == "**") {
       if (ints && ival(b) >= 0) {
-        int64_t r = 1;
-        for (int64_t i = 0; i < ival(b); ++i) r *= ival(a);
-        return Value(r);
+        // By squaring (O(log b)); wraps on overflow like the other int ops.
+        uint64_t r = 1, base = static_cast<uint64_t>(ival(a));
+        for (uint64_t e = static_cast<uint64_t>(ival(b)); e != 0; e >>= 1) {
+          if (e & 1) r *= base;
+          base *= base;
+        }
+        return Value(static_cast<int64_t>(r));
       }
       return Value(std::pow(dval(a), dval(b)));
     }
   }
-  if (op == "+" && a.is_string() && b.is_string()) return Value(a.str() + b.str());
+  if (op == "+" && a.is_string() && b.is_string()) {
+    check_value_bytes(a.bytes() + b.bytes(), "string concatenation");
+    return Value(a.str() + b.str());
+  }
   if (op == "+" && a.is_list() && b.is_list()) {
+    check_value_bytes(a.bytes() + b.bytes(), "list concatenation");
     List out = a.items();
     out.insert(out.end(), b.items().begin(), b.items().end());
     return Value::list(std::move(out));
   }
   if (op == "*" && (a.is_string() || a.is_list()) && b.kind() == K::kInt) {
     if (a.is_string()) {
+      check_value_bytes(saturating_mul(a.bytes(), b.as_int()), "string repetition");
       std::string out;
+      out.reserve(saturating_mul(a.bytes(), b.as_int()));
       for (int64_t i = 0; i < b.as_int(); ++i) out += a.str();
       return Value(out);
     }
+    check_value_bytes(saturating_mul(a.bytes(), b.as_int()), "list repetition");
     List out;
     for (int64_t i = 0; i < b.as_int(); ++i)
       out.insert(out.end(), a.items().begin(), a.items().end());
     return Value::list(std::move(out));
   }
   if (op == "%" && a.is_string())
-    throw Failure{"printf-style '%' string formatting is not supported"};
+    throw Failure{"printf-style '%' string formatting is not supported", ErrorKind::kUnsupported};
   throw Failure{"unsupported operand type(s) for " + op + ": '" + a.type_name() + "' and '" +
                 b.type_name() + "'"};
 }
 
 void install_globals(std::unordered_map<std::string, Value>& globals_) {
   globals_["raise_exception"] = Value::callable("raise_exception", [](Args& a) -> Value {
+    // The template refuses the conversation (kData).
     throw Failure{"raise_exception: " + (a.pos.empty() ? std::string() : to_str(a.pos[0]))};
   });
   globals_["strftime_now"] = Value::callable("strftime_now", [](Args& a) -> Value {
@@ -104,6 +116,9 @@ void install_globals(std::unordered_map<std::string, Value>& globals_) {
   };
   globals_["namespace"] = Value::callable("namespace", [make_dict](Args& a) {
     Dict d = make_dict(a);
+    if (d.has_namespace) {
+      throw Failure{"a namespace inside a namespace is not supported", ErrorKind::kUnsupported};
+    }
     for (const auto& kv : d.items) {
       if (!kv.first.empty() && kv.first[0] == '_') {
         throw Failure{"namespace attributes cannot start with '_': '" + kv.first + "'"};
@@ -125,9 +140,29 @@ void install_globals(std::unordered_map<std::string, Value>& globals_) {
     if (a.pos.size() == 3) step = a.pos[2].as_int();
     if (a.pos.empty() || a.pos.size() > 3 || step == 0)
       throw Failure{"range() takes 1 to 3 integer arguments"};
+    // The length, computed without overflow, is checked before anything is built.
+    uint64_t n = 0;
+    if (step > 0 && start < stop)
+      n = (static_cast<uint64_t>(stop) - static_cast<uint64_t>(start) - 1) /
+              static_cast<uint64_t>(step) +
+          1;
+    else if (step < 0 && start > stop)
+      n = (static_cast<uint64_t>(start) - static_cast<uint64_t>(stop) - 1) /
+              (uint64_t{0} - static_cast<uint64_t>(step)) +
+          1;
+    const size_t limit = active_budgets().max_value_bytes;
+    if (n > limit / sizeof(Value)) {
+      throw Failure{"range() of " + std::to_string(n) + " items exceeds the limit of " +
+                        std::to_string(limit / sizeof(Value)) + " items (" + std::to_string(limit) +
+                        " bytes per value)",
+                    ErrorKind::kResource};
+    }
     List out;
-    for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) out.emplace_back(i);
-    if (out.size() > 100000) throw Failure{"range() too large"};
+    out.reserve(static_cast<size_t>(n));
+    for (uint64_t i = 0; i < n; ++i) {
+      out.emplace_back(
+          static_cast<int64_t>(static_cast<uint64_t>(start) + i * static_cast<uint64_t>(step)));
+    }
     return Value::list(std::move(out));
   });
 }

@@ -2,6 +2,7 @@
 // whitespace rules of jinja2.lexer under trim_blocks=True, lstrip_blocks=True.
 #include <cctype>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -10,10 +11,6 @@
 
 namespace loratune::jinja {
 namespace {
-
-[[noreturn]] void fail(int line, const std::string& what) {
-  throw Error("chat template line " + std::to_string(line) + ": " + what);
-}
 
 // Length in bytes of the Python-whitespace code point at s[i], or 0.
 size_t space_len(const std::string& s, size_t i) {
@@ -41,7 +38,7 @@ bool all_space(const std::string& s) {
 
 class Lexer {
  public:
-  explicit Lexer(std::string src) : src_(std::move(src)) {}
+  Lexer(std::string src, const std::string& name) : src_(std::move(src)), name_(name) {}
 
   std::vector<Token> run() {
     bool line_starting = true;
@@ -80,6 +77,10 @@ class Lexer {
   }
 
  private:
+  [[noreturn]] void fail(int line, const std::string& what) const {
+    throw Error(name_ + " line " + std::to_string(line) + ": " + what, ErrorKind::kCorrupt);
+  }
+
   size_t find_tag(size_t from) const {
     for (size_t i = from; i + 1 < src_.size(); ++i) {
       if (src_[i] == '{' && (src_[i + 1] == '{' || src_[i + 1] == '%' || src_[i + 1] == '#'))
@@ -201,19 +202,24 @@ class Lexer {
     } else if (c == '\'' || c == '"') {
       lex_string(c, line);
     } else {
-      static const char* kOps[] = {"**", "//", "==", "!=", ">=", "<=", "+", "-", "*",
-                                   "/",  "%",  "~",  "<",  ">",  "=",  "(", ")", "[",
-                                   "]",  "{",  "}",  ",",  ".",  ":",  "|"};
-      for (const char* op : kOps) {
-        std::string o(op);
-        if (src_.compare(pos_, o.size(), o) != 0) continue;
+      // Two-character operators first, then single characters.
+      static const char* kOps2[] = {"**", "//", "==", "!=", ">=", "<="};
+      size_t len = 0;
+      if (pos_ + 1 < src_.size()) {
+        for (const char* op : kOps2) {
+          if (src_[pos_] == op[0] && src_[pos_ + 1] == op[1]) len = 2;
+        }
+      }
+      if (len == 0 && std::strchr("+-*/%~<>=()[]{},.:|", c) != nullptr && c != '\0') len = 1;
+      if (len > 0) {
+        std::string o = src_.substr(pos_, len);
         if (o == "(" || o == "[" || o == "{") ++depth;
         if (o == ")" || o == "]" || o == "}") {
           if (depth == 0) fail(line, "unexpected '" + o + "'");
           --depth;
         }
         emit(Token::Kind::kOp, o, line);
-        advance_to(pos_ + o.size());
+        advance_to(pos_ + len);
         return;
       }
       fail(line, std::string("unexpected character '") + c + "'");
@@ -307,8 +313,11 @@ class Lexer {
         case 'u':
         case 'U': {
           size_t len = n == 'x' ? 2 : n == 'u' ? 4 : 8;
-          if (i + len > src_.size()) fail(line, "truncated \\" + std::string(1, n) + " escape");
+          if (i + len > src_.size() ||
+              src_.substr(i, len).find_first_not_of("0123456789abcdefABCDEF") != std::string::npos)
+            fail(line, "truncated \\" + std::string(1, n) + " escape");
           char32_t cp = static_cast<char32_t>(std::stoul(src_.substr(i, len), nullptr, 16));
+          if (cp > 0x10ffff) fail(line, "illegal Unicode character in \\U escape");
           out += encode_utf8(std::u32string(1, cp));
           i += len;
           break;
@@ -323,6 +332,7 @@ class Lexer {
   }
 
   std::string src_;
+  const std::string& name_;
   size_t pos_ = 0;
   int line_ = 1;
   std::vector<Token> tokens_;
@@ -330,7 +340,15 @@ class Lexer {
 
 }  // namespace
 
-std::vector<Token> lex(const std::string& source) {
+std::vector<Token> lex(const std::string& source, const std::string& name, const Budgets& budgets) {
+  // Every pass below is linear in the source; the size bound keeps the token
+  // list and the parse small.
+  if (source.size() > budgets.max_source_bytes) {
+    throw Error(name + ": template source of " + std::to_string(source.size()) +
+                    " bytes exceeds the limit of " + std::to_string(budgets.max_source_bytes) +
+                    " bytes",
+                ErrorKind::kResource);
+  }
   // jinja2 normalises newlines and drops one trailing newline.
   std::string src;
   src.reserve(source.size());
@@ -343,7 +361,7 @@ std::vector<Token> lex(const std::string& source) {
     }
   }
   if (!src.empty() && src.back() == '\n') src.pop_back();
-  return Lexer(std::move(src)).run();
+  return Lexer(std::move(src), name).run();
 }
 
 }  // namespace loratune::jinja

@@ -49,6 +49,12 @@ std::vector<int64_t> slice_indices(int64_t n, const Value& start, const Value& s
   return idx;
 }
 
+// Every part becomes a Value: the parts' slots count towards the value budget.
+void check_parts(size_t parts, const std::string& s) {
+  check_value_bytes(saturating_mul(sizeof(Value), static_cast<int64_t>(parts)) + s.size(),
+                    "split result");
+}
+
 std::vector<std::string> py_split(const std::string& s, const Value* sep, int64_t maxsplit) {
   std::vector<std::string> out;
   if (!sep || sep->is_none()) {
@@ -65,6 +71,7 @@ std::vector<std::string> py_split(const std::string& s, const Value* sep, int64_
       }
       size_t j = i;
       while (j < u.size() && !is_py_space(u[j])) ++j;
+      check_parts(out.size() + 1, s);
       out.push_back(encode_utf8(u.substr(i, j - i)));
       i = j;
     }
@@ -80,6 +87,7 @@ std::vector<std::string> py_split(const std::string& s, const Value* sep, int64_
       out.push_back(s.substr(pos));
       return out;
     }
+    check_parts(out.size() + 1, s);
     out.push_back(s.substr(pos, f - pos));
     pos = f + d.size();
   }
@@ -105,7 +113,8 @@ bool string_method(const std::string& s, const std::string& name, Args& a, Value
   } else if (name == "split" || name == "rsplit") {
     const Value* m = a.get(1, "maxsplit");
     int64_t maxsplit = m ? m->as_int() : -1;
-    if (name == "rsplit" && maxsplit >= 0) throw Failure{"rsplit() with maxsplit is not supported"};
+    if (name == "rsplit" && maxsplit >= 0)
+      throw Failure{"rsplit() with maxsplit is not supported", ErrorKind::kUnsupported};
     List parts;
     for (auto& p : py_split(s, a.get(0, "sep"), maxsplit)) parts.emplace_back(std::move(p));
     r = Value::list(std::move(parts));
@@ -142,7 +151,9 @@ bool string_method(const std::string& s, const std::string& name, Args& a, Value
     for (const auto& e : iterate(*it)) {
       if (!e.is_string())
         throw Failure{"sequence item: expected str instance, " + e.type_name() + " found"};
-      out += (first ? "" : s) + e.str();
+      check_value_bytes(out.size() + (first ? 0 : s.size()) + e.str().size(), "join result");
+      if (!first) out += s;
+      out += e.str();
       first = false;
     }
     r = Value(out);
@@ -152,6 +163,7 @@ bool string_method(const std::string& s, const std::string& name, Args& a, Value
     while (pos < s.size()) {
       size_t f = s.find_first_of("\r\n", pos);
       if (f == std::string::npos) f = s.size();
+      check_parts(parts.size() + 1, s);
       parts.emplace_back(s.substr(pos, f - pos));
       pos = f + ((f + 1 < s.size() && s[f] == '\r' && s[f + 1] == '\n') ? 2 : 1);
     }
@@ -201,16 +213,18 @@ bool string_method(const std::string& s, const std::string& name, Args& a, Value
         if (e == std::string::npos) throw Failure{"format(): single '{' encountered"};
         std::string field = s.substr(i + 1, e - i - 1);
         if (field.find_first_of(":!") != std::string::npos)
-          throw Failure{"format(): format specs are not supported"};
+          throw Failure{"format(): format specs are not supported", ErrorKind::kUnsupported};
         const Value* v = nullptr;
         if (field.empty())
           v = a.get(auto_idx++, "\x01");
         else if (std::isdigit(static_cast<unsigned char>(field[0])))
-          v = a.get(std::stoul(field), "\x01");
+          v = a.get(field.size() > 9 ? SIZE_MAX : std::stoul(field), "\x01");
         else
           v = a.get(SIZE_MAX, field);
         if (!v) throw Failure{"format(): no argument for field '{" + field + "}'"};
-        out += to_str(*v);
+        std::string piece = to_str(*v);
+        check_value_bytes(out.size() + piece.size() + s.size(), "format result");
+        out += piece;
         i = e;
       } else {
         out += s[i];
@@ -279,14 +293,17 @@ std::string py_capitalize(const std::string& s) {
 
 std::string py_replace(const std::string& s, const std::string& from, const std::string& to,
                        int64_t count) {
-  if (from.empty()) throw Failure{"replace() with an empty pattern is not supported"};
+  if (from.empty())
+    throw Failure{"replace() with an empty pattern is not supported", ErrorKind::kUnsupported};
   std::string out;
   size_t pos = 0;
   int64_t n = 0;
   while (count < 0 || n < count) {
     size_t f = s.find(from, pos);
     if (f == std::string::npos) break;
-    out += s.substr(pos, f - pos) + to;
+    check_value_bytes(out.size() + (f - pos) + to.size() + (s.size() - f), "replace result");
+    out.append(s, pos, f - pos);
+    out += to;
     pos = f + from.size();
     ++n;
   }
@@ -426,8 +443,12 @@ List iterate(const Value& v) {
       return keys;
     }
     case Value::Kind::kString: {
+      std::u32string u = decode_utf8(v.str());
+      check_value_bytes(saturating_mul(sizeof(Value), static_cast<int64_t>(u.size())),
+                        "the characters of a string");
       List chars;
-      for (char32_t c : decode_utf8(v.str())) chars.emplace_back(encode_utf8(std::u32string(1, c)));
+      chars.reserve(u.size());
+      for (char32_t c : u) chars.emplace_back(encode_utf8(std::u32string(1, c)));
       return chars;
     }
     default:

@@ -1,6 +1,13 @@
 // trainer/tokenizer/jinja_parser.cpp — tokens to the syntax tree, following
 // jinja2.parser's grammar and operator precedence (filters bind tighter than
 // binary operators; "not" looser than comparisons).
+//
+// Nesting is bounded (Budgets::max_nesting) twice: the recursion depth of the
+// parser (statements in statements, parenthesised/bracketed/argument
+// expressions, chained unary operators) is counted on the way down, and the
+// height of each expression tree (left-associative chains such as a+b+c...,
+// x|f|g..., x.a.b...) as nodes are built, so that neither parsing, evaluating
+// nor destroying a tree can run out of stack.
 #include <algorithm>
 #include <string>
 #include <vector>
@@ -15,7 +22,8 @@ using TK = Token::Kind;
 
 class Parser {
  public:
-  explicit Parser(std::vector<Token> tokens) : t_(std::move(tokens)) {}
+  Parser(std::vector<Token> tokens, const std::string& name, const Budgets& budgets)
+      : t_(std::move(tokens)), name_(name), budgets_(budgets) {}
 
   Body parse_template() {
     std::string stop;
@@ -24,8 +32,34 @@ class Parser {
   }
 
  private:
-  [[noreturn]] void fail(int line, const std::string& what) const {
-    throw Error("chat template line " + std::to_string(line) + ": " + what);
+  [[noreturn]] void fail(int line, const std::string& what,
+                         ErrorKind kind = ErrorKind::kCorrupt) const {
+    throw Error(name_ + " line " + std::to_string(line) + ": " + what, kind);
+  }
+  [[noreturn]] void too_deep(int line) const {
+    fail(line,
+         "template nested deeper than the limit of " + std::to_string(budgets_.max_nesting) +
+             " levels",
+         ErrorKind::kResource);
+  }
+
+  // One level of parser recursion for the guard's lifetime.
+  struct Nest {
+    explicit Nest(Parser& p) : p_(p) {
+      if (++p_.nest_ > p_.budgets_.max_nesting) p_.too_deep(p_.cur().line);
+    }
+    ~Nest() { --p_.nest_; }
+    Parser& p_;
+  };
+
+  // Records the height of a finished node (1 + its tallest child).
+  ExprPtr grown(ExprPtr n) {
+    int h = 0;
+    for (const auto& a : n->args) h = a ? std::max(h, a->depth) : h;
+    for (const auto& kv : n->kwargs) h = kv.second ? std::max(h, kv.second->depth) : h;
+    n->depth = h + 1;
+    if (n->depth > budgets_.max_nesting) too_deep(n->line);
+    return n;
   }
   const Token& cur() const { return t_[i_]; }
   const Token& next() { return t_[i_++]; }
@@ -112,6 +146,7 @@ class Parser {
   }
 
   StmtPtr parse_statement() {
+    Nest nest(*this);
     const Token& kw = next();
     int line = kw.line;
     auto s = std::make_unique<Stmt>(Stmt{Stmt::Kind::kText, line});
@@ -141,7 +176,8 @@ class Parser {
         fail(cur().line, "'for' statement: expected 'in', got " + describe(cur()));
       s->expr = parse_tuple(/*allow_cond=*/false);
       if (accept_name("if")) s->filter = parse_expression();
-      if (is_name("recursive")) fail(cur().line, "'for ... recursive' loops are not supported");
+      if (is_name("recursive"))
+        fail(cur().line, "'for ... recursive' loops are not supported", ErrorKind::kUnsupported);
       expect_block_end("for");
       s->body = parse_body({"else", "endfor"}, stop);
       if (stop == "else") {
@@ -205,7 +241,7 @@ class Parser {
       s->body = parse_body({"endfilter"}, stop);
       expect_block_end("endfilter");
     } else {
-      fail(line, "unsupported statement '" + kw.text + "'");
+      fail(line, "unsupported statement '" + kw.text + "'", ErrorKind::kUnsupported);
     }
     return s;
   }
@@ -224,10 +260,11 @@ class Parser {
       if (cur().kind == TK::kBlockEnd || cur().kind == TK::kVarEnd || is_op(")")) break;
       t->args.push_back(allow_cond ? parse_expression() : parse_or());
     }
-    return t;
+    return grown(std::move(t));
   }
 
   ExprPtr parse_expression() {
+    Nest nest(*this);
     ExprPtr e = parse_or();
     while (is_name("if")) {
       int line = next().line;
@@ -235,7 +272,7 @@ class Parser {
       c->args.push_back(std::move(e));
       c->args.push_back(parse_or());
       c->args.push_back(accept_name("else") ? parse_expression() : nullptr);
-      e = std::move(c);
+      e = grown(std::move(c));
     }
     return e;
   }
@@ -245,7 +282,7 @@ class Parser {
     n->name = op;
     n->args.push_back(std::move(a));
     n->args.push_back(std::move(b));
-    return n;
+    return grown(std::move(n));
   }
 
   ExprPtr parse_or() {
@@ -266,10 +303,11 @@ class Parser {
   }
   ExprPtr parse_not() {
     if (is_name("not")) {
+      Nest nest(*this);
       auto n = node(Expr::Kind::kUnary, next().line);
       n->name = "not";
       n->args.push_back(parse_not());
-      return n;
+      return grown(std::move(n));
     }
     return parse_compare();
   }
@@ -298,7 +336,7 @@ class Parser {
       cmp->ops.push_back(op);
       cmp->args.push_back(parse_math1());
     }
-    return cmp ? std::move(cmp) : std::move(e);
+    return cmp ? grown(std::move(cmp)) : std::move(e);
   }
   ExprPtr parse_math1() {
     ExprPtr e = parse_concat();
@@ -335,10 +373,12 @@ class Parser {
   ExprPtr parse_unary(bool with_filter) {
     ExprPtr e;
     if (is_op("-") || is_op("+")) {
+      Nest nest(*this);
       const Token& op = next();
       e = node(Expr::Kind::kUnary, op.line);
       e->name = op.text;
       e->args.push_back(parse_unary(false));
+      e = grown(std::move(e));
     } else {
       e = parse_primary();
     }
@@ -375,10 +415,15 @@ class Parser {
       case TK::kInt:
       case TK::kFloat: {
         auto lit = node(Expr::Kind::kLiteral, tok.line);
-        if (tok.kind == TK::kInt)
-          lit->value = Value(static_cast<int64_t>(std::stoll(tok.text)));
-        else
-          lit->value = Value(std::stod(tok.text));
+        try {
+          if (tok.kind == TK::kInt)
+            lit->value = Value(static_cast<int64_t>(std::stoll(tok.text)));
+          else
+            lit->value = Value(std::stod(tok.text));
+        } catch (const std::exception&) {
+          fail(tok.line, "number literal '" + tok.text + "' is out of range",
+               ErrorKind::kUnsupported);
+        }
         return lit;
       }
       case TK::kOp:
@@ -398,7 +443,7 @@ class Parser {
             l->args.push_back(parse_expression());
             if (!is_op("]")) expect_op(",");
           }
-          return l;
+          return grown(std::move(l));
         }
         if (tok.text == "{") {
           auto d = node(Expr::Kind::kDict, tok.line);
@@ -408,7 +453,7 @@ class Parser {
             d->args.push_back(parse_expression());
             if (!is_op("}")) expect_op(",");
           }
-          return d;
+          return grown(std::move(d));
         }
         break;
       default:
@@ -441,20 +486,20 @@ class Parser {
           a->kind = Expr::Kind::kGetItem;
           a->args.push_back(std::move(e));
           auto idx = node(Expr::Kind::kLiteral, line);
-          idx->value = Value(static_cast<int64_t>(std::stoll(next().text)));
+          idx->value = Value(static_cast<int64_t>(std::strtoll(next().text.c_str(), nullptr, 10)));
           a->args.push_back(std::move(idx));
         } else {
           a->name = expect_name();
           a->args.push_back(std::move(e));
         }
-        e = std::move(a);
+        e = grown(std::move(a));
       } else if (accept_op("[")) {
         e = parse_subscript(std::move(e), line);
       } else if (accept_op("(")) {
         auto c = node(Expr::Kind::kCall, line);
         c->args.push_back(std::move(e));
         parse_call_args(*c);
-        e = std::move(c);
+        e = grown(std::move(c));
       } else {
         return e;
       }
@@ -482,12 +527,12 @@ class Parser {
       auto g = node(Expr::Kind::kGetItem, line);
       g->args.push_back(std::move(obj));
       g->args.push_back(std::move(parts[0]));
-      return g;
+      return grown(std::move(g));
     }
     auto s = node(Expr::Kind::kSlice, line);
     s->args.push_back(std::move(obj));
     for (auto& p : parts) s->args.push_back(std::move(p));
-    return s;
+    return grown(std::move(s));
   }
 
   // "| name(args)" chain; `input` null for {% filter %} blocks.
@@ -497,10 +542,11 @@ class Parser {
       auto f = node(Expr::Kind::kFilter, line);
       f->name = expect_name();
       while (accept_op(".")) f->name += "." + expect_name();
-      if (!is_known_filter(f->name)) fail(line, "unknown filter '" + f->name + "'");
+      if (!is_known_filter(f->name))
+        fail(line, "unknown filter '" + f->name + "'", ErrorKind::kUnsupported);
       f->args.push_back(std::move(input));
       if (accept_op("(")) parse_call_args(*f);
-      input = std::move(f);
+      input = grown(std::move(f));
     } while (accept_op("|"));
     return input;
   }
@@ -514,7 +560,8 @@ class Parser {
         auto t = node(Expr::Kind::kTest, line);
         t->negated = accept_name("not");
         t->name = expect_name();
-        if (!is_known_test(t->name)) fail(line, "unknown test '" + t->name + "'");
+        if (!is_known_test(t->name))
+          fail(line, "unknown test '" + t->name + "'", ErrorKind::kUnsupported);
         t->args.push_back(std::move(e));
         if (accept_op("(")) {
           parse_call_args(*t);
@@ -524,12 +571,12 @@ class Parser {
                    cur().kind == TK::kFloat || is_op("[") || is_op("{")) {
           t->args.push_back(parse_postfix(parse_primary()));
         }
-        e = std::move(t);
+        e = grown(std::move(t));
       } else if (accept_op("(")) {
         auto c = node(Expr::Kind::kCall, t_[i_ - 1].line);
         c->args.push_back(std::move(e));
         parse_call_args(*c);
-        e = std::move(c);
+        e = grown(std::move(c));
       } else {
         return e;
       }
@@ -537,13 +584,16 @@ class Parser {
   }
 
   std::vector<Token> t_;
+  const std::string& name_;
+  const Budgets& budgets_;
   size_t i_ = 0;
+  int nest_ = 0;  // parser recursion levels active (Nest)
 };
 
 }  // namespace
 
-Body parse(const std::string& source) {
-  return Parser(lex(source)).parse_template();
+Body parse(const std::string& source, const std::string& name, const Budgets& budgets) {
+  return Parser(lex(source, name, budgets), name, budgets).parse_template();
 }
 
 }  // namespace loratune::jinja

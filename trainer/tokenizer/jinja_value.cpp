@@ -8,6 +8,18 @@
 #include <cstdlib>
 
 namespace loratune::jinja {
+namespace {
+
+size_t add_sat(size_t a, size_t b) {
+  return a > SIZE_MAX - b ? SIZE_MAX : a + b;
+}
+
+// Memory of one element slot: the Value plus its key (dicts).
+size_t slot_bytes(const std::string& key, const Value& v) {
+  return add_sat(sizeof(Value) + key.size(), v.bytes());
+}
+
+}  // namespace
 
 const Value* Dict::find(const std::string& key) const {
   for (const auto& [k, v] : items) {
@@ -17,12 +29,17 @@ const Value* Dict::find(const std::string& key) const {
 }
 
 void Dict::set(const std::string& key, Value value) {
+  depth = std::max<uint32_t>(depth, value.depth() + 1);
+  has_namespace = has_namespace || value.holds_namespace();
+  const size_t add = slot_bytes(key, value);
   for (auto& [k, v] : items) {
     if (k == key) {
+      bytes = add_sat(bytes - std::min(bytes, slot_bytes(k, v)), add);
       v = std::move(value);
       return;
     }
   }
+  bytes = add_sat(bytes, add);
   items.emplace_back(key, std::move(value));
 }
 
@@ -49,6 +66,13 @@ Value Value::list(List items, Flavor flavor) {
   Value v;
   v.kind_ = Kind::kList;
   v.flavor_ = flavor;
+  uint32_t depth = 0;
+  for (const auto& e : items) {
+    v.bytes_ = add_sat(v.bytes_, slot_bytes(std::string(), e));
+    depth = std::max(depth, e.depth());
+    v.has_namespace_ = v.has_namespace_ || e.holds_namespace();
+  }
+  v.depth_ = depth + 1;
   v.list_ = std::make_shared<const List>(std::move(items));
   return v;
 }
@@ -56,8 +80,43 @@ Value Value::list(List items, Flavor flavor) {
 Value Value::dict(Dict d) {
   Value v;
   v.kind_ = Kind::kDict;
+  d.bytes = 0;
+  d.depth = 1;
+  d.has_namespace = false;
+  for (const auto& [k, e] : d.items) {
+    d.bytes = add_sat(d.bytes, slot_bytes(k, e));
+    d.depth = std::max<uint32_t>(d.depth, e.depth() + 1);
+    d.has_namespace = d.has_namespace || e.holds_namespace();
+  }
   v.dict_ = std::make_shared<Dict>(std::move(d));
   return v;
+}
+
+size_t Value::bytes() const {
+  switch (kind_) {
+    case Kind::kString:
+      return s_.size();
+    case Kind::kList:
+      return bytes_;
+    case Kind::kDict:
+    case Kind::kNamespace:
+      return dict_->bytes;
+    default:
+      return 0;
+  }
+}
+
+uint32_t Value::depth() const {
+  if (kind_ == Kind::kList) return depth_;
+  if (kind_ == Kind::kDict || kind_ == Kind::kNamespace) return dict_->depth;
+  return 0;
+}
+
+bool Value::holds_namespace() const {
+  if (kind_ == Kind::kNamespace) return true;
+  if (kind_ == Kind::kList) return has_namespace_;
+  if (kind_ == Kind::kDict) return dict_->has_namespace;
+  return false;
 }
 
 Value Value::make_namespace(Dict d) {
@@ -74,10 +133,27 @@ Value Value::callable(std::string name, NativeFn fn) {
   return v;
 }
 
+namespace {
+
+Value from_json_at(const nlohmann::ordered_json& j, int depth);
+
+}  // namespace
+
 Value Value::from_json(const nlohmann::ordered_json& j) {
+  return from_json_at(j, 0);
+}
+
+namespace {
+
+Value from_json_at(const nlohmann::ordered_json& j, int depth) {
+  if (depth > active_budgets().max_nesting) {
+    throw Failure{"JSON input nested deeper than the limit of " +
+                  std::to_string(active_budgets().max_nesting) + " levels"};
+  }
+  using Value = ::loratune::jinja::Value;
   switch (j.type()) {
     case nlohmann::ordered_json::value_t::null:
-      return none();
+      return Value::none();
     case nlohmann::ordered_json::value_t::boolean:
       return Value(j.get<bool>());
     case nlohmann::ordered_json::value_t::number_integer:
@@ -90,18 +166,21 @@ Value Value::from_json(const nlohmann::ordered_json& j) {
       return Value(j.get<std::string>());
     case nlohmann::ordered_json::value_t::array: {
       List items;
-      for (const auto& e : j) items.push_back(from_json(e));
-      return list(std::move(items));
+      for (const auto& e : j) items.push_back(from_json_at(e, depth + 1));
+      return Value::list(std::move(items));
     }
     case nlohmann::ordered_json::value_t::object: {
       Dict d;
-      for (auto it = j.begin(); it != j.end(); ++it) d.set(it.key(), from_json(it.value()));
-      return dict(std::move(d));
+      for (auto it = j.begin(); it != j.end(); ++it)
+        d.set(it.key(), from_json_at(it.value(), depth + 1));
+      return Value::dict(std::move(d));
     }
     default:
       throw Failure{"unsupported JSON value (binary or discarded)"};
   }
 }
+
+}  // namespace
 
 const void* Value::identity() const {
   if (kind_ == Kind::kList) return list_.get();
@@ -273,13 +352,26 @@ void json_string(const std::string& s, bool ensure_ascii, std::string& out) {
 }
 
 void json_value(const Value& v, const JsonOptions& o, int level, std::string& out) {
-  auto newline = [&](int lvl) {
-    if (o.indent < 0 && o.indent_str.empty()) return;
-    out += '\n';
-    for (int i = 0; i < lvl; ++i) {
-      out += o.indent_str.empty() ? std::string(static_cast<size_t>(o.indent), ' ') : o.indent_str;
+  auto check = [&](size_t more) {
+    if (more > o.max_bytes || out.size() > o.max_bytes - more) {
+      throw Failure{
+          "tojson output exceeds the limit of " + std::to_string(o.max_bytes) + " bytes per value",
+          ErrorKind::kResource};
     }
   };
+  auto newline = [&](int lvl) {
+    if (o.indent < 0 && o.indent_str.empty()) return;
+    const size_t step = o.indent_str.empty() ? static_cast<size_t>(o.indent) : o.indent_str.size();
+    check(add_sat(1, saturating_mul(step, lvl)));
+    out += '\n';
+    for (int i = 0; i < lvl; ++i) {
+      if (o.indent_str.empty())
+        out.append(static_cast<size_t>(o.indent), ' ');
+      else
+        out += o.indent_str;
+    }
+  };
+  check(0);
   switch (v.kind()) {
     case Value::Kind::kNone:
       out += "null";
@@ -301,6 +393,7 @@ void json_value(const Value& v, const JsonOptions& o, int level, std::string& ou
       return;
     }
     case Value::Kind::kString:
+      check(v.str().size());
       json_string(v.str(), o.ensure_ascii, out);
       return;
     case Value::Kind::kList: {
@@ -311,7 +404,7 @@ void json_value(const Value& v, const JsonOptions& o, int level, std::string& ou
       out += '[';
       bool first = true;
       for (const auto& e : v.items()) {
-        if (!first) out += o.item_sep;
+        if (!first) check(o.item_sep.size()), out += o.item_sep;
         first = false;
         newline(level + 1);
         json_value(e, o, level + 1, out);
@@ -333,9 +426,10 @@ void json_value(const Value& v, const JsonOptions& o, int level, std::string& ou
       out += '{';
       bool first = true;
       for (const auto& [k, e] : items) {
-        if (!first) out += o.item_sep;
+        if (!first) check(o.item_sep.size()), out += o.item_sep;
         first = false;
         newline(level + 1);
+        check(k.size() + o.key_sep.size());
         json_string(k, o.ensure_ascii, out);
         out += o.key_sep;
         json_value(e, o, level + 1, out);

@@ -12,6 +12,11 @@
 //
 // Helpers throw jinja::Failure (no template line known yet); the evaluator
 // turns it into loratune::Error naming the template line.
+//
+// Lists and dicts record their size (bytes(): the deep size of their
+// elements plus one Value slot each) and nesting depth() when built, so that
+// budgets (jinja_budgets.h) can be checked in O(1) before a bigger value is
+// built from them.
 #pragma once
 
 #include <cstdint>
@@ -23,19 +28,31 @@
 
 #include <nlohmann/json.hpp>
 
+#include "trainer/io/error.h"
+#include "trainer/tokenizer/jinja_budgets.h"
+
 namespace loratune::jinja {
 
 // A runtime error without a location; the evaluator adds "chat template line N: ".
+// kData: the template refuses or cannot handle the conversation (its own
+// raise_exception, a type error on the data); kResource: a budget;
+// kUnsupported: a construct loratune does not implement.
 struct Failure {
   std::string message;
+  ErrorKind kind = ErrorKind::kData;
 };
 
 class Value;
 using List = std::vector<Value>;
 
 // Insertion-ordered string-keyed map (Python dict semantics for our inputs).
+// set() keeps bytes/depth/has_namespace up to date (a namespace is mutated
+// through it); code that edits `items` directly must not rely on them.
 struct Dict {
   std::vector<std::pair<std::string, Value>> items;
+  size_t bytes = 0;            // deep size (see Value::bytes)
+  uint32_t depth = 1;          // 1 + deepest value
+  bool has_namespace = false;  // some value is or holds a namespace
   const Value* find(const std::string& key) const;
   void set(const std::string& key, Value value);
 };
@@ -82,7 +99,8 @@ class Value {
   static Value dict(Dict d);
   static Value make_namespace(Dict d);
   static Value callable(std::string name, NativeFn fn);
-  // Converts JSON (objects keep their key order).
+  // Converts JSON (objects keep their key order). JSON nested deeper than
+  // Budgets::max_nesting throws Failure (kData) instead of recursing on.
   static Value from_json(const nlohmann::ordered_json& j);
 
   Kind kind() const { return kind_; }
@@ -104,6 +122,14 @@ class Value {
   const std::string& callable_name() const { return s_; }
   Value call(Args& args) const { return (*fn_)(args); }
 
+  // Deep size in bytes: a string's length; a list/dict/namespace: the sum
+  // over elements of sizeof(Value) + key + element bytes (saturating); else 0.
+  size_t bytes() const;
+  // Nesting: 0 for scalars, 1 + the deepest element for lists/dicts.
+  uint32_t depth() const;
+  // True for a namespace or a list/dict that contains one.
+  bool holds_namespace() const;
+
   // Stable identity of a list/dict payload (message tracking), else nullptr.
   const void* identity() const;
   // Python's type name: "str", "int", "list", "dict", "NoneType", ...
@@ -120,6 +146,9 @@ class Value {
   std::shared_ptr<const List> list_;
   std::shared_ptr<Dict> dict_;
   std::shared_ptr<NativeFn> fn_;
+  size_t bytes_ = 0;  // lists (dicts keep theirs in Dict)
+  uint32_t depth_ = 0;
+  bool has_namespace_ = false;
 };
 
 // Python str(value) / repr(value). Printing undefined gives "".
@@ -138,6 +167,7 @@ struct JsonOptions {
   bool sort_keys = false;
   std::string item_sep = ", ";
   std::string key_sep = ": ";
+  size_t max_bytes = SIZE_MAX;  // longer output throws Failure (kResource) before it is built
 };
 std::string to_json(const Value& v, const JsonOptions& opts);
 

@@ -25,7 +25,8 @@ std::optional<AddedToken> parse_named(const Json& v, const std::string& where) {
     return t;
   }
   if (!v.is_object() || !v.contains("content") || !v["content"].is_string())
-    throw Error(where + ": must be a string, null, or an object with a string 'content'");
+    throw Error(where + ": must be a string, null, or an object with a string 'content'",
+                ErrorKind::kCorrupt);
   t.content = v["content"].get<std::string>();
   t.lstrip = json_bool(v, "lstrip", false, where);
   t.rstrip = json_bool(v, "rstrip", false, where);
@@ -43,7 +44,7 @@ std::optional<bool> opt_bool(const Json& j, const char* key, const std::string& 
 
 Json read_json_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path + ": cannot open file");
+  if (!in) throw Error(path + ": cannot open file", ErrorKind::kIo);
   std::stringstream ss;
   ss << in.rdbuf();
   const std::string text = ss.str();
@@ -62,7 +63,10 @@ Json read_json_file(const std::string& path) {
     std::string what = e.what();
     if (auto p = what.find("parse error"); p != std::string::npos) what = what.substr(p);
     throw Error(path + ":" + std::to_string(line) + ":" + std::to_string(col) + ": invalid JSON (" +
-                what + ")");
+                    what + ")",
+                ErrorKind::kCorrupt);
+  } catch (const Json::exception& e) {  // e.g. out_of_range: a number like 1e400
+    throw Error(path + ": invalid JSON (" + std::string(e.what()) + ")", ErrorKind::kCorrupt);
   }
 }
 
@@ -70,7 +74,7 @@ TokenizerConfig read_tokenizer_config(const std::string& path) {
   TokenizerConfig cfg;
   cfg.path = path;
   Json j = read_json_file(path);
-  if (!j.is_object()) throw Error(path + ": expected a JSON object");
+  if (!j.is_object()) throw Error(path + ": expected a JSON object", ErrorKind::kCorrupt);
   if (j.contains("tokenizer_class") && j["tokenizer_class"].is_string()) {
     cfg.tokenizer_class = j["tokenizer_class"].get<std::string>();
     const std::string fast = "Fast";
@@ -93,7 +97,7 @@ TokenizerConfig read_tokenizer_config(const std::string& path) {
     if (!j.contains(key) || j[key].is_null()) continue;
     const Json& v = j[key];
     if (!v.is_array() && !v.is_object())
-      throw Error(path + ": '" + key + "' must be a list or an object");
+      throw Error(path + ": '" + key + "' must be a list or an object", ErrorKind::kCorrupt);
     for (const Json& x : v) {
       auto t = parse_named(x, path + ": '" + key + "'");
       if (t) cfg.extra_special.push_back(*t);
@@ -104,14 +108,14 @@ TokenizerConfig read_tokenizer_config(const std::string& path) {
     for (auto it = j["added_tokens_decoder"].begin(); it != j["added_tokens_decoder"].end(); ++it) {
       std::string where = path + ": added_tokens_decoder['" + it.key() + "']";
       auto t = parse_named(it.value(), where);
-      if (!t) throw Error(where + ": must not be null");
+      if (!t) throw Error(where + ": must not be null", ErrorKind::kCorrupt);
       t->special = json_bool(it.value(), "special", false, where);
       try {
         size_t used = 0;
         t->id = std::stoi(it.key(), &used);
         if (used != it.key().size()) throw std::invalid_argument("");
       } catch (const std::exception&) {
-        throw Error(where + ": the key must be an integer id");
+        throw Error(where + ": the key must be an integer id", ErrorKind::kCorrupt);
       }
       list.push_back(*t);
     }
@@ -127,13 +131,15 @@ TokenizerConfig read_tokenizer_config(const std::string& path) {
       for (const Json& x : ct) {
         if (!x.is_object() || !x.contains("name") || !x["name"].is_string() ||
             !x.contains("template") || !x["template"].is_string())
-          throw Error(path +
-                      ": 'chat_template' list items must be {\"name\": str, \"template\": str}");
+          throw Error(
+              path + ": 'chat_template' list items must be {\"name\": str, \"template\": str}",
+              ErrorKind::kCorrupt);
         cfg.chat_templates.push_back(
             {x["name"].get<std::string>(), x["template"].get<std::string>()});
       }
     } else {
-      throw Error(path + ": 'chat_template' must be a string or a list of {name, template}");
+      throw Error(path + ": 'chat_template' must be a string or a list of {name, template}",
+                  ErrorKind::kCorrupt);
     }
   }
   return cfg;
@@ -146,7 +152,8 @@ std::vector<int32_t> read_generation_eos(const std::string& path) {
   const Json& v = j["eos_token_id"];
   auto add = [&](const Json& x) {
     if (!x.is_number_integer())
-      throw Error(path + ": 'eos_token_id' must be an integer or a list of integers");
+      throw Error(path + ": 'eos_token_id' must be an integer or a list of integers",
+                  ErrorKind::kCorrupt);
     int32_t id = x.get<int32_t>();
     if (std::find(out.begin(), out.end(), id) == out.end()) out.push_back(id);
   };
@@ -174,7 +181,8 @@ std::optional<std::string> Tokenizer::chat_template(const std::string& name) con
 
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
   struct stat st;
-  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) throw Error(dir + ": not a directory");
+  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+    throw Error(dir + ": not a directory", ErrorKind::kIo);
   const std::string json_path = dir + "/tokenizer.json", model_path = dir + "/tokenizer.model";
   const std::string config_path = dir + "/tokenizer_config.json",
                     gen_path = dir + "/generation_config.json";
@@ -184,7 +192,8 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
   if (is_file(gen_path)) gen_eos = read_generation_eos(gen_path);
   if (is_file(json_path)) return load_hf_tokenizer(dir, json_path, cfg, gen_eos);
   if (is_file(model_path)) return load_sp_tokenizer(dir, model_path, cfg, gen_eos);
-  throw Error(dir + ": no tokenizer.json or tokenizer.model in the model directory");
+  throw Error(dir + ": no tokenizer.json or tokenizer.model in the model directory",
+              ErrorKind::kIo);
 }
 
 }  // namespace loratune::tokenizer

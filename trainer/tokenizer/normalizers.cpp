@@ -43,7 +43,8 @@ class ReplaceNormalizer : public Normalizer {
     } else if (pattern.contains("Regex") && pattern["Regex"].is_string()) {
       regex_ = std::make_unique<Regex>(pattern["Regex"].get<std::string>(), where);
     } else {
-      throw Error(where + ": 'pattern' must be {\"String\": ...} or {\"Regex\": ...}");
+      throw Error(where + ": 'pattern' must be {\"String\": ...} or {\"Regex\": ...}",
+                  ErrorKind::kCorrupt);
     }
   }
   void normalize(Normalized& n) const override {
@@ -91,7 +92,8 @@ class UnicodeNormalizer : public Normalizer {
       auto len = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(t.data() + b), e - b, &out,
                               static_cast<utf8proc_option_t>(options_));
       if (len < 0)
-        throw Error(std::string("unicode normalization failed: ") + utf8proc_errmsg(len));
+        throw Error(std::string("unicode normalization failed: ") + utf8proc_errmsg(len),
+                    ErrorKind::kData);
       std::string_view r(reinterpret_cast<char*>(out), static_cast<size_t>(len));
       if (r != std::string_view(t).substr(b, e - b)) edits.push_back({b, e, std::string(r)});
       std::free(out);
@@ -168,7 +170,7 @@ std::unique_ptr<Normalizer> make_normalizer(const Json& j, const std::string& wh
   if (type == "Replace") {
     check_keys(j, {"pattern", "content"}, at);
     if (!j.contains("pattern") || !j["pattern"].is_object())
-      throw Error(at + ": 'pattern' must be an object");
+      throw Error(at + ": 'pattern' must be an object", ErrorKind::kCorrupt);
     return std::make_unique<ReplaceNormalizer>(j["pattern"], json_string(j, "content", at), at);
   }
   if (type == "NFC" || type == "NFD" || type == "NFKC" || type == "NFKD") {
@@ -187,9 +189,11 @@ std::unique_ptr<Normalizer> make_normalizer(const Json& j, const std::string& wh
     return std::make_unique<StripNormalizer>(json_bool(j, "strip_left", true, at),
                                              json_bool(j, "strip_right", true, at));
   }
-  throw Error(where + ": normalizer type '" + type +
-              "' is not supported (supported: Sequence, Prepend, Replace, NFC, NFD, NFKC, NFKD, "
-              "Lowercase, Strip)");
+  throw Error(
+      where + ": normalizer type '" + type +
+          "' is not supported (supported: Sequence, Prepend, Replace, NFC, NFD, NFKC, NFKD, "
+          "Lowercase, Strip)",
+      ErrorKind::kUnsupported);
 }
 
 }  // namespace loratune::tokenizer

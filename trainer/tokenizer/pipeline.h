@@ -145,7 +145,7 @@ std::vector<std::unique_ptr<Part>> make_sequence_parts(const Json& j, const char
   check_keys(j, {key}, at);
   auto list = j.find(key);
   if (list == j.end() || !list->is_array()) {
-    throw Error(at + ": '" + key + "' must be a list");
+    throw Error(at + ": '" + key + "' must be a list", ErrorKind::kCorrupt);
   }
   std::vector<std::unique_ptr<Part>> parts;
   for (size_t i = 0; i < list->size(); ++i) {

@@ -89,7 +89,8 @@ class SplitPreTokenizer : public PreTokenizer {
     } else if (pattern.contains("Regex") && pattern["Regex"].is_string()) {
       regex_ = std::make_unique<Regex>(pattern["Regex"].get<std::string>(), where);
     } else {
-      throw Error(where + ": 'pattern' must be {\"String\": ...} or {\"Regex\": ...}");
+      throw Error(where + ": 'pattern' must be {\"String\": ...} or {\"Regex\": ...}",
+                  ErrorKind::kCorrupt);
     }
   }
   void pre_tokenize(std::vector<Normalized>& pieces) const override {
@@ -225,7 +226,7 @@ Behavior parse_behavior(const Json& j, const std::string& where) {
   if (b == "MergedWithPrevious") return Behavior::kMergedWithPrevious;
   if (b == "MergedWithNext") return Behavior::kMergedWithNext;
   if (b == "Contiguous") return Behavior::kContiguous;
-  throw Error(where + ": unknown split behavior '" + b + "'");
+  throw Error(where + ": unknown split behavior '" + b + "'", ErrorKind::kCorrupt);
 }
 
 }  // namespace
@@ -239,7 +240,8 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const Json& j, const std::strin
         make_sequence_parts<PreTokenizer>(j, "pretokenizers", where, at, make_pre_tokenizer);
     for (size_t i = 0; i + 1 < parts.size(); ++i) {
       if (parts[i]->byte_level()) {
-        throw Error(at + ": a pre-tokenizer after ByteLevel is not supported");
+        throw Error(at + ": a pre-tokenizer after ByteLevel is not supported",
+                    ErrorKind::kUnsupported);
       }
     }
     return std::make_unique<SequencePreTokenizer>(std::move(parts));
@@ -247,7 +249,7 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const Json& j, const std::strin
   if (type == "Split") {
     check_keys(j, {"pattern", "behavior", "invert"}, at);
     if (!j.contains("pattern") || !j["pattern"].is_object())
-      throw Error(at + ": 'pattern' must be an object");
+      throw Error(at + ": 'pattern' must be an object", ErrorKind::kCorrupt);
     return std::make_unique<SplitPreTokenizer>(j["pattern"], parse_behavior(j, at),
                                                json_bool(j, "invert", false, at), at);
   }
@@ -268,7 +270,7 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const Json& j, const std::strin
       } else if (s == "never") {
         scheme = MetaspacePreTokenizer::Prepend::kNever;
       } else if (s != "always") {
-        throw Error(at + ": unknown prepend_scheme '" + s + "'");
+        throw Error(at + ": unknown prepend_scheme '" + s + "'", ErrorKind::kCorrupt);
       }
     } else if (!json_bool(j, "add_prefix_space", true, at)) {
       scheme = MetaspacePreTokenizer::Prepend::kNever;
@@ -280,7 +282,8 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const Json& j, const std::strin
     return std::make_unique<DigitsPreTokenizer>(json_bool(j, "individual_digits", false, at));
   }
   throw Error(where + ": pre-tokenizer type '" + type +
-              "' is not supported (supported: Sequence, Split, ByteLevel, Metaspace, Digits)");
+                  "' is not supported (supported: Sequence, Split, ByteLevel, Metaspace, Digits)",
+              ErrorKind::kUnsupported);
 }
 
 }  // namespace loratune::tokenizer

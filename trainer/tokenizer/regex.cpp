@@ -38,11 +38,13 @@ std::string translate_onig_pattern(const std::string& p, const std::string& wher
         out += in_class ? std::string(kSpaceRanges) : "[" + std::string(kSpaceRanges) + "]";
       } else if (n == 'S') {
         if (in_class)
-          throw Error(where + ": regex '" + p + "': \\S inside a character class is not supported");
+          throw Error(where + ": regex '" + p + "': \\S inside a character class is not supported",
+                      ErrorKind::kUnsupported);
         out += "[^" + std::string(kSpaceRanges) + "]";
       } else if (n == 'h' || n == 'H' || n == 'R' || n == 'X') {
         throw Error(where + ": regex '" + p + "': escape \\" + std::string(1, n) +
-                    " differs between Oniguruma and PCRE2 and is not supported");
+                        " differs between Oniguruma and PCRE2 and is not supported",
+                    ErrorKind::kUnsupported);
       } else {
         out += c;
         out += n;
@@ -58,7 +60,8 @@ std::string translate_onig_pattern(const std::string& p, const std::string& wher
       continue;
     }
     if (in_class && c == '[') {
-      throw Error(where + ": regex '" + p + "': nested character classes are not supported");
+      throw Error(where + ": regex '" + p + "': nested character classes are not supported",
+                  ErrorKind::kUnsupported);
     }
     if (in_class && c == ']') in_class = false;
     out += c;
@@ -76,7 +79,8 @@ Regex::Regex(const std::string& pattern, const std::string& where) {
     PCRE2_UCHAR msg[256];
     pcre2_get_error_message(err, msg, sizeof msg);
     throw Error(where + ": regex '" + pattern + "' does not compile (PCRE2 at offset " +
-                std::to_string(off) + ": " + reinterpret_cast<char*>(msg) + ")");
+                    std::to_string(off) + ": " + reinterpret_cast<char*>(msg) + ")",
+                ErrorKind::kCorrupt);
   }
   jit_ = pcre2_jit_compile(code, PCRE2_JIT_COMPLETE) == 0;
   code_ = code;
@@ -99,7 +103,8 @@ void Regex::find_all(std::string_view s, std::vector<std::pair<size_t, size_t>>&
     if (rc < 0) {
       PCRE2_UCHAR msg[256];
       pcre2_get_error_message(rc, msg, sizeof msg);
-      throw Error(std::string("regex match failed: ") + reinterpret_cast<char*>(msg));
+      throw Error(std::string("regex match failed: ") + reinterpret_cast<char*>(msg),
+                  ErrorKind::kResource);
     }
     PCRE2_SIZE* ov = pcre2_get_ovector_pointer(data.md);
     size_t b = ov[0], e = ov[1];

@@ -109,7 +109,8 @@ std::unique_ptr<Tokenizer> load_sp_tokenizer(const std::string& dir, const std::
   auto tok = std::make_unique<SpTokenizer>();
   auto status = tok->sp.Load(path);
   if (!status.ok())
-    throw Error(path + ": not a valid SentencePiece model (" + status.ToString() + ")");
+    throw Error(path + ": not a valid SentencePiece model (" + status.ToString() + ")",
+                ErrorKind::kCorrupt);
   if (cfg.added_tokens_decoder)
     for (const AddedToken& t : *cfg.added_tokens_decoder) {
       tok->added_by_id[t.id] = tok->added_.size();

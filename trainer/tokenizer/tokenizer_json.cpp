@@ -31,7 +31,8 @@ class Sax {
       size_t sp = s.find(' ');
       if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos)
         throw Error(path_ + ": model: merges[" + std::to_string(out_.merges.size()) + "] '" + s +
-                    "' is not two tokens separated by a space");
+                        "' is not two tokens separated by a space",
+                    ErrorKind::kCorrupt);
       out_.merges.emplace_back(s.substr(0, sp), s.substr(sp + 1));
       return true;
     }
@@ -77,7 +78,8 @@ class Sax {
       --depth_;
       if (pair_.size() != 2)
         throw Error(path_ + ": model: merges[" + std::to_string(out_.merges.size()) +
-                    "] must be \"a b\" or [a, b]");
+                        "] must be \"a b\" or [a, b]",
+                    ErrorKind::kCorrupt);
       out_.merges.emplace_back(std::move(pair_[0]), std::move(pair_[1]));
       return true;
     }
@@ -120,7 +122,8 @@ class Sax {
   }
   bool bad(const char* what) {
     throw Error(path_ + ": model: unexpected " + std::string(what) + " in '" +
-                (mode_ == Mode::kVocab ? "vocab" : "merges") + "'");
+                    (mode_ == Mode::kVocab ? "vocab" : "merges") + "'",
+                ErrorKind::kCorrupt);
   }
 
   TokenizerJson& out_;
@@ -139,7 +142,7 @@ class Sax {
 
 TokenizerJson read_tokenizer_json(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path + ": cannot open file");
+  if (!in) throw Error(path + ": cannot open file", ErrorKind::kIo);
   std::stringstream ss;
   ss << in.rdbuf();
   const std::string text = ss.str();
@@ -158,7 +161,8 @@ TokenizerJson read_tokenizer_json(const std::string& path) {
     std::string what = sax.error();
     if (auto p = what.find("parse error"); p != std::string::npos) what = what.substr(p);
     throw Error(path + ":" + std::to_string(line) + ":" + std::to_string(col) + ": invalid JSON (" +
-                what + ")");
+                    what + ")",
+                ErrorKind::kCorrupt);
   }
   return out;
 }

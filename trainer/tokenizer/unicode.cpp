@@ -80,7 +80,8 @@ void check_utf8(std::string_view s, const std::string& what) {
       continue;
     }
     size_t bad = 0, n = valid_seq(s, i, &bad);
-    if (n == 0) throw Error(what + ": invalid UTF-8 at byte " + std::to_string(i));
+    if (n == 0)
+      throw Error(what + ": invalid UTF-8 at byte " + std::to_string(i), ErrorKind::kData);
     i += n;
   }
 }
@@ -236,29 +237,33 @@ void Normalized::apply(const std::vector<Edit>& edits) {
 bool json_bool(const Json& j, const char* key, bool dflt, const std::string& where) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return dflt;
-  if (!it->is_boolean()) throw Error(where + ": '" + key + "' must be a boolean");
+  if (!it->is_boolean())
+    throw Error(where + ": '" + key + "' must be a boolean", ErrorKind::kCorrupt);
   return it->get<bool>();
 }
 
 std::string json_string(const Json& j, const char* key, const std::string& where) {
   auto it = j.find(key);
-  if (it == j.end() || !it->is_string()) throw Error(where + ": '" + key + "' must be a string");
+  if (it == j.end() || !it->is_string())
+    throw Error(where + ": '" + key + "' must be a string", ErrorKind::kCorrupt);
   return it->get<std::string>();
 }
 
 void check_keys(const Json& j, std::initializer_list<const char*> known, const std::string& where) {
-  if (!j.is_object()) throw Error(where + ": expected a JSON object");
+  if (!j.is_object()) throw Error(where + ": expected a JSON object", ErrorKind::kCorrupt);
   for (auto it = j.begin(); it != j.end(); ++it) {
     if (it.key() == "type") continue;
     bool ok = false;
     for (const char* k : known) ok = ok || it.key() == k;
-    if (!ok) throw Error(where + ": unsupported option '" + it.key() + "'");
+    if (!ok)
+      throw Error(where + ": unsupported option '" + it.key() + "'", ErrorKind::kUnsupported);
   }
 }
 
 std::string component_type(const Json& j, const char* what, const std::string& where) {
   if (!j.is_object() || !j.contains("type") || !j["type"].is_string()) {
-    throw Error(where + ": " + what + " must be an object with a string 'type'");
+    throw Error(where + ": " + what + " must be an object with a string 'type'",
+                ErrorKind::kCorrupt);
   }
   return j["type"].get<std::string>();
 }
