@@ -83,11 +83,96 @@ std::vector<BadConfig> bad_configs() {
        h + "train:\n  optimizer:\n    betas: [0.9]\n",
        {},
        {"@:9: train.optimizer.betas: expected a list of two numbers"}},
-      {"r_zero", h + "lora:\n  r: 0\n", {}, {"@:8: lora.r: must be >= 1, got 0"}},
+      {"r_zero", h + "lora:\n  r: 0\n", {}, {"@:8: lora.r: must be in [1, 65536], got 0"}},
+      {"r_huge",
+       h + "lora:\n  r: 2147483648\n",
+       {},
+       {"@:8: lora.r: must be in [1, 65536], got 2147483648"}},
+      {"r_beyond_int64",
+       h + "lora:\n  r: 99999999999999999999\n",
+       {},
+       {"@:8: lora.r: expected an integer, got '99999999999999999999'"}},
       {"negative_lr",
        h + "train:\n  optimizer:\n    lr: -1e-4\n",
        {},
-       {"@:9: train.optimizer.lr: must be > 0, got -0.0001"}},
+       {"@:9: train.optimizer.lr: must be a finite number > 0, got -0.0001"}},
+      {"nan_lr",
+       h + "train:\n  optimizer:\n    lr: .nan\n",
+       {},
+       {"@:9: train.optimizer.lr: must be a finite number > 0, got .nan"}},
+      {"infinite_alpha",
+       h + "lora:\n  alpha: .inf\n",
+       {},
+       {"@:8: lora.alpha: must be a finite number > 0, got .inf"}},
+      {"nan_dropout",
+       h + "lora:\n  dropout: .nan\n",
+       {},
+       {"@:8: lora.dropout: must be in [0.0, 1.0), got .nan"}},
+      {"negative_weight_decay",
+       h + "train:\n  optimizer:\n    weight_decay: -0.1\n",
+       {},
+       {"@:9: train.optimizer.weight_decay: must be a finite number >= 0, got -0.1"}},
+      {"nan_beta",
+       h + "train:\n  optimizer:\n    betas: [.nan, 0.999]\n",
+       {},
+       {"@:9: train.optimizer.betas: must be in [0.0, 1.0), got .nan"}},
+      {"zero_eps",
+       h + "train:\n  optimizer:\n    eps: 0\n",
+       {},
+       {"@:9: train.optimizer.eps: must be a finite number > 0, got 0.0"}},
+      {"infinite_max_grad_norm",
+       h + "train:\n  max_grad_norm: .inf\n",
+       {},
+       {"@:8: train.max_grad_norm: must be a finite number >= 0, got .inf"}},
+      {"huge_accumulation",
+       h + "train:\n  gradient_accumulation_steps: 1000000000\n",
+       {},
+       {"@:8: train.gradient_accumulation_steps: must be in [1, 1024], got 1000000000"}},
+      {"huge_micro_batch",
+       h + "train:\n  micro_batch_size: 100000\n",
+       {},
+       {"@:8: train.micro_batch_size: must be in [1, 65536], got 100000"}},
+      {"huge_tokens_per_micro_batch",
+       "data:\n  train: t\n  max_seq_len: 1048576\nmodel: {path: m}\noutput: {dir: o}\n",
+       {"train.micro_batch_size=4096"},
+       {"override 'train.micro_batch_size=4096': train.micro_batch_size (4096) x data.max_seq_len "
+        "(1048576) must be <= 2147483647 tokens per micro-batch"}},
+      {"huge_max_seq_len",
+       "data:\n  train: t\n  max_seq_len: 100000000\nmodel: {path: m}\noutput: {dir: o}\n",
+       {},
+       {"@:3: data.max_seq_len: must be in [2, 16777216], got 100000000"}},
+      {"huge_max_steps",
+       h + "train:\n  max_steps: 10000000000\n",
+       {},
+       {"@:8: train.max_steps: must be in [0, 1000000000], got 10000000000"}},
+      {"huge_epochs",
+       h + "train:\n  epochs: 10000000\n",
+       {},
+       {"@:8: train.epochs: must be in [0, 1000000], got 10000000"}},
+      {"huge_warmup_steps",
+       h + "train:\n  scheduler:\n    warmup_steps: 10000000000\n",
+       {},
+       {"@:9: train.scheduler.warmup_steps: must be in [0, 1000000000], got 10000000000"}},
+      {"log_every_zero",
+       h + "train:\n  log_every: 0\n",
+       {},
+       {"@:8: train.log_every: must be in [1, 1000000000], got 0"}},
+      {"save_every_negative",
+       h + "train:\n  save_every: -1\n",
+       {},
+       {"@:8: train.save_every: must be in [0, 1000000000], got -1"}},
+      {"eval_every_negative",
+       h + "train:\n  eval_every: -1\n",
+       {},
+       {"@:8: train.eval_every: must be in [0, 1000000000], got -1"}},
+      {"non_utf8_key_escaped",
+       h + "lora:\n  alph\xff\x01: 8\n",
+       {},
+       {"@:8: unknown key 'lora.alph\\xFF\\x01'"}},
+      {"non_utf8_value_escaped",
+       "model:\n  path: m\n  dtype: bf\xc3\ndata: {train: t}\noutput: {dir: o}\n",
+       {},
+       {"@:3: model.dtype: 'bf\\xC3' is not one of"}},
       {"dropout_too_big",
        h + "lora:\n  dropout: 1.5\n",
        {},
@@ -190,7 +275,23 @@ std::vector<BadConfig> bad_configs() {
       {"override_out_of_range",
        h,
        {"lora.r=0"},
-       {"override 'lora.r=0': lora.r: must be >= 1, got 0"}},
+       {"override 'lora.r=0': lora.r: must be in [1, 65536], got 0"}},
+      {"override_huge_rank",
+       h,
+       {"lora.r=2147483648"},
+       {"override 'lora.r=2147483648': lora.r: must be in [1, 65536], got 2147483648"}},
+      {"override_typo_like_file_key",
+       h,
+       {"lora.alpah=8"},
+       {"override 'lora.alpah=8': unknown key 'lora.alpah' (did you mean 'lora.alpha'?)"}},
+      {"override_section_map_typo",
+       h,
+       {"lora={alpah: 8}"},
+       {"override 'lora={alpah: 8}': unknown key 'lora.alpah' (did you mean 'lora.alpha'?)"}},
+      {"override_non_utf8_escaped",
+       h,
+       {"lora.r\xff=4"},
+       {"override 'lora.r\\xFF=4': unknown key 'lora.r\\xFF'"}},
       {"override_bad_yaml",
        h,
        {"lora.target_modules=[q_proj,"},
@@ -241,14 +342,36 @@ TEST(ConfigErrors, StringSourceIsNamedLikeAFile) {
                {"configs/x.yaml:2: unknown key 'lora.rank' (did you mean 'lora.r'?)"});
 }
 
-TEST(ConfigErrors, MissingFileIsNamed) {
+TEST(ConfigErrors, MissingFileIsNamedAndIsAFileSystemError) {
   const std::string path = test::make_temp_dir("config-missing") + "/nope.yaml";
   expect_error([&] { load_config(path, {}); }, {path + ": cannot open config file"});
+  try {
+    load_config(path, {});
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kIo);
+  }
 }
 
 TEST(ConfigErrors, DirectoryIsNotAConfig) {
   const std::string dir = test::make_temp_dir("config-dir");
   expect_error([&] { load_config(dir, {}); }, {dir + ": is a directory"});
+}
+
+TEST(ConfigErrors, BadValuesAreConfigErrors) {
+  try {
+    config_from_yaml_string("lora:\n  r: 0\n", {}, "x.yaml");
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kConfig);
+  }
+}
+
+TEST(ConfigErrors, ChatTemplateProblemIsSharedWithTheCommandLine) {
+  EXPECT_EQ(chat_template_problem("auto"), "");
+  EXPECT_EQ(chat_template_problem("chatml"), "");
+  EXPECT_EQ(chat_template_problem("llama-3"),
+            "'llama-3' is not one of auto, llama2, llama3, chatml, mistral, gemma, phi3 (did you "
+            "mean 'llama3'?)");
 }
 
 TEST(ConfigErrors, EmptyFileNamesTheFirstMissingRequiredKey) {

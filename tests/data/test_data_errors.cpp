@@ -2,9 +2,12 @@
 // the file) and the problem; skip_malformed counts instead.
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <filesystem>
 #include <functional>
 
 #include "data/data_test_util.h"
+#include "trainer/data/detail.h"
 
 namespace loratune::test {
 namespace {
@@ -15,7 +18,8 @@ class DataErrors : public ::testing::Test {
   static void TearDownTestSuite() { delete tok_; }
   void SetUp() override { dir_ = make_temp_dir("data_errors"); }
 
-  // Reads `lines` as one file with `cfg` (train replaced) and returns the error.
+  // Reads `lines` as one file with `cfg` (train replaced) and returns the
+  // error (its kind in kind_).
   std::string error_for(const std::vector<std::string>& lines, config::DataConfig cfg = {}) {
     path_ = write_jsonl(dir_, "bad.jsonl", lines);
     cfg.train = {path_};
@@ -23,6 +27,7 @@ class DataErrors : public ::testing::Test {
       data::ExampleEncoder enc(*tok_, cfg);
       data::read_files(cfg.train, enc, cfg, nullptr);
     } catch (const Error& e) {
+      kind_ = e.kind();
       return e.what();
     }
     return "";
@@ -35,6 +40,7 @@ class DataErrors : public ::testing::Test {
   }
 
   std::string dir_, path_;
+  ErrorKind kind_ = ErrorKind::kInternal;
   static tokenizer::Tokenizer* tok_;  // loaded once for the suite
 };
 
@@ -43,6 +49,35 @@ tokenizer::Tokenizer* DataErrors::tok_ = nullptr;
 TEST_F(DataErrors, BrokenJsonLine) {
   expect_line_error(error_for({R"({"text": "ok"})", "", R"({"text": "unterminated)"}), 3,
                     "invalid JSON");
+  EXPECT_EQ(kind_, ErrorKind::kData);
+}
+
+TEST_F(DataErrors, RecordErrorsAreDataErrors) {
+  error_for({R"({"text": 5})"});
+  EXPECT_EQ(kind_, ErrorKind::kData);
+  error_for({R"({"input_ids": [1, 2], "labels": [1]})"});
+  EXPECT_EQ(kind_, ErrorKind::kData);
+  error_for({R"({"text": "a"})", R"({"prompt": "b", "completion": "c"})"});
+  EXPECT_EQ(kind_, ErrorKind::kData);
+}
+
+// Bytes from the file in a message are escaped: the one line stays one
+// printable line whatever the record holds.
+TEST_F(DataErrors, InvalidUtf8AndControlBytesAreEscaped) {
+  const std::string e = error_for({"{\"text\": \"abc\xff\x01\"}"});
+  expect_line_error(e, 1, "invalid JSON");
+  EXPECT_EQ(e.find('\xff'), std::string::npos) << e;
+  EXPECT_EQ(e.find('\x01'), std::string::npos) << e;
+  EXPECT_NE(e.find("\\xFF"), std::string::npos) << e;
+  const std::string role =
+      error_for({R"({"messages": [{"role": "us\u0001er\n", "content": "a"}]})"});
+  expect_line_error(role, 1, "messages[0]: unknown role 'us\\x01er\\x0A'");
+}
+
+TEST_F(DataErrors, HugeTokenIdIsNotWrappedIntoRange) {
+  // 2^64 - 1 read as int64 would be -1; it must be reported as written.
+  expect_line_error(error_for({R"({"input_ids": [1, 18446744073709551615]})"}), 1,
+                    "'input_ids'[1] = 18446744073709551615 is outside the vocabulary");
 }
 
 TEST_F(DataErrors, MixedFormatsInOneFile) {
@@ -112,6 +147,7 @@ TEST_F(DataErrors, MissingFile) {
     std::string m = e.what();
     EXPECT_NE(m.find(dir_ + "/nope.jsonl"), std::string::npos) << m;
     EXPECT_EQ(m.find('\n'), std::string::npos) << m;
+    EXPECT_EQ(e.kind(), ErrorKind::kIo) << m;
   }
 }
 
@@ -127,6 +163,7 @@ TEST_F(DataErrors, EmptyDatasetNamesTheFiles) {
     std::string m = e.what();
     EXPECT_NE(m.find("no training examples in " + a + ", " + b), std::string::npos) << m;
     EXPECT_NE(m.find("1 without any target token"), std::string::npos) << m;
+    EXPECT_EQ(e.kind(), ErrorKind::kData);
   }
 }
 
@@ -155,6 +192,155 @@ TEST_F(DataErrors, ChatFormatWithoutTemplate) {
   config::DataConfig cfg;
   cfg.chat_template = "no_such_template";
   EXPECT_THROW(data::ExampleEncoder(*plain, cfg), Error);
+}
+
+// data.skip_malformed skips bad records, not a setup that cannot work.
+TEST_F(DataErrors, SkipMalformedDoesNotSkipSetupErrors) {
+  config::DataConfig cfg;
+  cfg.skip_malformed = true;
+  path_ = write_jsonl(dir_, "text.jsonl", {R"({"text": "a"})"});
+  cfg.train = {path_};
+  data::ExampleEncoder enc(cfg, 100, "m has no tokenizer");
+  try {
+    data::read_files(cfg.train, enc, cfg, nullptr, [](const std::string&) {});
+    FAIL() << "a text record without a tokenizer was skipped";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kConfig);
+    expect_line_error(e.what(), 1, "this record needs a tokenizer but m has no tokenizer");
+  }
+}
+
+// ---- without a tokenizer: pre-tokenized records only ----
+
+TEST_F(DataErrors, EncoderWithoutTokenizerReadsTokenizedRecordsOnly) {
+  config::DataConfig cfg;
+  data::ExampleEncoder enc(cfg, 10, "m has no tokenizer");
+  data::Example ex = enc.encode(data::Json::parse(R"({"input_ids": [1, 9], "labels": [-100, 9]})"),
+                                config::DataFormat::kTokenized);
+  EXPECT_EQ(ex.input_ids, (std::vector<int32_t>{1, 9}));
+  EXPECT_EQ(ex.labels, (std::vector<int32_t>{-100, 9}));
+  try {
+    enc.encode(data::Json::parse(R"({"input_ids": [10]})"), config::DataFormat::kTokenized);
+    FAIL() << "id 10 accepted with a vocabulary of 10";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kData);
+    EXPECT_NE(std::string(e.what()).find("outside the vocabulary [0, 10)"), std::string::npos);
+  }
+  try {
+    enc.encode(data::Json::parse(R"({"text": "a"})"), config::DataFormat::kText);
+    FAIL() << "a text record encoded without a tokenizer";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kConfig);
+    EXPECT_EQ(std::string(e.what()), "this record needs a tokenizer but m has no tokenizer");
+  }
+  cfg.format = config::DataFormat::kChat;
+  try {
+    data::ExampleEncoder chat(cfg, 10, "m has no tokenizer");
+    FAIL() << "data.format chat accepted without a tokenizer";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), "data.format is chat but m has no tokenizer");
+  }
+}
+
+// A model directory with config.json only: vocabulary and pad id from it.
+TEST_F(DataErrors, PrepareDataWithoutTokenizerUsesConfigJson) {
+  const std::string model = dir_ + "/model";
+  std::filesystem::create_directories(model);
+  write_file(model + "/config.json", R"({"vocab_size": 50, "eos_token_id": [7, 8]})");
+  config::DataConfig cfg = data_config({write_jsonl(
+      dir_, "tok.jsonl", {R"({"input_ids": [1, 2, 49]})", R"({"input_ids": [3, 4]})"})});
+  data::PreparedData d = data::prepare_data(cfg, 0, nullptr, model);
+  EXPECT_EQ(d.train.size(), 2u);
+  EXPECT_EQ(data::pad_id_for_model(nullptr, model), 7);  // eos list: its first id
+  write_file(model + "/config.json", R"({"vocab_size": 50, "pad_token_id": 3, "eos_token_id": 2})");
+  EXPECT_EQ(data::pad_id_for_model(nullptr, model), 3);
+  write_file(model + "/config.json", R"({"vocab_size": 50})");
+  write_file(model + "/generation_config.json", R"({"eos_token_id": 5})");
+  EXPECT_EQ(data::pad_id_for_model(nullptr, model), 5);
+  std::filesystem::remove(model + "/generation_config.json");
+  EXPECT_EQ(data::pad_id_for_model(nullptr, model), 0);  // padding never reaches the loss
+  write_file(model + "/config.json", R"({"vocab_size": 50, "pad_token_id": 50})");
+  try {
+    data::pad_id_for_model(nullptr, model);
+    FAIL() << "pad id outside the vocabulary accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kCorrupt);
+    EXPECT_NE(std::string(e.what()).find("pad_token_id 50 is outside the vocabulary [0, 50)"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_TRUE(data::load_tokenizer_if_present(model) == nullptr);
+  // ids checked against config.json's vocab_size
+  write_file(model + "/config.json", R"({"vocab_size": 4})");
+  try {
+    data::prepare_data(cfg, 0, nullptr, model);
+    FAIL() << "id 49 accepted with vocab_size 4";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kData);
+    EXPECT_NE(
+        std::string(e.what()).find(":1: 'input_ids'[2] = 49 is outside the vocabulary [0, 4)"),
+        std::string::npos)
+        << e.what();
+  }
+}
+
+// ---- what preparation reports ----
+
+TEST_F(DataErrors, DroppedExamplesAreCountedByReason) {
+  std::vector<data::Example> ex(3);
+  ex[0].input_ids = {1, 2, 3, 4, 5, 6};  // targets only past max_seq_len 4
+  ex[0].labels = {-100, -100, -100, -100, 5, 6};
+  ex[1].input_ids = {1, 2, 3};  // no target at all
+  ex[1].labels = {-100, -100, -100};
+  ex[2].input_ids = {1, 2, 3, 4, 5};  // cut, keeps targets
+  ex[2].labels = {1, 2, 3, 4, 5};
+  data::DataStats s;
+  data::truncate_and_filter(&ex, 4, &s);
+  EXPECT_EQ(s.truncated, 2);
+  EXPECT_EQ(s.dropped_truncated, 1);
+  EXPECT_EQ(s.dropped_empty, 1);
+  EXPECT_EQ(s.dropped_no_targets, 2);
+  EXPECT_EQ(s.examples, 1);
+  s.records = 4;
+  s.skipped_malformed = 1;
+  EXPECT_EQ(data::detail::summary_line("train", {"a.jsonl", "b.jsonl"}, s, 4),
+            "train data a.jsonl, b.jsonl: 4 records, 1 examples kept; 1 malformed skipped "
+            "(data.skip_malformed), 2 truncated to data.max_seq_len=4, 1 dropped (no target token "
+            "left after truncation), 1 dropped (no target token: everything masked)");
+  EXPECT_EQ(data::detail::summary_line("train", {"a.jsonl"}, data::DataStats{}, 4), "");
+}
+
+TEST_F(DataErrors, PrepareDataPrintsOneSummaryLineOfWhatItDropped) {
+  config::DataConfig cfg = data_config({write_jsonl(
+      dir_, "t.jsonl", {R"({"text": "a b c d e f g h i j k l"})", R"({"text": "x"})"})});
+  cfg.max_seq_len = 4;
+  std::vector<std::string> warnings;
+  data::PreparedData d =
+      data::prepare_data(cfg, 0, *tok_, "", [&](const std::string& w) { warnings.push_back(w); });
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_EQ(warnings[0].rfind("train data " + cfg.train[0] +
+                                  ": 2 records, 2 examples kept; 1 "
+                                  "truncated to data.max_seq_len=4",
+                              0),
+            0u)
+      << warnings[0];
+  EXPECT_EQ(d.train_stats.truncated, 1);
+}
+
+TEST_F(DataErrors, ReadProgressLineNamesFileRecordsAndSpeed) {
+  std::FILE* f = std::tmpfile();
+  ASSERT_NE(f, nullptr);
+  {
+    data::detail::ReadProgress p("big.jsonl", 1000, f, /*interval_s=*/0);
+    p.update(10, 500);
+  }
+  std::rewind(f);
+  char buf[256] = {};
+  const size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+  std::fclose(f);
+  const std::string out(buf, n);
+  EXPECT_EQ(out.rfind("loratune: tokenizing big.jsonl: 10 records, ", 0), 0u) << out;
+  EXPECT_NE(out.find(" MB/s (50%)\n"), std::string::npos) << out;
 }
 
 }  // namespace

@@ -48,6 +48,17 @@ std::string to_string(MixedPrecision v);
 // Built-in chat template names accepted by data.chat_template besides "auto".
 const std::vector<std::string>& chat_template_names();  // llama2 llama3 chatml mistral gemma phi3
 
+// "" when `name` is a valid data.chat_template value ("auto" or a built-in),
+// else the problem: "'llama-3' is not one of auto, llama2, ... (did you mean
+// 'llama3'?)". Shared by the config and the --chat-template options of eval
+// and generate, so all three accept and suggest the same names.
+std::string chat_template_problem(const std::string& name);
+
+// "" when `device` is auto, cpu, cuda or cuda:N (the `device` key), else the
+// problem: "'gpu' is not one of auto, cpu, cuda, cuda:N (N a GPU index) (did
+// you mean 'cuda'?)". Shared with the --device options of eval and generate.
+std::string device_problem(const std::string& device);
+
 struct ModelConfig {
   // model.path: a Hugging Face model directory (config.json, *.safetensors,
   // tokenizer files). Required.
@@ -59,7 +70,8 @@ struct ModelConfig {
 };
 
 struct LoraConfig {
-  // lora.r: adapter rank, >= 1. Default 8 (PEFT's default).
+  // lora.r: adapter rank, in [1, 65536] (and <= the model's hidden size,
+  // checked at load). Default 8 (PEFT's default).
   int64_t r = 8;
   // lora.alpha: scaling numerator, > 0. Default 16. The update is scaled by
   // alpha / r, or alpha / sqrt(r) with use_rslora.
@@ -108,7 +120,7 @@ struct DataConfig {
   // (the tokenizer's own chat template from tokenizer_config.json) or a
   // built-in name from chat_template_names(). Default auto.
   std::string chat_template = "auto";
-  // data.max_seq_len: tokens per sequence, >= 2 (one input and one target);
+  // data.max_seq_len: tokens per sequence, in [2, 2^24] (one input and one target);
   // longer examples are truncated. Default 2048.
   int64_t max_seq_len = 2048;
   // data.packing: concatenate examples into max_seq_len sequences with
@@ -150,7 +162,7 @@ struct SchedulerConfig {
   // train.scheduler.name: constant | linear | cosine (decay to 0 at the last
   // step, after warmup). Default cosine.
   SchedulerName name = SchedulerName::kCosine;
-  // train.scheduler.warmup_steps (>= 0) or train.scheduler.warmup_ratio (of
+  // train.scheduler.warmup_steps (in [0, 10^9]) or train.scheduler.warmup_ratio (of
   // the total optimizer steps, in [0, 1]): linear warmup from 0. Setting both
   // is an error (ambiguous); null unsets one (useful in overrides). When
   // neither is set, validate() sets warmup_ratio to 0.03.
@@ -159,16 +171,17 @@ struct SchedulerConfig {
 };
 
 struct TrainLoopConfig {
-  // train.epochs (>= 0, default 1) and train.max_steps (optimizer steps, >= 0,
-  // default 0 = off). Exactly one decides the length: max_steps > 0 takes
+  // train.epochs (in [0, 10^6], default 1) and train.max_steps (optimizer
+  // steps, in [0, 10^9], default 0 = off). Exactly one decides the length: max_steps > 0 takes
   // precedence over epochs (as in the HF Trainer and axolotl); otherwise the
   // run lasts `epochs` epochs. At least one must be > 0.
   int64_t epochs = 1;
   int64_t max_steps = 0;
-  // train.micro_batch_size: sequences per forward pass, >= 1. Default 1.
+  // train.micro_batch_size: sequences per forward pass, in [1, 65536], with
+  // micro_batch_size * data.max_seq_len < 2^31. Default 1.
   int64_t micro_batch_size = 1;
-  // train.gradient_accumulation_steps: micro-batches per optimizer step, >= 1.
-  // Default 1.
+  // train.gradient_accumulation_steps: micro-batches per optimizer step, in
+  // [1, 1024] (a step's micro-batches are all staged before it runs). Default 1.
   int64_t gradient_accumulation_steps = 1;
   OptimizerConfig optimizer;
   SchedulerConfig scheduler;
@@ -181,20 +194,20 @@ struct TrainLoopConfig {
   // train.gradient_checkpointing: recompute decoder-block activations in the
   // backward pass (less memory, ~30% more compute). Default false.
   bool gradient_checkpointing = false;
-  // train.eval_every: evaluate every N optimizer steps, >= 0; 0 = only at the
+  // train.eval_every: evaluate every N optimizer steps, in [0, 10^9]; 0 = only at the
   // end. Needs validation data when > 0. Default 0.
   int64_t eval_every = 0;
-  // train.save_every: checkpoint every N optimizer steps, >= 0; 0 = only the
+  // train.save_every: checkpoint every N optimizer steps, in [0, 10^9]; 0 = only the
   // final adapter. Default 0.
   int64_t save_every = 0;
   // train.keep_checkpoints: newest intermediate checkpoints kept, >= 0;
   // 0 = keep all. Default 3.
   int64_t keep_checkpoints = 3;
-  // train.log_every: log loss/lr/grad-norm every N optimizer steps, >= 1.
+  // train.log_every: log loss/lr/grad-norm every N optimizer steps, in [1, 10^9].
   // Default 1.
   int64_t log_every = 1;
   // train.max_bad_steps: consecutive optimizer steps with a non-finite loss
-  // (each one skipped) before the run aborts, >= 1. Default 5.
+  // (each one skipped) before the run aborts, in [1, 10^9]. Default 5.
   int64_t max_bad_steps = 5;
 };
 
@@ -238,7 +251,8 @@ inline bool operator!=(const TrainConfig& a, const TrainConfig& b) {
 // `train.optimizer={lr: 1e-4, eps: 1e-6}`: sets only the keys it names);
 // `key=null` unsets an optional key (lora.init_from, data.validation,
 // data.cache_dir, train.scheduler.warmup_steps/warmup_ratio).
-// Throws loratune::Error (one line) for a missing/unreadable file, YAML syntax
+// Throws loratune::Error (one line; ErrorKind::kIo for a missing/unreadable
+// file, kConfig for everything else) for a missing/unreadable file, YAML syntax
 // errors (file:line:column), unknown or duplicate keys, wrong types, bad
 // override syntax and everything validate() rejects.
 TrainConfig load_config(const std::string& yaml_path, const std::vector<std::string>& overrides);

@@ -9,6 +9,9 @@
 #include <string>
 #include <vector>
 
+#include <yaml-cpp/eventhandler.h>
+#include <yaml-cpp/parser.h>
+
 #include "trainer/config/config.h"
 #include "trainer/config/detail.h"
 #include "trainer/io/error.h"
@@ -180,7 +183,7 @@ void apply_value(TrainConfig& cfg, const std::string& path, const YAML::Node& no
   const size_t dot = path.rfind('.');
   const std::string prefix = dot == std::string::npos ? "" : path.substr(0, dot);
   const std::string best = suggest_key(prefix, last_component(path));
-  throw Error(where + ": unknown key '" + path + "'" +
+  throw Error(where + ": unknown key '" + printable(path) + "'" +
               (best.empty() ? "" : " (did you mean '" + best + "'?)"));
 }
 
@@ -197,14 +200,14 @@ void apply_map(TrainConfig& cfg, const YAML::Node& map, const std::string& prefi
     // A dotted key would be a second spelling of a nested one, so `lora.r: 8`
     // next to `lora: {r: 16}` could not be caught as a duplicate.
     if (kv.first.Scalar().find('.') != std::string::npos) {
-      throw Error(where + ": key '" + kv.first.Scalar() +
+      throw Error(where + ": key '" + printable(kv.first.Scalar()) +
                   "' contains '.'; nest it in its section instead (dotted paths are for "
                   "command-line overrides)");
     }
     const auto [it, fresh] = seen.emplace(kv.first.Scalar(), kv.first.Mark().line + 1);
     if (!fresh) {
       const bool line_known = src.has_lines && it->second > 0;
-      throw Error(where + ": duplicate key '" + path + "'" +
+      throw Error(where + ": duplicate key '" + printable(path) + "'" +
                   (line_known ? " (first set at line " + std::to_string(it->second) + ")" : ""));
     }
     apply_value(cfg, path, kv.second, where, src, origins);
@@ -212,7 +215,7 @@ void apply_map(TrainConfig& cfg, const YAML::Node& map, const std::string& prefi
 }
 
 void apply_override(TrainConfig& cfg, const std::string& text, Origins& origins) {
-  const Source src{"override '" + text + "'", false};
+  const Source src{"override '" + printable(text) + "'", false};
   const size_t eq = text.find('=');
   auto trim = [](std::string s) {
     const char* ws = " \t";
@@ -228,24 +231,72 @@ void apply_override(TrainConfig& cfg, const std::string& text, Origins& origins)
   try {
     node = YAML::Load(text.substr(eq + 1));
   } catch (const YAML::Exception& e) {
-    throw Error(src.name + ": " + key + ": the value is not valid YAML: " + e.msg);
+    throw Error(src.name + ": " + printable(key) + ": the value is not valid YAML: " + e.msg);
   }
   apply_value(cfg, key, node, src.name, src, origins);
 }
 
+// Parser events that are dropped: only the document count (and where the
+// last document started) is wanted.
+class IgnoreEvents : public YAML::EventHandler {
+ public:
+  YAML::Mark start;
+  void OnDocumentStart(const YAML::Mark& mark) override { start = mark; }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+
+// The number of documents in `text`, counting at most `cap`. Not
+// YAML::LoadAll: yaml-cpp 0.7 (Debian 12) reports empty documents forever,
+// without consuming anything, for a stray "," (jbeder/yaml-cpp#1040), so
+// LoadAll never returns and fills memory. A document that starts where the
+// previous one did is that case: a syntax error at that character.
+size_t count_documents(const std::string& text, const std::string& name, size_t cap) {
+  std::istringstream in(text);
+  YAML::Parser parser(in);
+  IgnoreEvents events;
+  size_t n = 0;
+  int previous = -1;
+  while (n < cap && parser.HandleNextDocument(events)) {
+    if (events.start.pos == previous) {
+      const size_t at = static_cast<size_t>(previous);
+      throw Error(name + ":" + std::to_string(events.start.line + 1) + ":" +
+                  std::to_string(events.start.column + 1) + ": YAML syntax error: unexpected '" +
+                  printable(at < text.size() ? text.substr(at, 1) : "") + "'");
+    }
+    previous = events.start.pos;
+    ++n;
+  }
+  return n;
+}
+
 TrainConfig parse_document(const std::string& text, const std::string& name,
                            const std::vector<std::string>& overrides) {
+  constexpr size_t kMaxCounted = 16;
   std::vector<YAML::Node> docs;
+  size_t count = 0;
   try {
-    docs = YAML::LoadAll(text);
+    count = count_documents(text, name, kMaxCounted);
+    if (count > 0) docs.push_back(YAML::Load(text));  // the first document
   } catch (const YAML::Exception& e) {
     const std::string pos = e.mark.line < 0 ? ""
                                             : ":" + std::to_string(e.mark.line + 1) + ":" +
                                                   std::to_string(e.mark.column + 1);
     throw Error(name + pos + ": YAML syntax error: " + e.msg);
   }
-  if (docs.size() > 1) {
-    throw Error(name + ": expected one YAML document, found " + std::to_string(docs.size()));
+  if (count > 1) {
+    throw Error(name + ": expected one YAML document, found " +
+                (count < kMaxCounted ? std::to_string(count)
+                                     : "more than " + std::to_string(kMaxCounted - 1)));
   }
   TrainConfig cfg;
   Origins origins;
@@ -269,13 +320,17 @@ TrainConfig parse_document(const std::string& text, const std::string& name,
 TrainConfig load_config(const std::string& yaml_path, const std::vector<std::string>& overrides) {
   std::error_code ec;
   if (std::filesystem::is_directory(yaml_path, ec)) {
-    throw Error(yaml_path + ": is a directory, expected a YAML config file");
+    throw Error(yaml_path + ": is a directory, expected a YAML config file", ErrorKind::kIo);
   }
   std::ifstream in(yaml_path, std::ios::binary);
-  if (!in) throw Error(yaml_path + ": cannot open config file: " + std::strerror(errno));
+  if (!in) {
+    throw Error(yaml_path + ": cannot open config file: " + std::strerror(errno), ErrorKind::kIo);
+  }
   std::ostringstream text;
   text << in.rdbuf();
-  if (in.bad()) throw Error(yaml_path + ": cannot read config file: " + std::strerror(errno));
+  if (in.bad()) {
+    throw Error(yaml_path + ": cannot read config file: " + std::strerror(errno), ErrorKind::kIo);
+  }
   return parse_document(text.str(), yaml_path, overrides);
 }
 

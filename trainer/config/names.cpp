@@ -95,7 +95,7 @@ std::string not_one_of(const std::string& value, const std::vector<std::string>&
                        const std::vector<std::pair<std::string, std::string>>& aliases) {
   std::string list;
   for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
-  return "'" + value + "' is not one of " + list + did_you_mean(value, names, aliases);
+  return "'" + printable(value) + "' is not one of " + list + did_you_mean(value, names, aliases);
 }
 
 std::string format_double(double v) {

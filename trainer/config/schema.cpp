@@ -279,7 +279,7 @@ std::string describe(const YAML::Node& n) {
   if (!n.IsDefined() || n.IsNull()) return "null";
   if (n.IsSequence()) return "a list";
   if (n.IsMap()) return "a map";
-  return "'" + n.Scalar() + "'";
+  return "'" + printable(n.Scalar()) + "'";
 }
 
 const std::vector<Field>& fields() {
@@ -375,7 +375,7 @@ std::string to_yaml(const TrainConfig& cfg) {
     open.pop_back();
   }
   out << YAML::EndMap;
-  if (!out.good()) throw Error("config: to_yaml: " + out.GetLastError());
+  if (!out.good()) throw Error("config: to_yaml: " + out.GetLastError(), ErrorKind::kInternal);
 
   // A blank line before each top-level section keeps the file readable.
   const std::string body = out.c_str();

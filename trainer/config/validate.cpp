@@ -15,6 +15,20 @@ namespace {
 
 using detail::format_double;
 
+// Upper bounds that no real run reaches; past them a value is a typo (an
+// extra digit, a pasted byte count) that would otherwise surface as an
+// allocation failure or an overflow long after the config was read.
+constexpr int64_t kMaxRank = 65536;               // lora.r (also checked against the model at load)
+constexpr int64_t kMaxSeqLen = int64_t{1} << 24;  // data.max_seq_len: 16M tokens
+constexpr int64_t kMaxMicroBatch = 65536;         // train.micro_batch_size
+// train.gradient_accumulation_steps: every micro-batch of an optimizer step
+// is staged on the device before the step runs, so memory grows with it.
+constexpr int64_t kMaxAccumulation = 1024;
+constexpr int64_t kMaxEpochs = 1000000;    // train.epochs
+constexpr int64_t kMaxSteps = 1000000000;  // step counts and intervals
+// train.micro_batch_size * data.max_seq_len: int32 token indices per micro-batch.
+constexpr int64_t kMaxMicroBatchTokens = (int64_t{1} << 31) - 1;
+
 // Throws "<origin>: <path>: <message>", the origin being where the key was
 // set (file:line or override) or, for a key left at its default, the source.
 class Checker {
@@ -40,11 +54,21 @@ class Checker {
   void at_least(const std::string& path, int64_t v, int64_t min) const {
     if (v < min) fail(path, "must be >= " + std::to_string(min) + ", got " + std::to_string(v));
   }
+  // v in [lo, hi].
+  void int_in_range(const std::string& path, int64_t v, int64_t lo, int64_t hi) const {
+    if (v < lo || v > hi) {
+      fail(path, "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " +
+                     std::to_string(v));
+    }
+  }
   void positive(const std::string& path, double v) const {
-    if (!(std::isfinite(v) && v > 0)) fail(path, "must be > 0, got " + format_double(v));
+    if (!(std::isfinite(v) && v > 0))
+      fail(path, "must be a finite number > 0, got " + format_double(v));
   }
   void non_negative(const std::string& path, double v) const {
-    if (!(std::isfinite(v) && v >= 0)) fail(path, "must be >= 0, got " + format_double(v));
+    if (!(std::isfinite(v) && v >= 0)) {
+      fail(path, "must be a finite number >= 0, got " + format_double(v));
+    }
   }
   // v in [lo, hi] or, when !hi_inclusive, [lo, hi).
   void in_range(const std::string& path, double v, double lo, double hi, bool hi_inclusive) const {
@@ -69,15 +93,13 @@ void check_model_and_lora(const TrainConfig& cfg, const Checker& c) {
   if (cfg.model.path.empty()) {
     c.fail("model.path", "required: a Hugging Face model directory (config.json, *.safetensors)");
   }
-  if (!detail::is_valid_device(cfg.device)) {
-    c.fail("device", "'" + cfg.device + "' is not one of auto, cpu, cuda, cuda:N (N a GPU index)" +
-                         detail::did_you_mean(cfg.device, {"auto", "cpu", "cuda"},
-                                              {{"gpu", "cuda"}, {"cuda0", "cuda:0"}}));
+  if (const std::string problem = device_problem(cfg.device); !problem.empty()) {
+    c.fail("device", problem);
   }
   c.at_least("seed", cfg.seed, 0);
 
   const LoraConfig& l = cfg.lora;
-  c.at_least("lora.r", l.r, 1);
+  c.int_in_range("lora.r", l.r, 1, kMaxRank);
   c.positive("lora.alpha", l.alpha);
   c.in_range("lora.dropout", l.dropout, 0.0, 1.0, false);
   const std::string tm = "lora.target_modules";
@@ -90,7 +112,7 @@ void check_model_and_lora(const TrainConfig& cfg, const Checker& c) {
     if (name == "all-linear" && l.target_modules.size() > 1) {
       c.fail(tm, "all-linear already covers every linear layer; use it alone, not in a list");
     }
-    if (!seen.insert(name).second) c.fail(tm, "'" + name + "' is listed twice");
+    if (!seen.insert(name).second) c.fail(tm, "'" + printable(name) + "' is listed twice");
   }
 }
 
@@ -109,24 +131,11 @@ void check_data(const TrainConfig& cfg, const Checker& c) {
               "data.validation and data.val_fraction are both set; use validation files or a "
               "held-out fraction, not both");
   }
-  const auto& templates = chat_template_names();
-  if (d.chat_template != "auto" &&
-      std::find(templates.begin(), templates.end(), d.chat_template) == templates.end()) {
-    std::vector<std::string> names = {"auto"};
-    names.insert(names.end(), templates.begin(), templates.end());
-    c.fail("data.chat_template", detail::not_one_of(d.chat_template, names,
-                                                    {{"llama-2", "llama2"},
-                                                     {"llama-3", "llama3"},
-                                                     {"llama3.1", "llama3"},
-                                                     {"llama-3.1", "llama3"},
-                                                     {"qwen", "chatml"},
-                                                     {"qwen2", "chatml"},
-                                                     {"qwen2.5", "chatml"},
-                                                     {"phi-3", "phi3"},
-                                                     {"gemma2", "gemma"}}));
+  if (const std::string problem = chat_template_problem(d.chat_template); !problem.empty()) {
+    c.fail("data.chat_template", problem);
   }
   // One input token and one target token at least.
-  c.at_least("data.max_seq_len", d.max_seq_len, 2);
+  c.int_in_range("data.max_seq_len", d.max_seq_len, 2, kMaxSeqLen);
 }
 
 void check_optimizer_and_schedule(TrainConfig& cfg, const Checker& c) {
@@ -144,28 +153,36 @@ void check_optimizer_and_schedule(TrainConfig& cfg, const Checker& c) {
                   ") and train.scheduler.warmup_ratio (" + format_double(*s.warmup_ratio) +
                   ") are both set; set only one (an override can unset the other with =null)");
   }
-  if (s.warmup_steps) c.at_least("train.scheduler.warmup_steps", *s.warmup_steps, 0);
+  if (s.warmup_steps) c.int_in_range("train.scheduler.warmup_steps", *s.warmup_steps, 0, kMaxSteps);
   if (s.warmup_ratio) c.in_range("train.scheduler.warmup_ratio", *s.warmup_ratio, 0.0, 1.0, true);
   if (!s.warmup_steps && !s.warmup_ratio) s.warmup_ratio = 0.03;
 }
 
 void check_train(TrainConfig& cfg, const Checker& c) {
   const TrainLoopConfig& t = cfg.train;
-  c.at_least("train.epochs", t.epochs, 0);
-  c.at_least("train.max_steps", t.max_steps, 0);
+  c.int_in_range("train.epochs", t.epochs, 0, kMaxEpochs);
+  c.int_in_range("train.max_steps", t.max_steps, 0, kMaxSteps);
   if (t.epochs == 0 && t.max_steps == 0) {
     c.fail_at(c.was_set("train.max_steps") ? "train.max_steps" : "train.epochs",
               "train.epochs and train.max_steps are both 0; set one of them > 0");
   }
-  c.at_least("train.micro_batch_size", t.micro_batch_size, 1);
-  c.at_least("train.gradient_accumulation_steps", t.gradient_accumulation_steps, 1);
+  c.int_in_range("train.micro_batch_size", t.micro_batch_size, 1, kMaxMicroBatch);
+  if (t.micro_batch_size * cfg.data.max_seq_len > kMaxMicroBatchTokens) {
+    c.fail_at("train.micro_batch_size",
+              "train.micro_batch_size (" + std::to_string(t.micro_batch_size) +
+                  ") x data.max_seq_len (" + std::to_string(cfg.data.max_seq_len) +
+                  ") must be <= " + std::to_string(kMaxMicroBatchTokens) +
+                  " tokens per micro-batch");
+  }
+  c.int_in_range("train.gradient_accumulation_steps", t.gradient_accumulation_steps, 1,
+                 kMaxAccumulation);
   check_optimizer_and_schedule(cfg, c);
   c.non_negative("train.max_grad_norm", t.max_grad_norm);
-  c.at_least("train.eval_every", t.eval_every, 0);
-  c.at_least("train.save_every", t.save_every, 0);
+  c.int_in_range("train.eval_every", t.eval_every, 0, kMaxSteps);
+  c.int_in_range("train.save_every", t.save_every, 0, kMaxSteps);
   c.at_least("train.keep_checkpoints", t.keep_checkpoints, 0);
-  c.at_least("train.log_every", t.log_every, 1);
-  c.at_least("train.max_bad_steps", t.max_bad_steps, 1);
+  c.int_in_range("train.log_every", t.log_every, 1, kMaxSteps);
+  c.int_in_range("train.max_bad_steps", t.max_bad_steps, 1, kMaxSteps);
   if (t.eval_every > 0 && cfg.data.validation.empty() && cfg.data.val_fraction == 0) {
     c.fail("train.eval_every", "is " + std::to_string(t.eval_every) +
                                    " but there is no validation data; set data.validation or "
@@ -186,6 +203,32 @@ void validate_with_origins(TrainConfig& cfg, const Origins& origins, const std::
 }
 
 }  // namespace detail
+
+std::string chat_template_problem(const std::string& name) {
+  const auto& templates = chat_template_names();
+  if (name == "auto" || std::find(templates.begin(), templates.end(), name) != templates.end()) {
+    return "";
+  }
+  std::vector<std::string> names = {"auto"};
+  names.insert(names.end(), templates.begin(), templates.end());
+  return detail::not_one_of(name, names,
+                            {{"llama-2", "llama2"},
+                             {"llama-3", "llama3"},
+                             {"llama3.1", "llama3"},
+                             {"llama-3.1", "llama3"},
+                             {"qwen", "chatml"},
+                             {"qwen2", "chatml"},
+                             {"qwen2.5", "chatml"},
+                             {"phi-3", "phi3"},
+                             {"gemma2", "gemma"}});
+}
+
+std::string device_problem(const std::string& device) {
+  if (detail::is_valid_device(device)) return "";
+  return "'" + printable(device) + "' is not one of auto, cpu, cuda, cuda:N (N a GPU index)" +
+         detail::did_you_mean(device, {"auto", "cpu", "cuda"},
+                              {{"gpu", "cuda"}, {"cuda0", "cuda:0"}});
+}
 
 void validate(TrainConfig& cfg) {
   detail::validate_with_origins(cfg, {}, "");

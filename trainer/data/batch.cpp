@@ -72,8 +72,9 @@ std::vector<Sequence> make_sequences(const std::vector<Example>& examples, int64
   for (size_t i = 0; i < examples.size(); ++i) {
     if (static_cast<int64_t>(examples[i].input_ids.size()) > max_seq_len) {
       throw Error("example " + std::to_string(i) + " has " +
-                  std::to_string(examples[i].input_ids.size()) + " tokens > max_seq_len " +
-                  std::to_string(max_seq_len) + " (truncate before making sequences)");
+                      std::to_string(examples[i].input_ids.size()) + " tokens > max_seq_len " +
+                      std::to_string(max_seq_len) + " (truncate before making sequences)",
+                  ErrorKind::kInternal);
     }
   }
   if (!packing) {
@@ -116,7 +117,7 @@ std::vector<Sequence> make_sequences(const std::vector<Example>& examples, int64
 }
 
 Batch collate(const std::vector<const Sequence*>& rows, int32_t pad_id) {
-  if (rows.empty()) throw Error("collate: empty batch");
+  if (rows.empty()) throw Error("collate: empty batch", ErrorKind::kInternal);
   Batch b;
   b.rows = static_cast<int64_t>(rows.size());
   for (const Sequence* s : rows) b.seq_len = std::max<int64_t>(b.seq_len, s->input_ids.size());
@@ -155,9 +156,10 @@ DataLoader::DataLoader(std::vector<Sequence> sequences, int64_t batch_size, int3
       pad_id_(pad_id),
       seed_(seed),
       shuffle_(shuffle) {
-  if (sequences_.empty()) throw Error("DataLoader: no sequences");
+  if (sequences_.empty()) throw Error("DataLoader: no sequences", ErrorKind::kInternal);
   if (batch_size_ < 1)
-    throw Error("DataLoader: batch size must be >= 1, got " + std::to_string(batch_size_));
+    throw Error("DataLoader: batch size must be >= 1, got " + std::to_string(batch_size_),
+                ErrorKind::kInternal);
 }
 
 int64_t DataLoader::batches_per_epoch() const {
@@ -178,8 +180,9 @@ std::vector<int64_t> DataLoader::epoch_order(int64_t epoch) const {
 void DataLoader::seek(LoaderPosition p) {
   if (p.epoch < 0 || p.index < 0 || p.index > sequences_per_epoch()) {
     throw Error("DataLoader: cannot seek to epoch " + std::to_string(p.epoch) + " index " +
-                std::to_string(p.index) + " (an epoch has " +
-                std::to_string(sequences_per_epoch()) + " sequences)");
+                    std::to_string(p.index) + " (an epoch has " +
+                    std::to_string(sequences_per_epoch()) + " sequences)",
+                ErrorKind::kCorrupt);  // a checkpoint's data position that does not fit
   }
   pos_ = p;
 }

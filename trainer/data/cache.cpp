@@ -94,7 +94,10 @@ std::string cache_key(const std::vector<std::string>& files, const config::DataC
     try {
       desc += "data=" + io::sha256_file_hex(f) + "\n";
     } catch (const Error& e) {
-      throw Error(std::string("data file: ") + e.what());
+      // Missing or unreadable: the file system's answer (as read_files says).
+      throw Error(std::string("data file: ") + e.what(),
+                  e.kind() == ErrorKind::kConfig || e.kind() == ErrorKind::kCorrupt ? ErrorKind::kIo
+                                                                                    : e.kind());
     }
   }
   io::Sha256 h;

@@ -56,13 +56,21 @@
 // formats); different files may differ.
 //
 // Errors: loratune::Error, one line, "<file>:<line>: <problem>" for a record
-// (broken JSON, missing key, wrong type, template refusal, label length),
-// "<file>: ..." for a missing file. With data.skip_malformed, record errors
-// are counted (and the first few passed to the warning callback) instead.
+// (broken JSON, missing key, wrong type, template refusal, label length:
+// ErrorKind::kData), "data file: <file>: ..." for a missing or unreadable
+// file (kIo); settings that cannot work (no chat template, no tokenizer for
+// text records) stay kConfig. Bytes quoted from records are escaped
+// (printable()). With data.skip_malformed, kData record errors are counted
+// (and the first few passed to the warning callback) instead.
+//
+// Without a tokenizer (a model directory with neither tokenizer.json nor
+// tokenizer.model) only pre-tokenized records can be read; see
+// load_tokenizer_if_present and the prepare_data overload below.
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -102,6 +110,12 @@ class ExampleEncoder {
   // chat and no template is available. With format auto a missing template
   // is only an error when a chat record arrives.
   ExampleEncoder(const tokenizer::Tokenizer& tok, const config::DataConfig& cfg);
+  // Without a tokenizer: only tokenized records, their ids checked against
+  // [0, vocab_size). Any other record (and data.format other than auto or
+  // tokenized, at construction) is a kConfig error ending in `no_tokenizer`
+  // (why there is none, e.g. "<dir> has no tokenizer.json or tokenizer.model").
+  ExampleEncoder(const config::DataConfig& cfg, int64_t vocab_size,
+                 const std::string& no_tokenizer);
   ~ExampleEncoder();
   ExampleEncoder(const ExampleEncoder&) = delete;
   ExampleEncoder& operator=(const ExampleEncoder&) = delete;
@@ -121,12 +135,17 @@ class ExampleEncoder {
 // The Alpaca prompt for an instruction record (input may be empty).
 std::string alpaca_prompt(const std::string& instruction, const std::string& input);
 
-// Counts from reading and preparing one split.
+// Counts from reading and preparing one split (the trainer writes them to
+// metrics; prepare_data prints them as one summary line when anything was
+// skipped, dropped or truncated).
 struct DataStats {
   int64_t records = 0;             // non-blank lines read
   int64_t skipped_malformed = 0;   // records skipped (data.skip_malformed)
-  int64_t dropped_no_targets = 0;  // examples with no target token after truncation
-  int64_t truncated = 0;           // examples cut to max_seq_len
+  int64_t dropped_no_targets = 0;  // examples with no target token after truncation:
+                                   //   dropped_empty + dropped_truncated
+  int64_t dropped_empty = 0;       // ... none at all: everything masked (prompt only)
+  int64_t dropped_truncated = 0;   // ... all targets were past max_seq_len
+  int64_t truncated = 0;           // examples cut to max_seq_len (kept or dropped)
   int64_t examples = 0;            // examples kept
   int64_t tokens = 0;              // tokens in kept examples
   int64_t target_tokens = 0;       // tokens that are targets (labels[1:] != -100)
@@ -142,7 +161,7 @@ std::vector<Example> read_files(const std::vector<std::string>& files, const Exa
 
 // Cuts examples longer than max_seq_len to their first max_seq_len tokens and
 // drops examples with no target in labels[1:] (the loss would be empty).
-// Updates stats (truncated, dropped_no_targets, examples, tokens, target_tokens).
+// Updates stats (truncated, dropped_*, examples, tokens, target_tokens).
 void truncate_and_filter(std::vector<Example>* examples, int64_t max_seq_len, DataStats* stats);
 
 // ---- sequences and batches ------------------------------------------------
@@ -186,6 +205,19 @@ Batch collate(const std::vector<const Sequence*>& rows, int32_t pad_id);
 // `tokenizer.pad_token = tokenizer.eos_token`), else 0. Padding is masked
 // (labels -100, attention 0), so the value never reaches the loss.
 int32_t pad_id_for(const tokenizer::Tokenizer& tok);
+
+// As pad_id_for(*tok) when `tok` is non-null; without a tokenizer (pre-
+// tokenized data) the first of config.json's pad_token_id, eos_token_id,
+// then generation_config.json's pad_token_id, eos_token_id (an int, or the
+// first of a list) in `model_dir`, else 0 (padding never reaches the loss;
+// pre-tokenized records get no EOS appended, so none is needed). An id
+// outside [0, vocab_size) in those files is a kCorrupt error naming the file.
+int32_t pad_id_for_model(const tokenizer::Tokenizer* tok, const std::string& model_dir);
+
+// The tokenizer of `model_dir`, or null when the directory has neither
+// tokenizer.json nor tokenizer.model (then only pre-tokenized data can be
+// used). A tokenizer file that is present but broken still throws.
+std::unique_ptr<tokenizer::Tokenizer> load_tokenizer_if_present(const std::string& model_dir);
 
 // ---- loader ---------------------------------------------------------------
 
@@ -270,6 +302,15 @@ struct PreparedData {
 // `warn` and rebuilt. `tokenizer_dir` may be empty only without a cache_dir.
 PreparedData prepare_data(const config::DataConfig& cfg, uint64_t seed,
                           const tokenizer::Tokenizer& tok, const std::string& tokenizer_dir,
+                          const WarnFn& warn = {});
+
+// As above with an optional tokenizer (load_tokenizer_if_present): when
+// `tok` is null every record must be pre-tokenized ({"input_ids", ...}) and
+// its ids are checked against vocab_size in `model_dir`/config.json; a
+// record that needs a tokenizer is a kConfig error naming `model_dir`.
+// `model_dir` also keys the cache (tokenizer_dir above).
+PreparedData prepare_data(const config::DataConfig& cfg, uint64_t seed,
+                          const tokenizer::Tokenizer* tok, const std::string& model_dir,
                           const WarnFn& warn = {});
 
 }  // namespace loratune::data

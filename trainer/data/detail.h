@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -14,8 +15,44 @@ namespace loratune::data::detail {
 void emit_warning(const WarnFn& warn, const std::string& msg);
 
 // The chat template source that `cfg` selects for `tok` ("" when "auto" and
-// the tokenizer has none). Throws for an unknown built-in name.
-std::string chat_template_source(const tokenizer::Tokenizer& tok, const config::DataConfig& cfg);
+// the tokenizer has none, or there is no tokenizer). Throws (kConfig) for an
+// unknown built-in name.
+std::string chat_template_source(const tokenizer::Tokenizer* tok, const config::DataConfig& cfg);
+
+// Progress of reading one data file, on stderr: "tokenizing F: N records,
+// X MB/s (P%)". On a TTY the line is redrawn in place at most 4 times a
+// second and erased at the end; otherwise a plain line every ~5 s. Nothing is
+// shown for the first second, so small files stay silent. `out` and
+// `interval_s` (< 0: by the TTY rule) are for tests.
+class ReadProgress {
+ public:
+  ReadProgress(std::string path, size_t total_bytes, std::FILE* out = stderr,
+               double interval_s = -1);
+  ~ReadProgress();
+  ReadProgress(const ReadProgress&) = delete;
+  ReadProgress& operator=(const ReadProgress&) = delete;
+  // Cheap to call per record: it looks at the clock every 64 calls.
+  void update(int64_t records, size_t bytes_done);
+
+ private:
+  void show(int64_t records, size_t bytes_done, double now_s);
+  std::string path_;
+  size_t total_;
+  std::FILE* out_;
+  bool tty_;
+  double interval_s_;
+  double start_s_;
+  double next_s_;
+  int64_t calls_ = 0;
+  bool shown_ = false;  // a TTY line is on screen
+};
+
+// "train data a.jsonl, b.jsonl: 1000 records, 990 examples kept; 1 malformed
+// skipped, 3 truncated to data.max_seq_len=2048, 2 dropped (no target token
+// left after truncation), 4 dropped (no target token: all masked)", or "" when
+// nothing was skipped, truncated or dropped.
+std::string summary_line(const std::string& split, const std::vector<std::string>& files,
+                         const DataStats& s, int64_t max_seq_len);
 
 // Tokenized examples of one set of files, as stored in the cache.
 struct EncodedFiles {

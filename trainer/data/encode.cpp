@@ -19,6 +19,11 @@ namespace {
 const std::vector<std::string> kRoles = {"system", "developer", "user",    "assistant",
                                          "tool",   "ipython",   "function"};
 
+// A problem with one record (its location is added by the reader).
+[[noreturn]] void bad_record(const std::string& what) {
+  throw Error(what, ErrorKind::kData);
+}
+
 std::string type_name(const Json& j) {
   if (j.is_null()) return "null";
   if (j.is_boolean()) return "a boolean";
@@ -30,9 +35,9 @@ std::string type_name(const Json& j) {
 
 const std::string& get_string(const Json& rec, const char* key) {
   auto it = rec.find(key);
-  if (it == rec.end()) throw Error(std::string("missing key '") + key + "'");
+  if (it == rec.end()) bad_record(std::string("missing key '") + key + "'");
   if (!it->is_string()) {
-    throw Error(std::string("'") + key + "' must be a string, got " + type_name(*it));
+    bad_record(std::string("'") + key + "' must be a string, got " + type_name(*it));
   }
   return it->get_ref<const std::string&>();
 }
@@ -42,31 +47,37 @@ std::string get_optional_string(const Json& rec, const char* key) {
   auto it = rec.find(key);
   if (it == rec.end() || it->is_null()) return "";
   if (!it->is_string()) {
-    throw Error(std::string("'") + key + "' must be a string or null, got " + type_name(*it));
+    bad_record(std::string("'") + key + "' must be a string or null, got " + type_name(*it));
   }
   return it->get<std::string>();
 }
 
-// A list of token ids; each must satisfy `ok`.
-std::vector<int32_t> get_ids(const Json& rec, const char* key, int32_t vocab, bool allow_ignore) {
+// A list of token ids in [0, vocab) (or -100 where allow_ignore).
+std::vector<int32_t> get_ids(const Json& rec, const char* key, int64_t vocab, bool allow_ignore) {
   const Json& v = rec.at(key);
   if (!v.is_array()) {
-    throw Error(std::string("'") + key + "' must be a list of integers, got " + type_name(v));
+    bad_record(std::string("'") + key + "' must be a list of integers, got " + type_name(v));
   }
   std::vector<int32_t> ids;
   ids.reserve(v.size());
   for (size_t i = 0; i < v.size(); ++i) {
     const Json& e = v[i];
     if (!e.is_number_integer()) {
-      throw Error(std::string("'") + key + "'[" + std::to_string(i) + "] must be an integer, got " +
-                  type_name(e));
+      bad_record(std::string("'") + key + "'[" + std::to_string(i) + "] must be an integer, got " +
+                 type_name(e));
+    }
+    // A number past int64 reads as unsigned; its int64 view would wrap.
+    if (e.is_number_unsigned() && e.get<uint64_t>() > static_cast<uint64_t>(vocab)) {
+      bad_record(std::string("'") + key + "'[" + std::to_string(i) +
+                 "] = " + std::to_string(e.get<uint64_t>()) + " is outside the vocabulary [0, " +
+                 std::to_string(vocab) + ")");
     }
     int64_t x = e.get<int64_t>();
     bool in_vocab = x >= 0 && x < vocab;
     if (!in_vocab && !(allow_ignore && x == kIgnoreIndex)) {
-      throw Error(std::string("'") + key + "'[" + std::to_string(i) + "] = " + std::to_string(x) +
-                  " is outside the vocabulary [0, " + std::to_string(vocab) + ")" +
-                  (allow_ignore ? " and is not -100" : ""));
+      bad_record(std::string("'") + key + "'[" + std::to_string(i) + "] = " + std::to_string(x) +
+                 " is outside the vocabulary [0, " + std::to_string(vocab) + ")" +
+                 (allow_ignore ? " and is not -100" : ""));
     }
     ids.push_back(static_cast<int32_t>(x));
   }
@@ -75,31 +86,31 @@ std::vector<int32_t> get_ids(const Json& rec, const char* key, int32_t vocab, bo
 
 void check_messages(const Json& rec) {
   auto it = rec.find("messages");
-  if (it == rec.end()) throw Error("missing key 'messages'");
+  if (it == rec.end()) bad_record("missing key 'messages'");
   const Json& msgs = *it;
-  if (!msgs.is_array()) throw Error("'messages' must be a list, got " + type_name(msgs));
-  if (msgs.empty()) throw Error("'messages' is empty");
+  if (!msgs.is_array()) bad_record("'messages' must be a list, got " + type_name(msgs));
+  if (msgs.empty()) bad_record("'messages' is empty");
   for (size_t i = 0; i < msgs.size(); ++i) {
     const Json& m = msgs[i];
     const std::string where = "messages[" + std::to_string(i) + "]";
-    if (!m.is_object()) throw Error(where + " must be an object, got " + type_name(m));
+    if (!m.is_object()) bad_record(where + " must be an object, got " + type_name(m));
     auto role = m.find("role");
-    if (role == m.end()) throw Error(where + " has no 'role'");
-    if (!role->is_string()) throw Error(where + ".role must be a string, got " + type_name(*role));
+    if (role == m.end()) bad_record(where + " has no 'role'");
+    if (!role->is_string()) bad_record(where + ".role must be a string, got " + type_name(*role));
     const std::string& r = role->get_ref<const std::string&>();
     bool known = false;
     for (const auto& k : kRoles) known = known || k == r;
     if (!known) {
       std::string hint = closest_match(r, kRoles);
-      throw Error(where + ": unknown role '" + r + "'" +
-                  (hint.empty() ? "" : " (did you mean '" + hint + "'?)"));
+      bad_record(where + ": unknown role '" + printable(r) + "'" +
+                 (hint.empty() ? "" : " (did you mean '" + hint + "'?)"));
     }
     auto content = m.find("content");
     bool tool_call = m.contains("tool_calls");
     if (content == m.end() || content->is_null()) {
-      if (!tool_call) throw Error(where + " has no 'content'");
+      if (!tool_call) bad_record(where + " has no 'content'");
     } else if (!content->is_string()) {
-      throw Error(where + ".content must be a string, got " + type_name(*content));
+      bad_record(where + ".content must be a string, got " + type_name(*content));
     }
   }
 }
@@ -122,46 +133,75 @@ std::string alpaca_prompt(const std::string& instruction, const std::string& inp
 
 namespace detail {
 
-std::string chat_template_source(const tokenizer::Tokenizer& tok, const config::DataConfig& cfg) {
-  if (cfg.chat_template == "auto") return tok.chat_template().value_or("");
+std::string chat_template_source(const tokenizer::Tokenizer* tok, const config::DataConfig& cfg) {
+  if (cfg.chat_template == "auto") return tok ? tok->chat_template().value_or("") : "";
+  if (const std::string problem = config::chat_template_problem(cfg.chat_template);
+      !problem.empty()) {
+    throw Error("data.chat_template: " + problem);
+  }
   return chat::builtin_template(cfg.chat_template);
 }
 
 }  // namespace detail
 
 struct ExampleEncoder::Impl {
-  const tokenizer::Tokenizer& tok;
+  const tokenizer::Tokenizer* tok_ptr;  // null: tokenized records only
   config::DataConfig cfg;
+  int64_t vocab = 0;
   std::unique_ptr<chat::ChatTemplate> tpl;  // null when none is available
   chat::RenderOptions render;
   int32_t eos = -1;
   std::string no_template;  // why tpl is null
+  ErrorKind no_template_kind = ErrorKind::kConfig;
+  std::string no_tokenizer;  // why tok_ptr is null
 
-  Impl(const tokenizer::Tokenizer& t, const config::DataConfig& c) : tok(t), cfg(c) {
-    eos = tok.special_tokens().eos_id;
+  Impl(const tokenizer::Tokenizer& t, const config::DataConfig& c) : tok_ptr(&t), cfg(c) {
+    vocab = t.vocab_size();
+    eos = t.special_tokens().eos_id;
     const bool may_chat = cfg.format == DataFormat::kAuto || cfg.format == DataFormat::kChat;
-    const std::string src = detail::chat_template_source(tok, cfg);
+    const std::string src = detail::chat_template_source(&t, cfg);
     if (src.empty() || !may_chat) {
-      no_template =
-          tok.description() + " has no chat template; set data.chat_template to a built-in name";
+      no_template = t.description() +
+                    " has no chat template; set data.chat_template (eval: --chat-template) to a "
+                    "built-in name";
     } else {
+      // Error messages start with where the template came from.
+      const std::string name = cfg.chat_template == "auto"
+                                   ? t.description() + " chat template"
+                                   : "built-in chat template '" + cfg.chat_template + "'";
       try {
-        tpl = std::make_unique<chat::ChatTemplate>(src);
-        render = chat::render_options_for(tok);
+        tpl = std::make_unique<chat::ChatTemplate>(src, name);
+        render = chat::render_options_for(t);
       } catch (const Error& e) {
         // With format auto, data without chat records must not fail here.
-        no_template = std::string("chat template: ") + e.what();
+        no_template = e.what();
+        no_template_kind = e.kind();
       }
     }
     if (!tpl && cfg.format == DataFormat::kChat)
-      throw Error("data.format is chat but " + no_template);
+      throw Error("data.format is chat but " + no_template, no_template_kind);
+  }
+
+  Impl(const config::DataConfig& c, int64_t vocab_size, std::string why)
+      : tok_ptr(nullptr), cfg(c), vocab(vocab_size), no_tokenizer(std::move(why)) {
+    if (cfg.format != DataFormat::kAuto && cfg.format != DataFormat::kTokenized) {
+      throw Error("data.format is " + config::to_string(cfg.format) + " but " + no_tokenizer);
+    }
+  }
+
+  // The tokenizer; throws (kConfig: the setup, not the record, is wrong) for
+  // a record that needs one when there is none.
+  const tokenizer::Tokenizer& tok() const {
+    if (!tok_ptr) throw Error("this record needs a tokenizer but " + no_tokenizer);
+    return *tok_ptr;
   }
 
   // Appends EOS as a target unless the encoding already ends with it (then
   // that token becomes a target: EOS is never masked).
   void finish_with_eos(Example* ex) const {
     if (eos < 0) {
-      throw Error(tok.description() + " has no EOS token; the format needs one after the response");
+      throw Error(tok().description() +
+                  " has no EOS token; the format needs one after the response");
     }
     if (!ex->input_ids.empty() && ex->input_ids.back() == eos) {
       ex->labels.back() = eos;
@@ -180,7 +220,7 @@ struct ExampleEncoder::Impl {
 
   Example text(const std::string& s) const {
     Example ex;
-    ex.input_ids = tok.encode(s, text_options());
+    ex.input_ids = tok().encode(s, text_options());
     ex.labels = ex.input_ids;
     finish_with_eos(&ex);
     return ex;
@@ -189,7 +229,7 @@ struct ExampleEncoder::Impl {
   // prompt + completion tokenized once; targets overlap the completion bytes.
   Example prompt_completion(const std::string& prompt, const std::string& completion) const {
     const std::string full = prompt + completion;
-    const auto tokens = tok.encode_with_offsets(full, text_options());
+    const auto tokens = tok().encode_with_offsets(full, text_options());
     Example ex;
     ex.input_ids.reserve(tokens.size() + 1);
     ex.labels.reserve(tokens.size() + 1);
@@ -204,10 +244,11 @@ struct ExampleEncoder::Impl {
 
   Example chat(const Json& rec) const {
     check_messages(rec);
-    if (!tpl) throw Error("chat record but " + no_template);
+    if (!tok_ptr) tok();
+    if (!tpl) throw Error("chat record but " + no_template, no_template_kind);
     chat::RenderOptions opts = render;
     if (auto t = rec.find("tools"); t != rec.end() && !t->is_null()) {
-      if (!t->is_array()) throw Error("'tools' must be a list, got " + type_name(*t));
+      if (!t->is_array()) bad_record("'tools' must be a list, got " + type_name(*t));
       opts.tools = *t;
     }
     chat::EncodeChatOptions enc;
@@ -215,9 +256,12 @@ struct ExampleEncoder::Impl {
                                                   : chat::ControlTokens::kTemplateOnly;
     chat::ChatEncoding ce;
     try {
-      ce = chat::encode_chat(*tpl, tok, rec.at("messages"), opts, enc);
+      ce = chat::encode_chat(*tpl, tok(), rec.at("messages"), opts, enc);
     } catch (const Error& e) {
-      throw Error(std::string("chat template: ") + e.what());
+      // A template that refuses this conversation (raise_exception) is a data
+      // problem; budgets and other kinds keep theirs.
+      if (e.kind() == ErrorKind::kConfig) throw Error(e.what(), ErrorKind::kData);
+      throw;
     }
     Example ex;
     ex.input_ids = std::move(ce.ids);
@@ -226,25 +270,25 @@ struct ExampleEncoder::Impl {
       bool target = cfg.train_on_prompt || ce.assistant_mask[i];
       ex.labels[i] = target ? ex.input_ids[i] : kIgnoreIndex;
     }
-    if (ex.input_ids.empty()) throw Error("the chat template rendered no tokens");
+    if (ex.input_ids.empty()) bad_record("the chat template rendered no tokens");
     return ex;
   }
 
   Example tokenized(const Json& rec) const {
-    if (!rec.contains("input_ids")) throw Error("missing key 'input_ids'");
+    if (!rec.contains("input_ids")) bad_record("missing key 'input_ids'");
     Example ex;
-    ex.input_ids = get_ids(rec, "input_ids", tok.vocab_size(), false);
-    if (ex.input_ids.empty()) throw Error("'input_ids' is empty");
+    ex.input_ids = get_ids(rec, "input_ids", vocab, false);
+    if (ex.input_ids.empty()) bad_record("'input_ids' is empty");
     auto l = rec.find("labels");
     if (l == rec.end() || l->is_null()) {
       ex.labels = ex.input_ids;
       return ex;
     }
-    ex.labels = get_ids(rec, "labels", tok.vocab_size(), true);
+    ex.labels = get_ids(rec, "labels", vocab, true);
     if (ex.labels.size() != ex.input_ids.size()) {
-      throw Error("'labels' has " + std::to_string(ex.labels.size()) +
-                  " entries but 'input_ids' has " + std::to_string(ex.input_ids.size()) +
-                  " (labels align with input_ids; the model shifts)");
+      bad_record("'labels' has " + std::to_string(ex.labels.size()) +
+                 " entries but 'input_ids' has " + std::to_string(ex.input_ids.size()) +
+                 " (labels align with input_ids; the model shifts)");
     }
     return ex;
   }
@@ -253,12 +297,16 @@ struct ExampleEncoder::Impl {
 ExampleEncoder::ExampleEncoder(const tokenizer::Tokenizer& tok, const config::DataConfig& cfg)
     : impl_(new Impl(tok, cfg)) {}
 
+ExampleEncoder::ExampleEncoder(const config::DataConfig& cfg, int64_t vocab_size,
+                               const std::string& no_tokenizer)
+    : impl_(new Impl(cfg, vocab_size, no_tokenizer)) {}
+
 ExampleEncoder::~ExampleEncoder() {
   delete impl_;
 }
 
 DataFormat ExampleEncoder::detect(const Json& rec) {
-  if (!rec.is_object()) throw Error("a record must be a JSON object, got " + type_name(rec));
+  if (!rec.is_object()) bad_record("a record must be a JSON object, got " + type_name(rec));
   if (rec.contains("messages")) return DataFormat::kChat;
   if (rec.contains("input_ids")) return DataFormat::kTokenized;
   if (rec.contains("instruction") && rec.contains("output")) return DataFormat::kInstruction;
@@ -266,12 +314,12 @@ DataFormat ExampleEncoder::detect(const Json& rec) {
   if (rec.contains("text")) return DataFormat::kText;
   std::string keys;
   for (auto it = rec.begin(); it != rec.end(); ++it) keys += (keys.empty() ? "" : ", ") + it.key();
-  throw Error("no known format for a record with keys [" + keys +
-              "]; expected text | instruction+output | prompt+completion | messages | input_ids");
+  bad_record("no known format for a record with keys [" + printable(keys) +
+             "]; expected text | instruction+output | prompt+completion | messages | input_ids");
 }
 
 Example ExampleEncoder::encode(const Json& rec, DataFormat format) const {
-  if (!rec.is_object()) throw Error("a record must be a JSON object, got " + type_name(rec));
+  if (!rec.is_object()) bad_record("a record must be a JSON object, got " + type_name(rec));
   switch (format) {
     case DataFormat::kText:
       return impl_->text(get_string(rec, "text"));
@@ -293,7 +341,7 @@ Example ExampleEncoder::encode(const Json& rec, DataFormat format) const {
     case DataFormat::kAuto:
       break;
   }
-  throw Error("internal: encode() needs a concrete format, not auto");
+  throw Error("internal: encode() needs a concrete format, not auto", ErrorKind::kInternal);
 }
 
 }  // namespace loratune::data

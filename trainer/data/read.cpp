@@ -33,7 +33,14 @@ std::string json_problem(const std::string& what) {
   }
   const std::string at = "parse error at line 1, ";
   if (s.rfind(at, 0) == 0) s = s.substr(at.size());
-  return "invalid JSON: " + s;
+  // nlohmann quotes the bytes it last read: they come from the file.
+  return "invalid JSON: " + printable(s);
+}
+
+// Record errors that data.skip_malformed may skip: the record's own content
+// (kData) or a per-record safety limit (kResource), never a setup problem.
+bool skippable(const Error& e) {
+  return e.kind() == ErrorKind::kData || e.kind() == ErrorKind::kResource;
 }
 
 // Reads one file, appending its examples and counting into *stats.
@@ -43,8 +50,14 @@ void read_one(const std::string& path, const ExampleEncoder& enc, const config::
   try {
     text = io::read_file(path);
   } catch (const Error& e) {
-    throw Error(std::string("data file: ") + e.what());
+    // Whatever io reports (missing, a directory, permission) is the file
+    // system's answer; a more specific kind (kResource) is kept.
+    if (e.kind() == ErrorKind::kConfig || e.kind() == ErrorKind::kCorrupt) {
+      throw Error(std::string("data file: ") + e.what(), ErrorKind::kIo);
+    }
+    throw Error("data file: ", e);
   }
+  detail::ReadProgress progress(path, text.size());
   size_t pos = 0;
   if (text.compare(0, 3, "\xEF\xBB\xBF") == 0) pos = 3;  // UTF-8 BOM
   DataFormat file_format = cfg.format;
@@ -58,12 +71,13 @@ void read_one(const std::string& path, const ExampleEncoder& enc, const config::
     pos = end + 1;
     if (is_blank(text, b, end)) continue;
     ++stats->records;
+    progress.update(stats->records, pos);
     try {
       Json rec;
       try {
         rec = Json::parse(text.begin() + b, text.begin() + end);
-      } catch (const Json::parse_error& e) {
-        throw Error(json_problem(e.what()));
+      } catch (const Json::exception& e) {  // parse_error, or out_of_range for 1e400
+        throw Error(json_problem(e.what()), ErrorKind::kData);
       }
       DataFormat f = cfg.format;
       if (f == DataFormat::kAuto) {
@@ -73,15 +87,17 @@ void read_one(const std::string& path, const ExampleEncoder& enc, const config::
           format_line = line;
         } else if (f != file_format) {
           throw Error("record is " + config::to_string(f) + " but line " +
-                      std::to_string(format_line) + " of this file is " +
-                      config::to_string(file_format) +
-                      " (one format per file; set data.format to force one)");
+                          std::to_string(format_line) + " of this file is " +
+                          config::to_string(file_format) +
+                          " (one format per file; set data.format to force one)",
+                      ErrorKind::kData);
         }
       }
       out->push_back(enc.encode(rec, f));
     } catch (const Error& e) {
-      std::string msg = path + ":" + std::to_string(line) + ": " + e.what();
-      if (!cfg.skip_malformed) throw Error(msg);
+      const std::string where = path + ":" + std::to_string(line) + ": ";
+      if (!cfg.skip_malformed || !skippable(e)) throw Error(where, e);
+      const std::string msg = where + e.what();
       if (++stats->skipped_malformed <= kMaxSkipWarnings) {
         detail::emit_warning(warn, "skipping malformed record: " + msg);
       }
@@ -126,7 +142,10 @@ void truncate_and_filter(std::vector<Example>* examples, int64_t max_seq_len, Da
   size_t kept = 0;
   for (size_t i = 0; i < examples->size(); ++i) {
     Example& ex = (*examples)[i];
+    bool cut = false;
     if (ex.input_ids.size() > cap) {
+      // Were there targets at all? (Then cutting is what removed them.)
+      for (size_t t = 1; t < ex.labels.size() && !cut; ++t) cut = ex.labels[t] != kIgnoreIndex;
       ex.input_ids.resize(cap);
       ex.labels.resize(cap);
       ++stats->truncated;
@@ -135,6 +154,7 @@ void truncate_and_filter(std::vector<Example>* examples, int64_t max_seq_len, Da
     for (size_t t = 1; t < ex.labels.size(); ++t) targets += ex.labels[t] != kIgnoreIndex;
     if (targets == 0) {
       ++stats->dropped_no_targets;
+      ++(cut ? stats->dropped_truncated : stats->dropped_empty);
       continue;
     }
     stats->tokens += static_cast<int64_t>(ex.input_ids.size());
