@@ -1,8 +1,10 @@
-// Bad configs and data files through the real CLI (`loratune train CONFIG`):
-// each exits with status 1 and prints exactly one line that names the file
-// (with the line, or the key, where one applies) and the closest valid choice
-// where one exists; nothing that was under output.dir before is touched, and
-// a failed run leaves no adapter/ (the output dir is absent or empty).
+// Bad configs, overrides and data files through the real CLI (`loratune
+// train CONFIG [key=value ...]`): each exits with the status of its error
+// kind (1 config, 3 data, 4 file system) and prints exactly one line that
+// names the file (with the line, or the key, where one applies) or the
+// override, and the closest valid choice or the valid range where one exists;
+// nothing that was under output.dir before is touched, and a failed run
+// leaves no adapter/ (the output dir is absent or empty).
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -52,6 +54,10 @@ struct BadInput {
   // Substrings of the one error line. {cfg}, {data}, {out}, {model}, {tmp}
   // stand for the paths of this case.
   std::vector<std::string> expect;
+  // The exit status: 1 config, 3 data, 4 file system (trainer/io/error.h).
+  int status = 1;
+  // key=value overrides after the config path.
+  std::string overrides;
 };
 
 const char* kTok = R"({"input_ids": [5, 6, 7, 8], "labels": [-100, 6, 7, 8]})";
@@ -74,17 +80,146 @@ std::vector<BadInput> bad_inputs() {
        {{"  r: 4", "  r: 0"}},
        {},
        B::kNothing,
-       {"{cfg}:7: lora.r: must be >= 1, got 0"}},
+       {"{cfg}:7: lora.r: must be in [1, 65536], got 0"}},
       {"negative_lr",
        {{"  optimizer: {lr: 1.0e-3}", "  optimizer: {lr: -1.0e-3}"}},
        {},
        B::kNothing,
-       {"{cfg}:17: train.optimizer.lr: must be > 0, got -0.001"}},
+       {"{cfg}:17: train.optimizer.lr: must be a finite number > 0, got -0.001"}},
       {"micro_batch_size_zero",
        {{"  micro_batch_size: 2", "  micro_batch_size: 0"}},
        {},
        B::kNothing,
-       {"{cfg}:16: train.micro_batch_size: must be >= 1, got 0"}},
+       {"{cfg}:16: train.micro_batch_size: must be in [1, 65536], got 0"}},
+      // ---- absurd numbers: bounded before anything is allocated ----
+      {"lora_r_huge_override",
+       {},
+       {},
+       B::kNothing,
+       {"override 'lora.r=2147483648': lora.r: must be in [1, 65536], got 2147483648"},
+       1,
+       "lora.r=2147483648"},
+      {"gradient_accumulation_huge",
+       {{"  micro_batch_size: 2",
+         "  micro_batch_size: 2\n  gradient_accumulation_steps: 100000000"}},
+       {},
+       B::kNothing,
+       {"{cfg}:17: train.gradient_accumulation_steps: must be in [1, 1024], got 100000000"}},
+      {"micro_batch_size_huge",
+       {{"  micro_batch_size: 2", "  micro_batch_size: 1000000"}},
+       {},
+       B::kNothing,
+       {"{cfg}:16: train.micro_batch_size: must be in [1, 65536], got 1000000"}},
+      {"micro_batch_tokens_huge",
+       {{"  micro_batch_size: 2", "  micro_batch_size: 65536"},
+        {"  max_seq_len: 64", "  max_seq_len: 65536"}},
+       {},
+       B::kNothing,
+       {"{cfg}:16: train.micro_batch_size (65536) x data.max_seq_len (65536) must be <= "
+        "2147483647 tokens per micro-batch"}},
+      {"max_steps_huge",
+       {{"  max_steps: 2", "  max_steps: 10000000000"}},
+       {},
+       B::kNothing,
+       {"{cfg}:15: train.max_steps: must be in [0, 1000000000], got 10000000000"}},
+      {"max_seq_len_huge",
+       {{"  max_seq_len: 64", "  max_seq_len: 100000000"}},
+       {},
+       B::kNothing,
+       {"{cfg}:13: data.max_seq_len: must be in [2, 16777216], got 100000000"}},
+      {"warmup_steps_huge_override",
+       {},
+       {},
+       B::kNothing,
+       {"override 'train.scheduler.warmup_steps=9999999999': train.scheduler.warmup_steps: must "
+        "be in [0, 1000000000], got 9999999999"},
+       1,
+       "train.scheduler.warmup_steps=9999999999"},
+      {"log_every_zero_override",
+       {},
+       {},
+       B::kNothing,
+       {"override 'train.log_every=0': train.log_every: must be in [1, 1000000000], got 0"},
+       1,
+       "train.log_every=0"},
+      {"save_every_negative_override",
+       {},
+       {},
+       B::kNothing,
+       {"override 'train.save_every=-5': train.save_every: must be in [0, 1000000000], got -5"},
+       1,
+       "train.save_every=-5"},
+      {"eval_every_huge_override",
+       {},
+       {},
+       B::kNothing,
+       {"override 'train.eval_every=10000000000': train.eval_every: must be in [0, 1000000000], "
+        "got 10000000000"},
+       1,
+       "train.eval_every=10000000000"},
+      {"lr_nan",
+       {{"  optimizer: {lr: 1.0e-3}", "  optimizer: {lr: .nan}"}},
+       {},
+       B::kNothing,
+       {"{cfg}:17: train.optimizer.lr: must be a finite number > 0, got .nan"}},
+      {"weight_decay_inf_override",
+       {},
+       {},
+       B::kNothing,
+       {"override 'train.optimizer.weight_decay=.inf': train.optimizer.weight_decay: must be a "
+        "finite number >= 0, got .inf"},
+       1,
+       "train.optimizer.weight_decay=.inf"},
+      {"beta2_above_one_override",
+       {},
+       {},
+       B::kNothing,
+       {"override 'train.optimizer.betas=[0.9,1.5]': train.optimizer.betas: must be in [0.0, "
+        "1.0), got 1.5"},
+       1,
+       "'train.optimizer.betas=[0.9,1.5]'"},
+      {"eps_negative_override",
+       {},
+       {},
+       B::kNothing,
+       {"override 'train.optimizer.eps=-1e-8': train.optimizer.eps: must be a finite number > 0, "
+        "got -1.0e-08"},
+       1,
+       "train.optimizer.eps=-1e-8"},
+      {"max_grad_norm_nan_override",
+       {},
+       {},
+       B::kNothing,
+       {"override 'train.max_grad_norm=.nan': train.max_grad_norm: must be a finite number >= 0, "
+        "got .nan"},
+       1,
+       "train.max_grad_norm=.nan"},
+      {"dropout_one_override",
+       {},
+       {},
+       B::kNothing,
+       {"override 'lora.dropout=1': lora.dropout: must be in [0.0, 1.0), got 1.0"},
+       1,
+       "lora.dropout=1"},
+      {"alpha_negative_infinity_override",
+       {},
+       {},
+       B::kNothing,
+       {"override 'lora.alpha=-.inf': lora.alpha: must be a finite number > 0, got -.inf"},
+       1,
+       "lora.alpha=-.inf"},
+      {"override_unknown_key_typo",
+       {},
+       {},
+       B::kNothing,
+       {"override 'lora.alpah=8': unknown key 'lora.alpah' (did you mean 'lora.alpha'?)"},
+       1,
+       "lora.alpah=8"},
+      {"non_utf8_key_is_escaped",
+       {{"  alpha: 8", "  alph\xFF: 8"}},
+       {},
+       B::kNothing,
+       {"{cfg}:8: unknown key 'lora.alph\\xFF' (did you mean 'lora.alpha'?)"}},
       {"val_fraction_above_one",
        {{"  max_seq_len: 64", "  max_seq_len: 64\n  val_fraction: 1.5"}},
        {},
@@ -128,7 +263,8 @@ std::vector<BadInput> bad_inputs() {
        {{"  path: {model}", "  path: {tmp}/no-model"}},
        {},
        B::kNothing,
-       {"{tmp}/no-model: no such file (a model's config.json)"}},
+       {"{tmp}/no-model: no such file (a model's config.json)"},
+       4},
       {"max_seq_len_above_model",
        {{"  max_seq_len: 64", "  max_seq_len: 4096"}},
        {},
@@ -146,23 +282,40 @@ std::vector<BadInput> bad_inputs() {
        {{"  train: {data}", "  train: {tmp}/nope.jsonl"}},
        {},
        B::kNothing,
-       {"data file: {tmp}/nope.jsonl: "}},
-      {"empty_dataset", {}, {"", "  "}, B::kNothing, {"no training examples in {data}"}},
+       {"data file: {tmp}/nope.jsonl: "},
+       4},
+      {"empty_dataset", {}, {"", "  "}, B::kNothing, {"no training examples in {data}"}, 3},
       {"mixed_formats",
        {},
        {kTok, R"({"text": "hello"})"},
        B::kNothing,
-       {"{data}:2: record is text but line 1 of this file is tokenized"}},
+       {"{data}:2: record is text but line 1 of this file is tokenized"},
+       3},
       {"broken_json_line",
        {},
        {kTok, kTok, R"({"input_ids": [5, 6)"},
        B::kNothing,
-       {"{data}:3: invalid JSON"}},
+       {"{data}:3: invalid JSON"},
+       3},
       {"labels_longer_than_input_ids",
        {},
        {kTok, R"({"input_ids": [5, 6], "labels": [5, 6, 7]})"},
        B::kNothing,
-       {"{data}:2: 'labels' has 3 entries but 'input_ids' has 2"}},
+       {"{data}:2: 'labels' has 3 entries but 'input_ids' has 2"},
+       3},
+      {"token_id_outside_vocabulary",
+       {},
+       {kTok, R"({"input_ids": [5, 18446744073709551615]})"},
+       B::kNothing,
+       {"{data}:2: 'input_ids'[1] = 18446744073709551615 is outside the vocabulary [0, "},
+       3},
+      {"control_bytes_in_a_record_are_escaped",
+       {{"  format: auto", "  format: chat"},
+        {"  max_seq_len: 64", "  max_seq_len: 64\n  chat_template: chatml"}},
+       {R"({"messages": [{"role": "us\u0001er", "content": "x"}]})"},
+       B::kNothing,
+       {"{data}:1: messages[0]: unknown role 'us\\x01er' (did you mean 'user'?)"},
+       3},
   };
 }
 
@@ -205,7 +358,7 @@ test::RunResult train(const std::string& config, const std::string& args = "") {
 TEST(BadInputs, EachFailsWithOneLineNamingFileKeyAndClosestChoiceAndKeepsOutputDir) {
   const std::string root = test::make_temp_dir("bad_inputs");
   const auto all = bad_inputs();
-  ASSERT_GE(all.size(), 12u);
+  ASSERT_GE(all.size(), 40u);
   for (const BadInput& c : all) {
     SCOPED_TRACE(c.name);
     const auto t0 = std::chrono::steady_clock::now();
@@ -245,8 +398,8 @@ TEST(BadInputs, EachFailsWithOneLineNamingFileKeyAndClosestChoiceAndKeepsOutputD
     }
     const auto files_before = snapshot(out);
 
-    const test::RunResult r = train(cfg);
-    EXPECT_EQ(r.status, 1) << r.out;
+    const test::RunResult r = train(cfg, c.overrides);
+    EXPECT_EQ(r.status, c.status) << r.out;
     // Exactly one line: "loratune: error: <message>\n".
     EXPECT_EQ(r.out.rfind("loratune: error: ", 0), 0u) << r.out;
     EXPECT_EQ(r.out.find('\n'), r.out.size() - 1) << "not one line:\n" << r.out;

@@ -9,7 +9,6 @@
 
 #include <csignal>
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -29,42 +28,24 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-constexpr const char* kPeftPrefix = "base_model.model.";
-
 // One adapted projection: its two factors and scale.
 struct Factors {
   at::Tensor A, B;  // [r, in], [out, r]
   double scale = 1.0;
 };
 
-// base weight name ("model.layers.0.self_attn.q_proj.weight") -> factors.
-std::map<std::string, Factors> read_factors(const std::string& adapter_dir,
-                                            const lora::LoraSpec& spec,
-                                            const io::SafetensorsFile& file) {
+// base weight name ("model.layers.0.self_attn.q_proj.weight") -> factors, for
+// exactly the LoRA layers PEFT would create (open_adapter checked the file).
+std::map<std::string, Factors> read_factors(const model::ModelConfig& config,
+                                            const lora::CheckedAdapter& adapter) {
   std::map<std::string, Factors> out;
-  for (const auto& info : file.tensors()) {
-    const std::string& n = info.name;
-    const std::string a_suffix = ".lora_A.weight", b_suffix = ".lora_B.weight";
-    auto ends = [&](const std::string& s) {
-      return n.size() > s.size() && n.compare(n.size() - s.size(), s.size(), s) == 0;
-    };
-    if (n.rfind(kPeftPrefix, 0) != 0 || !(ends(a_suffix) || ends(b_suffix))) {
-      throw Error(file.path() + ": tensor '" + n +
-                  "' is not a LoRA factor (expected base_model.model.<module>.lora_A/B.weight)");
-    }
-    std::string module =
-        n.substr(std::strlen(kPeftPrefix), n.size() - std::strlen(kPeftPrefix) - a_suffix.size());
-    Factors& f = out[module + ".weight"];
-    (ends(a_suffix) ? f.A : f.B) = file.tensor(n);
-    auto [r, alpha] = lora::rank_and_alpha(spec, module);
-    f.scale = lora::lora_scale(alpha, r, spec.use_rslora);
+  for (const lora::AdaptedModule& m : adapter.modules) {
+    const std::string prefix = "base_model.model." + m.path;
+    Factors& f = out[model::checkpoint_name(config, m.path + ".weight")];
+    f.A = adapter.file->tensor(prefix + ".lora_A.weight");
+    f.B = adapter.file->tensor(prefix + ".lora_B.weight");
+    f.scale = m.scale;
   }
-  for (const auto& [name, f] : out) {
-    if (!f.A.defined() || !f.B.defined()) {
-      throw Error(file.path() + ": '" + name + "' has only one of lora_A / lora_B");
-    }
-  }
-  (void)adapter_dir;
   return out;
 }
 
@@ -96,6 +77,7 @@ std::string model_card(const MergeOptions& opt, const lora::LoraSpec& spec, c10:
   for (size_t i = 0; i < spec.target_modules.size(); ++i) {
     md << (i ? ", " : "") << spec.target_modules[i];
   }
+  if (!spec.target_regex.empty()) md << "`" << spec.target_regex << "` (regex)";
   md << " |\n| merged projections | " << merged << " |\n";
   if (!spec.rank_pattern.empty()) md << "| rank_pattern | " << json(spec.rank_pattern) << " |\n";
   if (!spec.alpha_pattern.empty()) {
@@ -130,7 +112,8 @@ at::Tensor merged_weight(const at::Tensor& w, const Factors& f, const std::strin
   if (w.dim() != 2 || f.A.size(1) != w.size(1) || f.B.size(0) != w.size(0) ||
       f.A.size(0) != f.B.size(1)) {
     throw Error(adapter_path + ": factors for '" + name + "' (A " + c10::str(f.A.sizes()) + ", B " +
-                c10::str(f.B.sizes()) + ") do not fit the base weight " + c10::str(w.sizes()));
+                    c10::str(f.B.sizes()) + ") do not fit the base weight " + c10::str(w.sizes()),
+                ErrorKind::kCorrupt);
   }
   at::Tensor out = at::matmul(f.B.to(at::kFloat), f.A.to(at::kFloat));  // [out, in]
   out.mul_(f.scale).add_(w.to(at::kFloat));  // same bits as W + delta * s, one buffer
@@ -221,13 +204,19 @@ void merge_adapter(const MergeOptions& opt) {
   if (fs::exists(opt.out_dir) && !opt.overwrite) {
     throw Error(opt.out_dir + ": already exists (pass --overwrite to replace it)");
   }
-  const std::string cfg_path = (fs::path(opt.model_dir) / "config.json").string();
-  json cfg = io::read_json(cfg_path);
-  lora::LoraSpec spec = lora::read_adapter_config(opt.adapter_dir);
-  auto adapter =
-      io::SafetensorsFile::open((fs::path(opt.adapter_dir) / "adapter_model.safetensors").string());
-  std::map<std::string, Factors> factors = read_factors(opt.adapter_dir, spec, *adapter);
+  // The base is checked as load_model checks it and the adapter as
+  // load_adapter does (generate, eval, logits), so the merge applies exactly
+  // the LoRA layers PEFT would create, with their ranks and scales.
+  const std::string cfg_path = model::config_json_path(opt.model_dir);
+  const model::ModelConfig config = model::load_config(opt.model_dir);
   io::Checkpoint base = io::Checkpoint::open(opt.model_dir);
+  model::check_checkpoint(cfg_path, config, base);
+  json cfg = io::read_json(cfg_path);
+  const lora::CheckedAdapter checked =
+      lora::open_adapter(opt.adapter_dir, model::linear_shapes(config));
+  const lora::LoraSpec& spec = checked.spec;
+  const auto& adapter = checked.file;
+  std::map<std::string, Factors> factors = read_factors(config, checked);
 
   c10::ScalarType dtype = opt.dtype.value_or(config_dtype(cfg).value_or(at::kFloat));
   if (!opt.dtype && !config_dtype(cfg) && !base.names().empty()) {
@@ -241,8 +230,9 @@ void merge_adapter(const MergeOptions& opt) {
     const size_t merged = stream_tensors(base, factors, dtype, adapter->path(), writer);
     if (!factors.empty()) {
       throw Error(adapter->path() + ": adapter module '" + factors.begin()->first +
-                  "' has no weight in the base model " + opt.model_dir + " (" +
-                  std::to_string(factors.size()) + " unmatched)");
+                      "' has no weight in the base model " + opt.model_dir + " (" +
+                      std::to_string(factors.size()) + " unmatched)",
+                  ErrorKind::kInternal);  // check_checkpoint guarantees every weight
     }
     writer.finish();
 
@@ -255,7 +245,13 @@ void merge_adapter(const MergeOptions& opt) {
     if (!has_key) cfg["torch_dtype"] = model::dtype_string(dtype);
     io::write_file_atomic((fs::path(out.path()) / "config.json").string(), cfg.dump(2) + "\n");
     for (const auto& name : companion_files(opt.model_dir)) {
-      fs::copy_file(fs::path(opt.model_dir) / name, fs::path(out.path()) / name);
+      std::error_code ec;
+      fs::copy_file(fs::path(opt.model_dir) / name, fs::path(out.path()) / name, ec);
+      if (ec) {
+        throw Error((fs::path(opt.model_dir) / name).string() + ": cannot copy into " + out.path() +
+                        ": " + ec.message(),
+                    ErrorKind::kIo);
+      }
     }
     io::write_file_atomic((fs::path(out.path()) / "README.md").string(),
                           model_card(opt, spec, dtype, merged));

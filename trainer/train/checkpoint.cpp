@@ -2,6 +2,8 @@
 // metrics.jsonl}, written atomically with io::AtomicDir.
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Context.h>
+#include <ATen/ops/isfinite.h>
+#include <ATen/ops/stack.h>
 #include <torch/cuda.h>
 
 #include <algorithm>
@@ -68,10 +70,25 @@ at::Tensor cpu_rng_state() {
 
 }  // namespace
 
+bool adapter_is_finite(model::CausalLMImpl& model) {
+  std::vector<at::Tensor> flags;
+  for (const auto& [name, t] : lora::adapter_tensors(model)) flags.push_back(at::isfinite(t).all());
+  if (flags.empty()) return true;
+  return at::stack(flags).all().item<bool>();
+}
+
 std::string save_checkpoint(const std::string& run_dir, model::CausalLMImpl& model,
                             const lora::LoraSpec& spec, AdamW& opt, const TrainState& state,
                             int64_t keep) {
   const fs::path root = fs::path(run_dir) / "checkpoints";
+  if (!adapter_is_finite(model)) {
+    const std::string last = latest_checkpoint(run_dir);
+    throw Error("step " + std::to_string(state.step) +
+                    ": the LoRA weights are not finite (NaN or inf); no checkpoint written" +
+                    (last.empty() ? std::string() : "; the last finite checkpoint is " + last) +
+                    " (lower train.optimizer.lr or set train.max_grad_norm)",
+                ErrorKind::kData);
+  }
   fs::create_directories(root);
   const std::string target = (root / (kStepPrefix + std::to_string(state.step))).string();
   {

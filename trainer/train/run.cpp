@@ -58,6 +58,8 @@ lora::LoraSpec spec_of(const config::TrainConfig& cfg) {
   return s;
 }
 
+constexpr const char* kRunLockName = ".loratune.lock";
+
 // Refuses to clobber runs; clears our own files when output.overwrite.
 void prepare_run_dir(const config::TrainConfig& cfg, bool resume) {
   const fs::path out(cfg.output.dir);
@@ -69,8 +71,15 @@ void prepare_run_dir(const config::TrainConfig& cfg, bool resume) {
     }
     return;
   }
+  // Empty but for the lock file `loratune train` holds (io/lock.h).
+  bool empty = true;
   std::error_code ec;
-  if (!fs::exists(out) || fs::is_empty(out, ec)) {
+  if (fs::is_directory(out, ec)) {
+    for (const auto& e : fs::directory_iterator(out)) {
+      if (e.path().filename() != kRunLockName) empty = false;
+    }
+  }
+  if (empty) {
     fs::create_directories(out);
     return;
   }
@@ -90,6 +99,77 @@ void prepare_run_dir(const config::TrainConfig& cfg, bool resume) {
   for (const char* name : {"adapter", "checkpoints", "metrics.jsonl", "config.yaml", "merged"}) {
     fs::remove_all(out / name);
   }
+}
+
+// Every input id in [0, vocab) and every label -100 or in [0, vocab): a
+// tokenizer or pre-tokenized file that does not match the model would
+// otherwise index past the embedding.
+void check_token_ids(const std::vector<data::Example>& examples, int64_t vocab,
+                     const std::string& split, const std::string& model_dir) {
+  for (size_t i = 0; i < examples.size(); ++i) {
+    const data::Example& ex = examples[i];
+    auto bad = [&](const char* what, int64_t id) {
+      throw Error("data: " + split + " example " + std::to_string(i + 1) + " has " + what + " " +
+                      std::to_string(id) + " outside the model's vocabulary [0, " +
+                      std::to_string(vocab) + ") (" + model_dir +
+                      "/config.json vocab_size); the tokenizer or the pre-tokenized data does "
+                      "not belong to this model",
+                  ErrorKind::kData);
+    };
+    for (int32_t id : ex.input_ids) {
+      if (id < 0 || id >= vocab) bad("input id", id);
+    }
+    for (int32_t id : ex.labels) {
+      if (id != -100 && (id < 0 || id >= vocab)) bad("label", id);
+    }
+  }
+}
+
+// The error for LoRA weights that became NaN/inf by step `step`.
+Error diverged(int64_t step, const std::string& run_dir) {
+  const std::string last = latest_checkpoint(run_dir);
+  return Error("training diverged: the LoRA weights are not finite (NaN or inf) after step " +
+                   std::to_string(step) + "; nothing non-finite was written" +
+                   (last.empty() ? std::string() : "; the last finite checkpoint is " + last) +
+                   " (lower train.optimizer.lr or set train.max_grad_norm)",
+               ErrorKind::kData);
+}
+
+// The config.yaml of this run. On resume, a config that changes training
+// against the run's own config.yaml is refused unless allowed; allowed
+// changes are recorded as comments after the earlier history.
+std::string resolved_config_text(const config::TrainConfig& cfg, const std::string& run_dir,
+                                 const std::string& resume_from, int64_t step,
+                                 const RunOptions& opts) {
+  const std::string now = config::to_yaml(cfg);
+  const std::string path = run_dir + "/config.yaml";
+  if (resume_from.empty() || !fs::exists(path)) return now;
+  const std::string before = io::read_file(path);
+  std::string history;  // the "# resumed ..." lines already there
+  for (size_t pos = 0; pos < before.size();) {
+    size_t nl = before.find('\n', pos);
+    if (nl == std::string::npos) nl = before.size();
+    const std::string line = before.substr(pos, nl - pos);
+    if (line.rfind("# resumed", 0) == 0 || line.rfind("#   ", 0) == 0) history += line + "\n";
+    pos = nl + 1;
+  }
+  const std::vector<ConfigChange> changes = config_changes(before, now);
+  if (changes.empty()) return now + history;
+  std::string list;
+  for (const ConfigChange& c : changes) {
+    list += (list.empty() ? "" : ", ") + c.key + " " + c.before + " -> " + c.after;
+  }
+  if (!opts.allow_config_change) {
+    throw Error("--resume: this config changes training against " + path + ": " +
+                printable(list, 600) +
+                "; resume with the run's config, or pass --allow-config-change to continue "
+                "with the new values");
+  }
+  std::string note = "# resumed at step " + std::to_string(step) + " with changes:\n";
+  for (const ConfigChange& c : changes) {
+    note += "#   " + c.key + ": " + c.before + " -> " + c.after + "\n";
+  }
+  return now + history + note;
 }
 
 // Validation micro-batches in file order.
@@ -238,25 +318,31 @@ RunResult run_training(const config::TrainConfig& cfg, const RunOptions& opts) {
 
   // Checked before any weight is read: a sequence longer than the model's
   // positions would train positions it never learned.
-  const int64_t max_pos = model::load_config(cfg.model.path).max_position_embeddings;
+  // What model.path names on disk: the directory itself, or a .gguf file's
+  // import (the caller resolved it; the adapter still names model.path).
+  const std::string& model_dir = opts.model_dir.empty() ? cfg.model.path : opts.model_dir;
+  const int64_t max_pos = model::load_config(model_dir).max_position_embeddings;
   if (cfg.data.max_seq_len > max_pos) {
     throw Error("data.max_seq_len=" + std::to_string(cfg.data.max_seq_len) +
                 " exceeds the model's max_position_embeddings (" + std::to_string(max_pos) + ", " +
-                cfg.model.path + "/config.json)");
+                model_dir + "/config.json)");
   }
   at::manual_seed(static_cast<uint64_t>(cfg.seed));
   const std::string device_name = resolve_device(cfg.device);
   model::CausalLM model =
-      model::load_model(cfg.model.path, {to_scalar_type(cfg.model.dtype), device_name});
+      model::load_model(model_dir, {to_scalar_type(cfg.model.dtype), device_name});
   const c10::Device device = model->device();
   const lora::LoraSpec spec = spec_of(cfg);
   lora::inject_lora(*model, spec);
   if (!cfg.lora.init_from.empty()) lora::load_adapter_weights(cfg.lora.init_from, *model);
 
-  auto tok = tokenizer::load_tokenizer(cfg.model.path);
+  // No tokenizer files: pre-tokenized data only (pad id from config.json).
+  auto tok = data::load_tokenizer_if_present(model_dir);
   data::PreparedData prepared =
-      data::prepare_data(cfg.data, static_cast<uint64_t>(cfg.seed), *tok, cfg.model.path);
-  const int32_t pad_id = data::pad_id_for(*tok);
+      data::prepare_data(cfg.data, static_cast<uint64_t>(cfg.seed), tok.get(), model_dir);
+  const int32_t pad_id = data::pad_id_for_model(tok.get(), model_dir);
+  check_token_ids(prepared.train, model->config().vocab_size, "data.train", model_dir);
+  check_token_ids(prepared.validation, model->config().vocab_size, "validation", model_dir);
   data::DataLoader loader(
       data::make_sequences(prepared.train, cfg.data.max_seq_len, cfg.data.packing),
       cfg.train.micro_batch_size, pad_id, static_cast<uint64_t>(cfg.seed), cfg.data.shuffle);
@@ -284,7 +370,8 @@ RunResult run_training(const config::TrainConfig& cfg, const RunOptions& opts) {
     const fs::path m = fs::path(resume_from) / "metrics.jsonl";
     io::write_file_atomic(run_dir + "/metrics.jsonl", fs::exists(m) ? io::read_file(m) : "");
   }
-  io::write_file_atomic(run_dir + "/config.yaml", config::to_yaml(cfg));
+  io::write_file_atomic(run_dir + "/config.yaml",
+                        resolved_config_text(cfg, run_dir, resume_from, state.step, opts));
 
   MetricsLog metrics(run_dir + "/metrics.jsonl");
   Progress progress(total, opts.plain_progress);
@@ -342,13 +429,21 @@ RunResult run_training(const config::TrainConfig& cfg, const RunOptions& opts) {
     if (stop == 0 && opts.stop_after_step > 0 && step >= opts.stop_after_step) stop = SIGTERM;
     const bool save_now = cfg.train.save_every > 0 && step % cfg.train.save_every == 0;
     if (step % cfg.train.log_every == 0 || step == total || save_now || stop != 0) {
-      if (!logger.flush(elapsed(), state.tokens_seen)) {
+      const bool ok = logger.flush(elapsed(), state.tokens_seen);
+      const bool finite = adapter_is_finite(*model);
+      if (!finite) {
+        progress.finish();
+        throw diverged(step, run_dir);
+      }
+      if (!ok) {
         checkpoint(cfg.train.keep_checkpoints);
         progress.finish();
         throw Error("training aborted: " + std::to_string(logger.bad_run) +
-                    " consecutive steps with a non-finite loss or gradient (train.max_bad_steps=" +
-                    std::to_string(cfg.train.max_bad_steps) + "); checkpoint written to " +
-                    result.checkpoint);
+                        " consecutive steps with a non-finite loss or gradient "
+                        "(train.max_bad_steps=" +
+                        std::to_string(cfg.train.max_bad_steps) + "); checkpoint written to " +
+                        result.checkpoint,
+                    ErrorKind::kData);
       }
     }
     if (!val.empty() && cfg.train.eval_every > 0 && step % cfg.train.eval_every == 0 &&
@@ -366,6 +461,10 @@ RunResult run_training(const config::TrainConfig& cfg, const RunOptions& opts) {
       result.stopped_by_signal = stop;
       return result;
     }
+  }
+  if (!adapter_is_finite(*model)) {
+    progress.finish();
+    throw diverged(trainer.step_count(), run_dir);
   }
   if (!val.empty()) run_eval(trainer.step_count());
   progress.finish();

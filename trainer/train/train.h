@@ -251,11 +251,16 @@ struct TrainState {
   double elapsed_s = 0;
 };
 
+// True when every LoRA parameter of `model` is finite (one device sync).
+bool adapter_is_finite(model::CausalLMImpl& model);
+
 // Writes <run_dir>/checkpoints/step-<state.step>/ atomically: adapter/ (PEFT
 // format), optimizer.safetensors (moments and step counters by PEFT tensor
 // name, RNG states "rng.cpu", "rng.cuda.<i>"), state.json, and a copy of
 // metrics.jsonl as it is now. Then removes all but the newest `keep`
-// checkpoints (keep 0 = keep all). Returns the directory.
+// checkpoints (keep 0 = keep all). Returns the directory. Non-finite adapter
+// weights are never written: it throws Error instead, before pruning, so the
+// newest checkpoint on disk is always a finite one.
 std::string save_checkpoint(const std::string& run_dir, model::CausalLMImpl& model,
                             const lora::LoraSpec& spec, AdamW& opt, const TrainState& state,
                             int64_t keep);
@@ -278,7 +283,26 @@ struct RunOptions {
   // Test hook: after this many optimizer steps behave as if SIGTERM arrived (0 = off).
   int64_t stop_after_step = 0;
   bool plain_progress = false;  // plain log lines even on a TTY
+  // --resume with a config that changes training (lr, data, seed, ...).
+  bool allow_config_change = false;
+  // The model directory to read when model.path is not one itself (a .gguf
+  // file's import, see gguf::resolve_model_path); empty: model.path. The
+  // adapter's base_model_name_or_path and the saved config keep model.path.
+  std::string model_dir;
 };
+
+// Config keys a resumed run may change without allow_config_change: they do
+// not change what is computed (logging, checkpoint cadence, merge, cache).
+const std::vector<std::string>& resume_neutral_keys();
+
+// The dotted keys whose values differ between two resolved configs (YAML
+// text as config::to_yaml writes it), with old and new values; keys in
+// resume_neutral_keys() are left out.
+struct ConfigChange {
+  std::string key, before, after;
+};
+std::vector<ConfigChange> config_changes(const std::string& before_yaml,
+                                         const std::string& after_yaml);
 
 struct RunResult {
   int64_t steps_done = 0;
@@ -295,8 +319,13 @@ struct RunResult {
 // checkpoints but no adapter is refused unless resume or overwrite. With
 // resume, training continues from the newest checkpoint and is bitwise
 // identical on CPU to an uninterrupted run. Too many consecutive non-finite
-// steps (train.max_bad_steps, checked at log points) write a checkpoint and
-// throw Error. A stop request writes a checkpoint and returns with
+// steps (train.max_bad_steps, checked at log points) write a checkpoint (when
+// the weights are still finite) and throw Error; LoRA weights that became
+// non-finite (checked at log points and before every write) throw Error
+// naming the last finite checkpoint, and nothing non-finite is written.
+// On resume, a config that changes training (anything but the keys listed in
+// resume_neutral_keys()) is refused unless opts.allow_config_change; then
+// config.yaml records the change as comments. A stop request writes a checkpoint and returns with
 // stopped_by_signal set.
 // train.mixed_precision other than none is refused (no autocast yet): bf16
 // training is model.dtype=bfloat16 with float32 LoRA weights.
