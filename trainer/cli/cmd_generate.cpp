@@ -1,4 +1,5 @@
 // `loratune generate`: try a model (and an adapter) on a prompt, a chat or ids.
+#include <torch/cuda.h>
 #include <nlohmann/json.hpp>
 
 #include <unistd.h>
@@ -7,14 +8,19 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <optional>
 
 #include "trainer/cli/commands.h"
+#include "trainer/cli/option_values.h"
+#include "trainer/config/config.h"
 #include "trainer/generate/generate.h"
+#include "trainer/gguf/gguf.h"
 #include "trainer/io/error.h"
 #include "trainer/io/file_util.h"
 #include "trainer/lora/peft_io.h"
+#include "trainer/model/config.h"
 #include "trainer/model/loader.h"
 #include "trainer/tokenizer/chat_template.h"
 #include "trainer/tokenizer/tokenizer.h"
@@ -27,9 +33,49 @@ namespace fs = std::filesystem;
 struct GenerateArgs {
   std::string model_dir, adapter_dir, prompt, chat_file, chat_template, ids, dtype = "float32",
                                                                              device = "cpu";
+  // The numeric options as typed; check_options() parses them into sampling.
+  std::string max_new_tokens = "128", temperature = "0", top_k = "0", top_p = "1",
+              repetition_penalty = "1", seed = "0";
   generate::SamplingOptions sampling;
   bool json = false;
 };
+
+// Tokens generate can be asked for before the model is known (its context
+// bounds it further, check_context()).
+constexpr int64_t kMaxNewTokens = int64_t{1} << 24;
+
+// Parses and range-checks the numeric options (before any file is read).
+void check_options(GenerateArgs& a) {
+  generate::SamplingOptions& s = a.sampling;
+  s.max_new_tokens = int_option("--max-new-tokens", a.max_new_tokens, 1, kMaxNewTokens);
+  s.temperature = double_option("--temperature", a.temperature, 0.0, /*lo_open=*/false);
+  s.top_k = int_option("--top-k", a.top_k, 0, std::numeric_limits<int32_t>::max());
+  s.top_p = double_option("--top-p", a.top_p, 0.0, /*lo_open=*/true, 1.0, /*hi_open=*/false);
+  s.repetition_penalty =
+      double_option("--repetition-penalty", a.repetition_penalty, 0.0, /*lo_open=*/true);
+  s.seed =
+      static_cast<uint64_t>(int_option("--seed", a.seed, 0, std::numeric_limits<int64_t>::max()));
+  if (!a.chat_template.empty()) {
+    if (const std::string problem = config::chat_template_problem(a.chat_template);
+        !problem.empty()) {
+      throw Error("--chat-template: " + problem);
+    }
+  }
+  if (const std::string problem = config::device_problem(a.device); !problem.empty()) {
+    throw Error("--device: " + problem);
+  }
+}
+
+// --max-new-tokens against the model's context: at least one prompt token
+// must fit beside the new ones.
+void check_context(const GenerateArgs& a, int64_t context) {
+  if (a.sampling.max_new_tokens > context - 1) {
+    throw Error("--max-new-tokens: " + std::to_string(a.sampling.max_new_tokens) +
+                " leaves no room for a prompt in the model's context of " +
+                std::to_string(context) + " tokens (max_position_embeddings); expected " +
+                int_range_text(1, context - 1));
+  }
+}
 
 // EOS ids from generation_config.json (int or list), else config.json.
 std::vector<int64_t> model_eos_ids(const std::string& dir) {
@@ -92,12 +138,14 @@ void run_one(model::CausalLMImpl& m, const tokenizer::Tokenizer* tok,
   }
 }
 
-// The template named `name` (a built-in), or the tokenizer's own for "".
+// The template named `name` (a built-in), or the tokenizer's own for "" or
+// "auto" (the resolution of data.chat_template, which eval shares).
 // `who` names the input that needs it, for the error message.
 chat::ChatTemplate load_template(const tokenizer::Tokenizer& tok, const std::string& name,
                                  const std::string& who) {
+  const bool own = name.empty() || name == "auto";
   std::optional<std::string> src =
-      name.empty() ? tok.chat_template() : std::optional<std::string>(chat::builtin_template(name));
+      own ? tok.chat_template() : std::optional<std::string>(chat::builtin_template(name));
   if (!src) {
     throw Error(who + ": the model's tokenizer (" + tok.description() +
                 ") has no chat template; name a built-in one with --chat-template (llama2, "
@@ -214,35 +262,60 @@ void add_generate_command(CLI::App& app) {
       "streams each reply; /reset clears the conversation, /exit or end of input ends it. "
       "Uses a KV cache; stops at the model's EOS ids (generation_config.json); text is "
       "printed as it is produced.");
-  cmd->add_option("--model", a->model_dir, "Model directory (Hugging Face layout)")->required();
+  cmd->add_option("--model", a->model_dir, "Model directory (Hugging Face layout) or a .gguf file")
+      ->required();
   cmd->add_option("--adapter", a->adapter_dir, "PEFT adapter directory to apply (unmerged)");
   auto* p = cmd->add_option("--prompt", a->prompt, "Prompt text (tokenized as tokenizer(text))");
   auto* c = cmd->add_option("--chat", a->chat_file,
                             "JSON file with a list of {role, content} messages, rendered with "
                             "the model's chat template and a generation prompt");
   cmd->add_option("--chat-template", a->chat_template,
-                  "With --chat or the interactive chat: a built-in template (llama2, llama3, "
-                  "chatml, mistral, gemma, phi3) instead of the tokenizer's own");
+                  "With --chat or the interactive chat: auto (the tokenizer's own, the default) "
+                  "or a built-in template (llama2, llama3, chatml, mistral, gemma, phi3), as "
+                  "data.chat_template in a training config");
   auto* i = cmd->add_option("--ids", a->ids, "Prompt token ids, e.g. \"1 2 3\"");
   p->excludes(c)->excludes(i);
   c->excludes(i);
-  cmd->add_option("--max-new-tokens", a->sampling.max_new_tokens, "Tokens to generate (128)");
-  cmd->add_option("--temperature", a->sampling.temperature, "0 = greedy (default 0)");
-  cmd->add_option("--top-k", a->sampling.top_k, "Keep the k most likely tokens (0 = off)");
-  cmd->add_option("--top-p", a->sampling.top_p, "Nucleus sampling mass (1 = off)");
-  cmd->add_option("--repetition-penalty", a->sampling.repetition_penalty,
-                  "transformers' repetition penalty (1 = off)");
-  cmd->add_option("--seed", a->sampling.seed, "Sampling seed (default 0)");
+  cmd->add_option("--max-new-tokens", a->max_new_tokens,
+                  "Tokens to generate, >= 1 and below the model's context (default 128)");
+  cmd->add_option("--temperature", a->temperature, "0 = greedy, else > 0 (default 0)");
+  cmd->add_option("--top-k", a->top_k, "Keep the k most likely tokens, >= 0 (0 = off)");
+  cmd->add_option("--top-p", a->top_p, "Nucleus sampling mass in (0, 1] (1 = off)");
+  cmd->add_option("--repetition-penalty", a->repetition_penalty,
+                  "transformers' repetition penalty, > 0 (1 = off)");
+  cmd->add_option("--seed", a->seed, "Sampling seed, >= 0 (default 0)");
   cmd->add_flag("--ignore-eos", a->sampling.ignore_eos, "Do not stop at EOS");
   cmd->add_flag("--json", a->json,
                 "Print {\"ids\": [...], \"text\": ...} per prompt (interactive chat: "
                 "{\"prompt_ids\", \"ids\", \"text\"} per turn)");
   cmd->add_option("--dtype", a->dtype, "float32 | bfloat16 | float16 (default float32)");
-  cmd->add_option("--device", a->device, "cpu | cuda | cuda:N (default cpu)");
-  cmd->callback([a] {
+  cmd->add_option("--device", a->device, "auto | cpu | cuda | cuda:N (default cpu)");
+  cmd->callback([a, p, c, i] {
+    check_options(*a);
+    // An option given with an empty value is a mistake, not a request for
+    // the interactive chat (what giving none of them means).
+    if (i->count() > 0 && a->ids.find_first_not_of(" \t\n,") == std::string::npos) {
+      throw Error("--ids: '" + printable(a->ids) +
+                  "' is an empty token id list; give ids such as \"1 2 3\" (no --prompt, "
+                  "--chat or --ids at all starts the interactive chat)");
+    }
+    if (p->count() > 0 && a->prompt.empty()) {
+      throw Error(
+          "--prompt: the prompt is empty; give some text (no --prompt, --chat or --ids "
+          "at all starts the interactive chat)");
+    }
+    if (c->count() > 0 && a->chat_file.empty()) {
+      throw Error("--chat: empty file name; give a JSON file of {role, content} messages");
+    }
+    a->model_dir = gguf::resolve_model_path(a->model_dir);  // a .gguf: its import
+    check_context(*a, model::load_config(a->model_dir).max_position_embeddings);
     model::LoadOptions lo;
-    lo.dtype = model::parse_dtype(a->dtype);
-    lo.device = a->device;
+    try {
+      lo.dtype = model::parse_dtype(a->dtype);
+    } catch (const Error& e) {
+      throw Error("--dtype: ", e);
+    }
+    lo.device = a->device == "auto" ? (torch::cuda::is_available() ? "cuda:0" : "cpu") : a->device;
     model::CausalLM m = model::load_model(a->model_dir, lo);
     if (!a->adapter_dir.empty()) lora::load_adapter(a->adapter_dir, *m);
     m->eval();
@@ -259,12 +332,12 @@ void add_generate_command(CLI::App& app) {
         throw Error(std::string(what) + " needs a tokenizer; " + a->model_dir +
                     " has no tokenizer.json or tokenizer.model (use --ids)");
     };
-    if (!a->ids.empty()) {
+    if (i->count() > 0) {
       run_one(*m, tok.get(), parse_token_ids(a->ids, m->config().vocab_size), *a);
-    } else if (!a->chat_file.empty()) {
+    } else if (c->count() > 0) {
       need_tok("--chat");
       run_one(*m, tok.get(), chat_prompt(*tok, a->chat_file, a->chat_template), *a);
-    } else if (!a->prompt.empty()) {
+    } else if (p->count() > 0) {
       need_tok("--prompt");
       auto ids = tok->encode(a->prompt);
       run_one(*m, tok.get(), std::vector<int64_t>(ids.begin(), ids.end()), *a);

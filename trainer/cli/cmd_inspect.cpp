@@ -18,6 +18,7 @@
 #include <string>
 
 #include "trainer/cli/commands.h"
+#include "trainer/gguf/gguf.h"
 #include "trainer/io/error.h"
 #include "trainer/io/file_util.h"
 #include "trainer/io/safetensors.h"
@@ -66,11 +67,12 @@ json describe(const InspectOptions& o) {
   const model::ModelConfig c = model::load_config(o.dir);
   const io::Checkpoint ckpt = io::Checkpoint::open(o.dir);
 
-  // Parameter count of the model config.json describes, on the meta device
-  // (shapes only, no memory).
-  model::CausalLM meta(c, at::TensorOptions().device(at::kMeta));
-  int64_t params = 0;
-  for (const auto& p : meta->parameters()) params += p.numel();
+  // Parameter count of the model config.json describes, by arithmetic (no
+  // module is built: config.json's sizes are not trusted yet).
+  const int64_t params = model::parameter_count(c);
+  // Where config.json and the checkpoint disagree; reported, not fatal, so
+  // that a broken directory can still be described.
+  const std::vector<std::string> problems = model::checkpoint_problems(c, ckpt);
 
   json dtypes = json::object();
   int64_t ckpt_numel = 0;
@@ -116,6 +118,7 @@ json describe(const InspectOptions& o) {
       {"dtypes", dtypes},
       {"shards", shards},
       {"tokenizer_files", tok},
+      {"config_checkpoint_problems", problems},
   };
   if (o.load) {
     model::LoadOptions lo{model::parse_dtype(o.dtype), o.device};
@@ -124,7 +127,8 @@ json describe(const InspectOptions& o) {
     auto t1 = std::chrono::steady_clock::now();
     {
       torch::NoGradGuard no_grad;
-      const int64_t id = c.bos_token_id.value_or(0) % c.vocab_size;
+      const int64_t bos = c.bos_token_id.value_or(0);
+      const int64_t id = bos >= 0 && bos < c.vocab_size ? bos : 0;
       at::Tensor ids =
           at::tensor({id}, at::TensorOptions().dtype(at::kLong)).view({1, 1});  // [1,1]
       lm->forward(ids).to(at::kCPU);
@@ -192,6 +196,9 @@ void print_text(const json& j) {
   if (j["tokenizer_files"].empty()) o << "no tokenizer files";
   for (const auto& f : j["tokenizer_files"]) o << f.get<std::string>() << " ";
   o << "\n";
+  for (const auto& p : j["config_checkpoint_problems"]) {
+    o << "warning:     config.json disagrees with the checkpoint: " << p.get<std::string>() << "\n";
+  }
   if (j.contains("load")) {
     const json& l = j["load"];
     o << "load:        " << l["load_seconds"].get<double>() << " s ("
@@ -210,8 +217,14 @@ void add_inspect_command(CLI::App& app) {
       "Describe a Hugging Face model directory: family, dimensions, parameter count,\n"
       "tensor dtypes and shards (from the safetensors headers; weights are not read),\n"
       "and which tokenizer files are present. With --load, also load the weights and\n"
-      "run one token, reporting the time and peak memory.");
-  cmd->add_option("DIR", opts->dir, "model directory (config.json + *.safetensors)")->required();
+      "run one token, reporting the time and peak memory.\n"
+      "Where config.json disagrees with the checkpoint's tensors (layer count, shapes,\n"
+      "missing or extra tensors), each disagreement is a \"warning:\" line (--json:\n"
+      "\"config_checkpoint_problems\") and the exit status stays 0; --load then fails\n"
+      "with exit 5. A config.json that cannot be parsed, or with sizes beyond any real\n"
+      "model, is an error (exit 5; unsupported values exit 6).");
+  cmd->add_option("DIR", opts->dir, "model directory (config.json + *.safetensors) or .gguf file")
+      ->required();
   cmd->add_flag("--json", opts->json, "print one JSON object instead of text");
   cmd->add_flag("--load", opts->load, "load the weights and run one token (timing, peak RSS)");
   cmd->add_option("--dtype", opts->dtype, "with --load: float32, bfloat16 or float16")
@@ -219,6 +232,7 @@ void add_inspect_command(CLI::App& app) {
   cmd->add_option("--device", opts->device, "with --load: cpu, cuda or cuda:N")
       ->capture_default_str();
   cmd->callback([opts] {
+    opts->dir = gguf::resolve_model_path(opts->dir);  // a .gguf: its import
     const json j = describe(*opts);
     if (opts->json) {
       std::cout << j.dump(2) << std::endl;

@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "trainer/cli/commands.h"
+#include "trainer/cli/paths.h"
+#include "trainer/gguf/gguf.h"
 #include "trainer/io/error.h"
 #include "trainer/io/safetensors.h"
 #include "trainer/lora/peft_io.h"
@@ -61,7 +63,10 @@ std::vector<int64_t> parse_token_ids(const std::string& text, int64_t vocab_size
 
 namespace {
 
-void run_logits(const LogitsOptions& o) {
+void run_logits(LogitsOptions o) {
+  refuse_output_over_inputs("--out", o.out,
+                            {{"--model", o.model_dir}, {"--adapter", o.adapter_dir}});
+  o.model_dir = gguf::resolve_model_path(o.model_dir);  // a .gguf: its import
   model::LoadOptions lo;
   lo.dtype = model::parse_dtype(o.dtype);
   lo.device = o.device;
@@ -94,7 +99,7 @@ void add_logits_command(CLI::App& app) {
       "Example: loratune logits --model ./Llama-3.2-1B --ids \"128000 791 6864\" --out "
       "l.safetensors");
   cmd->add_option("--model", opts->model_dir,
-                  "Hugging Face model directory (config.json + *.safetensors)")
+                  "Hugging Face model directory (config.json + *.safetensors) or .gguf file")
       ->required();
   cmd->add_option("--adapter", opts->adapter_dir,
                   "PEFT adapter directory applied on top of the model (not merged)");

@@ -1,12 +1,16 @@
 // `loratune merge`: base model + PEFT adapter -> merged Hugging Face model.
 #include <cstdint>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
 #include "trainer/cli/commands.h"
+#include "trainer/cli/paths.h"
 #include "trainer/export/merge.h"
+#include "trainer/gguf/gguf.h"
 #include "trainer/io/error.h"
+#include "trainer/io/lock.h"
 #include "trainer/io/safetensors.h"
 #include "trainer/model/loader.h"
 
@@ -42,12 +46,18 @@ void add_merge_command(CLI::App& app) {
       "(sharded safetensors + index, config.json, tokenizer files, README.md model card). "
       "W' = W + s*B@A in float32, cast once; streams tensor by tensor; the output appears "
       "atomically under --out.");
-  cmd->add_option("--model", opt->model_dir, "Base model directory (Hugging Face layout)")
+  cmd->add_option("--model", opt->model_dir,
+                  "Base model directory (Hugging Face layout) or .gguf file (merged from its "
+                  "float32 import)")
       ->required();
   cmd->add_option("--adapter", opt->adapter_dir,
                   "PEFT adapter directory (adapter_config.json + adapter_model.safetensors)")
       ->required();
-  cmd->add_option("--out", opt->out_dir, "Output directory (must not exist unless --overwrite)")
+  cmd->add_option(
+         "--out", opt->out_dir,
+         "Output directory (must not exist unless --overwrite; never the model or adapter "
+         "directory, inside them or a parent of them). While the merge runs, OUT.lock beside it "
+         "keeps other merges into OUT away")
       ->required();
   cmd->add_option("--dtype", *dtype,
                   "Output dtype: bfloat16, float16 or float32 (default: the base model's)");
@@ -61,7 +71,17 @@ void add_merge_command(CLI::App& app) {
       "libraries are loaded and before any file is read, and the peak RSS during the "
       "merge (VmRSS / VmHWM of /proc/self/status; used by scripts/bench_merge_memory.py)");
   cmd->callback([opt, dtype, shard, report] {
+    refuse_output_over_inputs("--out", opt->out_dir,
+                              {{"--model", opt->model_dir}, {"--adapter", opt->adapter_dir}});
     if (!dtype->empty()) opt->dtype = model::parse_dtype(*dtype);
+    // A .gguf base merges from its float32 import: full precision, never re-quantized.
+    opt->model_dir = gguf::resolve_model_path(opt->model_dir);
+    // One merge per output at a time: a second one fails at once, naming the holder.
+    std::string out = opt->out_dir;
+    while (out.size() > 1 && out.back() == '/') out.pop_back();
+    const std::filesystem::path parent = std::filesystem::path(out).parent_path();
+    if (!parent.empty()) std::filesystem::create_directories(parent);
+    io::DirLock lock(out + ".lock", "--out '" + opt->out_dir + "'");
     opt->max_shard_bytes = io::parse_size(*shard);
     const bool reset = *report && reset_peak_rss();
     const uint64_t baseline = *report ? proc_status_bytes("VmRSS") : 0;

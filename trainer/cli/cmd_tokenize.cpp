@@ -14,6 +14,7 @@
 
 #include "trainer/cli/cmd_tokenize_chat.h"
 #include "trainer/cli/commands.h"
+#include "trainer/gguf/gguf.h"
 #include "trainer/io/error.h"
 #include "trainer/tokenizer/tokenizer.h"
 
@@ -30,7 +31,7 @@ struct TokenizeArgs {
 std::vector<std::string> read_inputs(const TokenizeArgs& a) {
   if (a.file.empty()) return {a.text};
   std::ifstream in(a.file);
-  if (!in) throw Error(a.file + ": cannot open file");
+  if (!in) throw Error(a.file + ": cannot open file", ErrorKind::kIo);
   std::vector<std::string> out;
   std::string line;
   for (size_t n = 1; std::getline(in, line); ++n) {
@@ -38,8 +39,9 @@ std::vector<std::string> read_inputs(const TokenizeArgs& a) {
     nlohmann::json j;
     try {
       j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& e) {
-      throw Error(a.file + ":" + std::to_string(n) + ": not valid JSON");
+    } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for 1e400
+      throw Error(a.file + ":" + std::to_string(n) + ": not valid JSON (" + e.what() + ")",
+                  ErrorKind::kData);
     }
     if (j.is_string()) {
       out.push_back(j.get<std::string>());
@@ -47,7 +49,8 @@ std::vector<std::string> read_inputs(const TokenizeArgs& a) {
       out.push_back(j["text"].get<std::string>());
     } else {
       throw Error(a.file + ":" + std::to_string(n) +
-                  ": expected a JSON string or an object with a string \"text\"");
+                      ": expected a JSON string or an object with a string \"text\"",
+                  ErrorKind::kData);
     }
   }
   return out;
@@ -85,7 +88,8 @@ void run_tokenize(const TokenizeArgs& a) {
 void add_tokenize_command(CLI::App& app) {
   auto args = std::make_shared<TokenizeArgs>();
   CLI::App* cmd = app.add_subcommand("tokenize", "Encode text with a model directory's tokenizer");
-  cmd->add_option("--model", args->model, "Model directory (tokenizer.json or tokenizer.model)")
+  cmd->add_option("--model", args->model,
+                  "Model directory (tokenizer.json or tokenizer.model) or .gguf file")
       ->required();
   auto* text = cmd->add_option("--text", args->text, "Text to encode");
   auto* file = cmd->add_option("--file", args->file,
@@ -101,6 +105,7 @@ void add_tokenize_command(CLI::App& app) {
   auto chat = add_chat_tokenize_options(cmd);
   chat->chat_option->excludes(text)->excludes(file);
   cmd->callback([args, text, file, chat] {
+    args->model = gguf::resolve_model_path(args->model);  // a .gguf: its import
     if (chat->requested()) return run_chat_tokenize(*chat, args->model);
     if (text->count() == 0 && file->count() == 0)
       throw Error("tokenize: give --text, --file or --chat");

@@ -59,21 +59,24 @@ void run_chat_tokenize(const ChatTokenizeArgs& a, const std::string& model_dir) 
   enc.control_tokens =
       a.hf_control_tokens ? chat::ControlTokens::kEverywhere : chat::ControlTokens::kTemplateOnly;
   std::ifstream in(a.chat_file);
-  if (!in) throw Error(a.chat_file + ": cannot open file");
+  if (!in) throw Error(a.chat_file + ": cannot open file", ErrorKind::kIo);
   const auto replace = nlohmann::json::error_handler_t::replace;
   std::string line;
+  int64_t records = 0, failed = 0;
+  std::string first_failure;  // "F:LINE: <why>"
   for (size_t n = 1; std::getline(in, line); ++n) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     const std::string where = a.chat_file + ":" + std::to_string(n);
     chat::Json j;
     try {
       j = chat::Json::parse(line);
-    } catch (const chat::Json::parse_error&) {
-      throw Error(where + ": not valid JSON");
+    } catch (const chat::Json::exception& e) {  // parse_error, or out_of_range for 1e400
+      throw Error(where + ": not valid JSON (" + std::string(e.what()) + ")", ErrorKind::kData);
     }
     if (!j.is_object() || !j.contains("messages") || !j["messages"].is_array()) {
-      throw Error(where + ": expected an object with a \"messages\" array");
+      throw Error(where + ": expected an object with a \"messages\" array", ErrorKind::kData);
     }
+    ++records;
     chat::RenderOptions opts = base;
     if (j.contains("tools")) opts.tools = j["tools"];
     chat::Json out;
@@ -81,11 +84,21 @@ void run_chat_tokenize(const ChatTokenizeArgs& a, const std::string& model_dir) 
       chat::ChatEncoding e = chat::encode_chat(tpl, *tok, j["messages"], opts, enc);
       out = {{"text", e.text}, {"ids", e.ids}, {"assistant_mask", e.assistant_mask}};
     } catch (const Error& e) {
+      // A template over its budgets (jinja_budgets.h) is hostile, not this record: stop.
+      if (e.kind() == ErrorKind::kResource) throw Error(where + ": ", e);
       out = {{"error", e.what()}};
+      if (failed++ == 0) first_failure = where + ": " + e.what();
     }
     std::cout << out.dump(-1, ' ', false, replace) << "\n";
   }
   std::cout.flush();
+  if (failed > 0) {
+    // Every record was printed (failures as {"error"}); the exit status and
+    // one line on stderr say that not all of them could be encoded.
+    throw Error(std::to_string(failed) + " of " + std::to_string(records) +
+                    " records failed; first: " + printable(first_failure),
+                ErrorKind::kData);
+  }
 }
 
 }  // namespace loratune::cli

@@ -5,7 +5,10 @@
 //
 // Each line of F is {"messages": [...]} (optionally "tools": [...]). Prints
 // one JSON object per line: {"text", "ids", "assistant_mask"}, or
-// {"error": "..."} when the template refuses that conversation. The template
+// {"error": "..."} when the template refuses that conversation; when any
+// record failed, the command then fails with ErrorKind::kData (exit 3) and
+// one line "N of M records failed; first: F:LINE: <why>". A line that is not
+// JSON or has no "messages" list stops it at once (kData, naming F:LINE). The template
 // is the model's (tokenizer_config.json) unless --chat-template names a
 // built-in (llama2, llama3, chatml, gemma, mistral, phi3) or a file.
 // Control tokens in message content are tokenized as text unless

@@ -7,14 +7,19 @@
 #include <atomic>
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "trainer/cli/commands.h"
+#include "trainer/cli/paths.h"
 #include "trainer/config/config.h"
 #include "trainer/export/merge.h"
+#include "trainer/gguf/gguf.h"
 #include "trainer/io/error.h"
+#include "trainer/io/lock.h"
 #include "trainer/model/loader.h"
 #include "trainer/train/train.h"
 
@@ -33,16 +38,34 @@ struct TrainOptions {
   std::vector<std::string> overrides;
   bool resume = false;
   bool plain = false;
+  bool allow_config_change = false;
   int64_t stop_after_step = 0;
 };
 
-void run_train(const TrainOptions& o) {
-  config::TrainConfig cfg = config::load_config(o.config, o.overrides);
+// The inputs output.dir must stay clear of (paths.h). The config file is
+// not one: it is read once at start, and `train RUN/config.yaml --resume`
+// is a normal way to continue a run.
+std::vector<NamedPath> inputs_of(const config::TrainConfig& cfg) {
+  std::vector<NamedPath> in = {{"model.path", cfg.model.path},
+                               {"lora.init_from", cfg.lora.init_from}};
+  for (size_t i = 0; i < cfg.data.train.size(); ++i) {
+    in.emplace_back("data.train[" + std::to_string(i) + "]", cfg.data.train[i]);
+  }
+  for (size_t i = 0; i < cfg.data.validation.size(); ++i) {
+    in.emplace_back("data.validation[" + std::to_string(i) + "]", cfg.data.validation[i]);
+  }
+  return in;
+}
+
+void train_and_merge(const TrainOptions& o, const config::TrainConfig& cfg) {
   train::RunOptions ro;
   ro.resume = o.resume;
   ro.stop_signal = &g_stop_signal;
   ro.stop_after_step = o.stop_after_step;
   ro.plain_progress = o.plain;
+  ro.allow_config_change = o.allow_config_change;
+  // A .gguf model.path is read through its float32 import (imported once).
+  ro.model_dir = gguf::resolve_model_path(cfg.model.path);
   std::signal(SIGINT, on_stop_signal);
   std::signal(SIGTERM, on_stop_signal);
   train::RunResult r = train::run_training(cfg, ro);
@@ -51,7 +74,7 @@ void run_train(const TrainOptions& o) {
   if (r.stopped_by_signal != 0) throw CLI::RuntimeError(128 + r.stopped_by_signal);
   if (cfg.output.merge) {
     exporter::MergeOptions mo;
-    mo.model_dir = cfg.model.path;
+    mo.model_dir = ro.model_dir;
     mo.adapter_dir = cfg.output.dir + "/adapter";
     mo.out_dir = cfg.output.dir + "/merged";
     if (cfg.output.merge_dtype) {
@@ -68,6 +91,41 @@ void run_train(const TrainOptions& o) {
   }
 }
 
+void run_train(const TrainOptions& o) {
+  namespace fs = std::filesystem;
+  config::TrainConfig cfg = config::load_config(o.config, o.overrides);
+  refuse_output_over_inputs("output.dir", cfg.output.dir, inputs_of(cfg));
+  // One writer per run directory, for the whole run and its merge. A run that
+  // fails before writing anything leaves no directory it created behind.
+  fs::path dir = fs::absolute(cfg.output.dir).lexically_normal();
+  if (dir.filename().empty()) dir = dir.parent_path();  // "runs/x/"
+  fs::path first_created;                               // the outermost directory this call creates
+  for (fs::path p = dir; !p.empty() && !fs::exists(p); p = p.parent_path()) {
+    first_created = p;
+    if (p == p.parent_path()) break;
+  }
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) {
+    throw Error("output.dir '" + cfg.output.dir + "': cannot create it: " + ec.message(),
+                ErrorKind::kIo);
+  }
+  std::optional<io::DirLock> lock;
+  lock.emplace((dir / ".loratune.lock").string(), "output.dir '" + cfg.output.dir + "'");
+  try {
+    train_and_merge(o, cfg);
+  } catch (...) {
+    lock.reset();
+    if (!first_created.empty()) {
+      for (fs::path p = dir; fs::is_directory(p, ec) && fs::is_empty(p, ec); p = p.parent_path()) {
+        fs::remove(p, ec);
+        if (p == first_created) break;
+      }
+    }
+    throw;
+  }
+}
+
 }  // namespace
 
 void add_train_command(CLI::App& app) {
@@ -81,6 +139,9 @@ void add_train_command(CLI::App& app) {
   sub->add_option("overrides", o->overrides, "key=value overrides, e.g. train.optimizer.lr=1e-4");
   sub->add_flag("--resume", o->resume,
                 "continue from the newest checkpoint in output.dir (bitwise identical on CPU)");
+  sub->add_flag("--allow-config-change", o->allow_config_change,
+                "with --resume: accept a config that changes training (lr, data, seed, ...) "
+                "against the run's config.yaml; the changes are recorded there as comments");
   sub->add_flag("--plain", o->plain, "plain log lines instead of a progress bar");
   // Test hook: behave as if SIGTERM arrived after step N.
   sub->add_option("--stop-after-step", o->stop_after_step)->group("");

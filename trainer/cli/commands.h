@@ -18,6 +18,7 @@ void add_train_command(CLI::App& app);     // cmd_train.cpp
 void add_eval_command(CLI::App& app);      // cmd_eval.cpp
 void add_merge_command(CLI::App& app);     // cmd_merge.cpp
 void add_generate_command(CLI::App& app);  // cmd_generate.cpp
+void add_import_command(CLI::App& app);    // cmd_import.cpp
 
 // "1 2 3" or "1,2,3" -> token ids, each checked against the vocabulary.
 // Throws Error naming the bad item (cmd_logits.cpp).
