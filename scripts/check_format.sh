@@ -6,7 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mapfile -t files < <(git ls-files -co --exclude-standard -- '*.cpp' '*.h' | sort)
 if [[ ${1:-} == --fix ]]; then
-  clang-format -i "${files[@]}"
+  existing=()
+  for f in "${files[@]}"; do [[ -f $f ]] && existing+=("$f"); done  # skip deleted, unstaged files
+  clang-format -i "${existing[@]}"
   exit 0
 fi
 bad=()
