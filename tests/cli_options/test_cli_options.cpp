@@ -238,5 +238,17 @@ TEST(CliOptions, PreTokenizedDataNeedsNoTokenizerFiles) {
                    "pre-tokenized records {\"input_ids\", \"labels\"?} can be used");
 }
 
+TEST(CliOptions, CommandLineSyntaxErrorsAreOneLineNamingTheCommandsHelp) {
+  expect_error(run_loratune("trian x.yaml"), 1,
+               "unknown command 'trian' (did you mean 'train'?); commands: inspect, logits, "
+               "tokenize, train, eval, merge, generate, import");
+  expect_error(run_loratune(""), 1, "A subcommand is required (see `loratune --help`)");
+  expect_error(run_loratune("generate --ids 1"), 1,
+               "--model is required (see `loratune generate --help`)");
+  expect_error(run_loratune("train"), 1, "config is required (see `loratune train --help`)");
+  expect_error(run_loratune("inspect " + tokmodel() + " --bogus"), 1,
+               "The following argument was not expected: --bogus (see `loratune inspect --help`)");
+}
+
 }  // namespace
 }  // namespace loratune::test

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <new>
 #include <string>
+#include <vector>
 
 #include "trainer/cli/commands.h"
 #include "trainer/io/error.h"
@@ -26,6 +27,33 @@ int report(loratune::ErrorKind kind, const std::string& what) {
   const char* label = kind == loratune::ErrorKind::kInternal ? "internal error" : "error";
   std::fprintf(stderr, "loratune: %s: %s\n", label, line.c_str());
   return loratune::exit_code(kind);
+}
+
+// CLI11's message as one line, with the command's --help and, for an
+// unknown first word, the closest subcommand.
+std::string parse_error_line(const CLI::App& app, const CLI::ParseError& e) {
+  std::string msg = e.what();
+  const CLI::App* sub = nullptr;
+  std::vector<std::string> names;
+  for (const CLI::App* s : app.get_subcommands({})) {
+    names.push_back(s->get_name());
+    if (s->parsed()) sub = s;
+  }
+  if (sub == nullptr && !app.remaining().empty()) {
+    const std::string word = app.remaining().front();
+    msg = "unknown command '" + word + "'";
+    const std::string best = loratune::closest_match(word, names);
+    msg += best.empty() ? "" : " (did you mean '" + best + "'?)";
+    std::string all;
+    for (const auto& n : names) all += (all.empty() ? "" : ", ") + n;
+    msg += "; commands: " + all;
+    return msg;
+  }
+  for (char& c : msg) {
+    if (c == '\n') c = ' ';
+  }
+  while (!msg.empty() && msg.back() == ' ') msg.pop_back();
+  return msg + " (see `loratune " + (sub ? sub->get_name() + " " : std::string()) + "--help`)";
 }
 
 }  // namespace
@@ -54,8 +82,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::RuntimeError& e) {  // a command's own exit code (130/143 after a signal)
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    app.exit(e);
-    return loratune::exit_code(ErrorKind::kConfig);
+    return report(ErrorKind::kConfig, parse_error_line(app, e));
   } catch (const loratune::Error& e) {
     return report(e.kind(), e.what());
   } catch (const c10::OutOfMemoryError& e) {
