@@ -58,7 +58,7 @@ max_len() {
   case $1 in
     fuzz_safetensors_header | fuzz_safetensors_index | fuzz_model_config | \
       fuzz_adapter_config) echo 4096 ;;
-    fuzz_tokenizer_json) echo 32768 ;;
+    fuzz_tokenizer_json | fuzz_gguf) echo 32768 ;;
     fuzz_tokenizer_config) echo 16384 ;;
     fuzz_jinja | fuzz_yaml_config | fuzz_jsonl_record) echo 8192 ;;
   esac
@@ -67,6 +67,7 @@ dict_for() {
   case $1 in
     fuzz_jinja) echo jinja ;;
     fuzz_yaml_config) echo yaml ;;
+    fuzz_gguf) echo gguf ;;
     *) echo json ;;
   esac
 }
