@@ -1,6 +1,9 @@
 // libFuzzer target: a chat template through the Jinja lexer, parser and
 // evaluator (chat::ChatTemplate), rendered with a small fixed conversation,
 // with and without the generation prompt, and with the assistant spans.
+// The render runs under budgets 10x below the defaults (jinja_budgets.h) and a
+// 0.2 s clock, so that libFuzzer's 1 s timeout flags work the budgets fail to
+// bound, not templates that legitimately spend their (30 s) default budget.
 #include <cstdint>
 #include <string>
 
@@ -20,7 +23,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       R"([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])");
   const std::string source(reinterpret_cast<const char*>(data), size);
   try {
-    const loratune::chat::ChatTemplate tpl(source);
+    static const loratune::jinja::Budgets budgets = [] {
+      loratune::jinja::Budgets b;
+      b.max_loop_iterations = 100000;
+      b.max_output_bytes = size_t{1} << 20;
+      b.max_value_bytes = size_t{1} << 20;
+      b.max_seconds = 0.2;
+      return b;
+    }();
+    const loratune::chat::ChatTemplate tpl(source, "fuzz template", budgets);
     loratune::chat::RenderOptions opts;
     opts.bos_token = "<s>";
     opts.eos_token = "</s>";

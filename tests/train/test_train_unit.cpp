@@ -18,6 +18,7 @@
 #include <iostream>
 
 #include "train_test_util.h"
+#include "trainer/config/config.h"
 #include "trainer/lora/lora.h"
 #include "trainer/model/loader.h"
 
@@ -270,3 +271,27 @@ TEST(TrainerStep, NonFiniteStepIsSkippedWithoutMovingParameters) {
 }
 
 }  // namespace
+
+// A key the run's config.yaml lacks (added to loratune after the run started)
+// is no change at its default, and a change at any other value.
+TEST(ResumeConfig, AKeyAbsentFromTheRunIsNoChangeAtItsDefault) {
+  using namespace loratune;
+  const std::string now = config::to_yaml(config::TrainConfig{});
+  std::string old;
+  for (size_t pos = 0; pos < now.size();) {
+    size_t nl = now.find('\n', pos);
+    if (nl == std::string::npos) nl = now.size();
+    const std::string line = now.substr(pos, nl - pos);
+    if (line.rfind("seed:", 0) != 0) old += line + "\n";
+    pos = nl + 1;
+  }
+  ASSERT_NE(old.size(), now.size()) << "no top-level seed line in:\n" << now;
+  EXPECT_TRUE(train::config_changes(old, now).empty());
+  config::TrainConfig changed;
+  changed.seed = 7;
+  const auto c = train::config_changes(old, config::to_yaml(changed));
+  ASSERT_EQ(c.size(), 1u);
+  EXPECT_EQ(c[0].key, "seed");
+  EXPECT_EQ(c[0].before, "(absent)");
+  EXPECT_EQ(c[0].after, "7");
+}

@@ -34,6 +34,55 @@ struct Source {
   }
 };
 
+// Offset of the first byte that does not start a valid UTF-8 sequence
+// (overlong forms, surrogates and code points past U+10FFFF included), or
+// npos. YAML text is UTF-8; yaml-cpp would pass invalid bytes through on
+// reading and write U+FFFD for them, so the resolved config would not load
+// back as the same config.
+size_t invalid_utf8_at(const std::string& s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto b = static_cast<unsigned char>(s[i]);
+    size_t n = 0;
+    char32_t cp = 0, min = 0;
+    if (b < 0x80) {
+      ++i;
+      continue;
+    } else if ((b >> 5) == 0x6) {
+      n = 1, cp = b & 0x1F, min = 0x80;
+    } else if ((b >> 4) == 0xE) {
+      n = 2, cp = b & 0x0F, min = 0x800;
+    } else if ((b >> 3) == 0x1E) {
+      n = 3, cp = b & 0x07, min = 0x10000;
+    } else {
+      return i;
+    }
+    if (i + n >= s.size()) return i;  // truncated at the end
+    for (size_t k = 1; k <= n; ++k) {
+      const auto c = static_cast<unsigned char>(s[i + k]);
+      if ((c >> 6) != 0x2) return i;
+      cp = (cp << 6) | (c & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return i;
+    i += n + 1;
+  }
+  return std::string::npos;
+}
+
+// Throws "<name>:<line>:<column>: invalid UTF-8 ..." for text that is not UTF-8.
+void require_utf8(const std::string& text, const std::string& name, bool has_lines) {
+  const size_t at = invalid_utf8_at(text);
+  if (at == std::string::npos) return;
+  std::string where = name;
+  if (has_lines) {
+    const size_t line = 1 + static_cast<size_t>(std::count(text.begin(), text.begin() + at, '\n'));
+    const size_t nl = at == 0 ? std::string::npos : text.rfind('\n', at - 1);
+    const size_t column = at - (nl == std::string::npos ? 0 : nl + 1) + 1;
+    where += ":" + std::to_string(line) + ":" + std::to_string(column);
+  }
+  throw Error(where + ": invalid UTF-8 (byte " + std::to_string(at) + "); a config is UTF-8 text");
+}
+
 std::string join(const std::string& prefix, const std::string& key) {
   return prefix.empty() ? key : prefix + "." + key;
 }
@@ -282,6 +331,8 @@ size_t count_documents(const std::string& text, const std::string& name, size_t 
 TrainConfig parse_document(const std::string& text, const std::string& name,
                            const std::vector<std::string>& overrides) {
   constexpr size_t kMaxCounted = 16;
+  require_utf8(text, name, true);
+  for (const auto& o : overrides) require_utf8(o, "override '" + printable(o) + "'", false);
   std::vector<YAML::Node> docs;
   size_t count = 0;
   try {

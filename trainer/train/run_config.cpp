@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <map>
 
+#include "trainer/config/config.h"
 #include "trainer/io/error.h"
 #include "trainer/train/train.h"
 
@@ -66,10 +67,17 @@ std::vector<ConfigChange> config_changes(const std::string& before_yaml,
   auto is_neutral = [&](const std::string& k) {
     return std::find(neutral.begin(), neutral.end(), k) != neutral.end();
   };
+  // A key the run's config.yaml lacks was added to loratune after the run
+  // started; at its default it keeps the behaviour the run had.
+  static const auto defaults = leaves(config::to_yaml(config::TrainConfig{}), "the default");
   std::vector<ConfigChange> out;
   for (const auto& [key, value] : after) {
     if (is_neutral(key)) continue;
     auto it = before.find(key);
+    if (it == before.end()) {
+      auto d = defaults.find(key);
+      if (d != defaults.end() && d->second == value) continue;
+    }
     const std::string old = it == before.end() ? "(absent)" : it->second;
     if (old != value) out.push_back({key, old, value});
   }
