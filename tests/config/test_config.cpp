@@ -87,6 +87,8 @@ output:
 // Every key path to_yaml must write, in schema order.
 const std::vector<std::string> kAllKeys = {"model.path",
                                            "model.dtype",
+                                           "model.quantize",
+                                           "model.double_quant",
                                            "device",
                                            "seed",
                                            "lora.r",

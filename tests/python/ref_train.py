@@ -51,11 +51,16 @@ def make_examples(n, vocab, g):
 
 
 def train_variant(models, out, variant, seed):
-    d = f"{out}/{variant}"
-    os.makedirs(d, exist_ok=True)
     torch.manual_seed(seed)
     base = AutoModelForCausalLM.from_pretrained(f"{models}/{variant}", dtype=torch.float32,
                                                 attn_implementation="eager")
+    train_lora(base, f"{out}/{variant}", seed, variant)
+
+
+def train_lora(base, d, seed, label):
+    """The reference run on `base` into directory d (see the module doc);
+    also used by ref_nf4.py on a 4-bit base."""
+    os.makedirs(d, exist_ok=True)
     cfg = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0,
                      task_type="CAUSAL_LM")
     model = get_peft_model(base, cfg)
@@ -89,7 +94,7 @@ def train_variant(models, out, variant, seed):
     with open(f"{d}/ref.json", "w") as f:
         json.dump({"steps": steps, "warmup": WARMUP, "lr": LR, "weight_decay": WD,
                    "accum": ACCUM, "micro": MICRO}, f, indent=1)
-    print(f"{variant}: losses {steps[0]['loss']:.4f} -> {steps[-1]['loss']:.4f}")
+    print(f"{label}: losses {steps[0]['loss']:.4f} -> {steps[-1]['loss']:.4f}")
 
 
 def schedules(out):

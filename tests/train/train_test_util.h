@@ -2,14 +2,22 @@
 // micro-batches built straight from a pre-tokenized JSONL file.
 #pragma once
 
+#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <string>
 #include <vector>
 
 #include "common/test_env.h"
+#include "trainer/config/config.h"
 #include "trainer/data/data.h"
 #include "trainer/io/file_util.h"
+#include "trainer/io/safetensors.h"
+#include "trainer/lora/lora.h"
+#include "trainer/lora/peft_io.h"
+#include "trainer/model/model.h"
 #include "trainer/train/train.h"
 
 namespace loratune::test {
@@ -55,6 +63,78 @@ inline std::vector<train::MicroBatch> micro_batches(const std::vector<data::Sequ
     out.push_back(train::to_micro_batch(data::collate(rows, 0), c10::Device(c10::kCPU), false));
   }
   return out;
+}
+
+inline double rel_err(double got, double want) {
+  return std::abs(got - want) / std::max(std::abs(want), 1e-12);
+}
+
+// The worst relative errors of a replayed reference run.
+struct ReplayErrors {
+  size_t steps = 0;
+  double loss = 0, grad_norm = 0, adapter = 0;
+};
+
+// Replays on `m` the reference run in `dir` (tests/python/ref_train.py's
+// train_lora: ref.json, init_adapter/, train.jsonl, final_adapter/): injects
+// LoRA r 8, alpha 16, dropout 0 on all linear layers, loads init_adapter,
+// runs the reference's steps with its optimizer and schedule, and expects
+// (gtest) each step loss within `loss_tol` and each final adapter tensor
+// within `adapter_tol` (relative to its largest value) of the reference's,
+// and the same target counts and learning rates.
+inline ReplayErrors replay_reference_run(model::CausalLMImpl& m, const std::string& dir,
+                                         double loss_tol, double adapter_tol) {
+  const auto ref = io::read_json(dir + "/ref.json");
+  const auto& steps = ref.at("steps");
+  lora::LoraSpec spec;
+  spec.r = 8;
+  spec.alpha = 16;
+  spec.dropout = 0.0;
+  spec.target_modules = {"all-linear"};
+  lora::inject_lora(m, spec);
+  lora::load_adapter_weights(dir + "/init_adapter", m);
+
+  config::TrainLoopConfig cfg;
+  cfg.optimizer.lr = ref.at("lr").get<double>();
+  cfg.optimizer.weight_decay = ref.at("weight_decay").get<double>();
+  cfg.scheduler.name = config::SchedulerName::kCosine;
+  cfg.scheduler.warmup_steps = ref.at("warmup").get<int64_t>();
+  cfg.max_grad_norm = 1.0;
+  const size_t accum = ref.at("accum").get<size_t>();
+  train::Trainer trainer(m, cfg, static_cast<int64_t>(steps.size()));
+  const auto batches =
+      micro_batches(read_tokenized(dir + "/train.jsonl"), ref.at("micro").get<size_t>());
+  ReplayErrors worst;
+  worst.steps = steps.size();
+  EXPECT_EQ(batches.size(), steps.size() * accum);
+  if (batches.size() != steps.size() * accum) return worst;
+  for (size_t s = 0; s < steps.size(); ++s) {
+    std::vector<train::MicroBatch> group(batches.begin() + s * accum,
+                                         batches.begin() + (s + 1) * accum);
+    train::StepResult r = trainer.step(group);
+    const double loss = r.loss.item<double>();
+    const double want = steps[s].at("loss").get<double>();
+    EXPECT_EQ(r.target_tokens, steps[s].at("targets").get<int64_t>()) << "step " << s;
+    EXPECT_EQ(r.lr, steps[s].at("lr").get<double>()) << "step " << s;
+    EXPECT_EQ(r.found_inf.item<float>(), 0.0f) << "step " << s;
+    EXPECT_LE(rel_err(loss, want), loss_tol) << "step " << s << ": " << loss << " vs " << want;
+    worst.loss = std::max(worst.loss, rel_err(loss, want));
+    worst.grad_norm = std::max(worst.grad_norm, rel_err(r.grad_norm.item<double>(),
+                                                        steps[s].at("grad_norm").get<double>()));
+  }
+  auto fin = io::SafetensorsFile::open(dir + "/final_adapter/adapter_model.safetensors");
+  const auto ours = lora::adapter_tensors(m);
+  EXPECT_EQ(ours.size(), fin->tensors().size());
+  for (const auto& [name, t] : ours) {
+    EXPECT_TRUE(fin->contains(name)) << name;
+    if (!fin->contains(name)) continue;
+    const at::Tensor want = fin->tensor(name);
+    const double err =
+        (t - want).abs().max().item<double>() / std::max(want.abs().max().item<double>(), 1e-12);
+    EXPECT_LE(err, adapter_tol) << name;
+    worst.adapter = std::max(worst.adapter, err);
+  }
+  return worst;
 }
 
 }  // namespace loratune::test

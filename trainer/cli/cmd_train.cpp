@@ -81,6 +81,10 @@ void train_and_merge(const TrainOptions& o, const config::TrainConfig& cfg) {
       mo.dtype = model::parse_dtype(config::to_string(*cfg.output.merge_dtype));
     }
     mo.overwrite = true;
+    if (cfg.model.quantize == config::Quantize::kNf4) {  // QLoRA: the dequantized base it trained
+      mo.base_quantize = {model::Quantization::kNf4, cfg.model.double_quant};
+      mo.quantized_dtype = model::parse_dtype(config::to_string(cfg.model.dtype));
+    }
     mo.facts.data_files = cfg.data.train;
     mo.facts.steps = r.steps_done;
     const train::FinalLosses fl = train::read_final_losses(cfg.output.dir + "/metrics.jsonl");

@@ -37,6 +37,7 @@ enum class DataFormat { kAuto, kText, kInstruction, kPromptCompletion, kChat, kT
 enum class OptimizerName { kAdamW };                       // adamw
 enum class SchedulerName { kConstant, kLinear, kCosine };  // constant | linear | cosine
 enum class MixedPrecision { kNone, kBF16, kFP16 };         // none | bf16 | fp16
+enum class Quantize { kNone, kNf4 };                       // none | nf4
 
 // The YAML spelling of each choice ("bfloat16", "prompt_completion", "bf16", ...).
 std::string to_string(DType v);
@@ -44,6 +45,7 @@ std::string to_string(DataFormat v);
 std::string to_string(OptimizerName v);
 std::string to_string(SchedulerName v);
 std::string to_string(MixedPrecision v);
+std::string to_string(Quantize v);
 
 // Built-in chat template names accepted by data.chat_template besides "auto".
 const std::vector<std::string>& chat_template_names();  // llama2 llama3 chatml mistral gemma phi3
@@ -67,6 +69,15 @@ struct ModelConfig {
   // 7-8B model needs to fit one GPU). LoRA weights are always kept in float32,
   // as PEFT does.
   DType dtype = DType::kBFloat16;
+  // model.quantize: none | nf4. nf4 is QLoRA: the frozen projection weights
+  // of the decoder layers (not embeddings, lm_head or norms) are quantized
+  // at load to 4-bit NormalFloat exactly as bitsandbytes does (blocks of 64)
+  // and dequantized on the fly in model.dtype, the compute dtype. Default none.
+  Quantize quantize = Quantize::kNone;
+  // model.double_quant: with nf4, also quantize the per-block scales (8-bit,
+  // blocks of 256; bitsandbytes' bnb_4bit_use_double_quant). Default true.
+  // Ignored when quantize is none.
+  bool double_quant = true;
 };
 
 struct LoraConfig {

@@ -57,6 +57,7 @@ const ChoiceTable<DataFormat>& format_table();
 const ChoiceTable<OptimizerName>& optimizer_table();
 const ChoiceTable<SchedulerName>& scheduler_table();
 const ChoiceTable<MixedPrecision>& mixed_precision_table();
+const ChoiceTable<Quantize>& quantize_table();
 
 // " (did you mean 'x'?)" for the alias or closest name of `value`, else "".
 std::string did_you_mean(const std::string& value, const std::vector<std::string>& names,

@@ -72,6 +72,20 @@ const ChoiceTable<MixedPrecision>& mixed_precision_table() {
   return t;
 }
 
+const ChoiceTable<Quantize>& quantize_table() {
+  static const ChoiceTable<Quantize> t{{{"none", Quantize::kNone}, {"nf4", Quantize::kNf4}},
+                                       {{"no", "none"},
+                                        {"off", "none"},
+                                        {"false", "none"},
+                                        {"4bit", "nf4"},
+                                        {"int4", "nf4"},
+                                        {"fp4", "nf4"},
+                                        {"bnb", "nf4"},
+                                        {"bnb_4bit", "nf4"},
+                                        {"qlora", "nf4"}}};
+  return t;
+}
+
 std::string did_you_mean(const std::string& value, const std::vector<std::string>& names,
                          const std::vector<std::pair<std::string, std::string>>& aliases) {
   for (const auto& [alias, name] : aliases) {
@@ -156,6 +170,9 @@ std::string to_string(SchedulerName v) {
 std::string to_string(MixedPrecision v) {
   return name_of(detail::mixed_precision_table(), v);
 }
+std::string to_string(Quantize v) {
+  return name_of(detail::quantize_table(), v);
+}
 
 const std::vector<std::string>& chat_template_names() {
   static const std::vector<std::string> names = {"llama2",  "llama3", "chatml",
@@ -172,8 +189,9 @@ bool operator==(const TrainConfig& a, const TrainConfig& b) {
   const auto& tb = b.train;
   const auto& oa = ta.optimizer;
   const auto& ob = tb.optimizer;
-  return a.model.path == b.model.path && a.model.dtype == b.model.dtype && a.device == b.device &&
-         a.seed == b.seed &&
+  return a.model.path == b.model.path && a.model.dtype == b.model.dtype &&
+         a.model.quantize == b.model.quantize && a.model.double_quant == b.model.double_quant &&
+         a.device == b.device && a.seed == b.seed &&
          // lora
          la.r == lb.r && la.alpha == lb.alpha && la.dropout == lb.dropout &&
          la.target_modules == lb.target_modules && la.use_rslora == lb.use_rslora &&

@@ -292,6 +292,8 @@ const std::vector<Field>& fields() {
   static const std::vector<Field> kFields = {
       string_field("model.path", REF(model.path), false),
       choice_field("model.dtype", REF(model.dtype), &dtype_table),
+      choice_field("model.quantize", REF(model.quantize), &quantize_table),
+      bool_field("model.double_quant", REF(model.double_quant)),
       string_field("device", REF(device), false),
       int_field("seed", REF(seed)),
       int_field("lora.r", REF(lora.r)),

@@ -28,27 +28,6 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-// One adapted projection: its two factors and scale.
-struct Factors {
-  at::Tensor A, B;  // [r, in], [out, r]
-  double scale = 1.0;
-};
-
-// base weight name ("model.layers.0.self_attn.q_proj.weight") -> factors, for
-// exactly the LoRA layers PEFT would create (open_adapter checked the file).
-std::map<std::string, Factors> read_factors(const model::ModelConfig& config,
-                                            const lora::CheckedAdapter& adapter) {
-  std::map<std::string, Factors> out;
-  for (const lora::AdaptedModule& m : adapter.modules) {
-    const std::string prefix = "base_model.model." + m.path;
-    Factors& f = out[model::checkpoint_name(config, m.path + ".weight")];
-    f.A = adapter.file->tensor(prefix + ".lora_A.weight");
-    f.B = adapter.file->tensor(prefix + ".lora_B.weight");
-    f.scale = m.scale;
-  }
-  return out;
-}
-
 // The dtype the base model declares (config.json "dtype" or "torch_dtype").
 std::optional<c10::ScalarType> config_dtype(const json& cfg) {
   for (const char* key : {"dtype", "torch_dtype"}) {
@@ -79,6 +58,14 @@ std::string model_card(const MergeOptions& opt, const lora::LoraSpec& spec, c10:
   }
   if (!spec.target_regex.empty()) md << "`" << spec.target_regex << "` (regex)";
   md << " |\n| merged projections | " << merged << " |\n";
+  if (opt.base_quantize.kind == model::Quantization::kNf4) {
+    md << "\n## QLoRA base\n\nThe adapter was trained on an NF4 base (bitsandbytes layout, "
+       << "blocks of 64, double quant " << (opt.base_quantize.double_quant ? "on" : "off")
+       << ", quantized from " << model::dtype_string(opt.quantized_dtype) << "). Every "
+       << "projection weight of the decoder layers is stored here as its dequantized NF4 value "
+       << "plus the LoRA delta (computed in float32), i.e. the model the run trained; it is "
+       << "not re-quantized, and it is not the original full-precision weight.\n";
+  }
   if (!spec.rank_pattern.empty()) md << "| rank_pattern | " << json(spec.rank_pattern) << " |\n";
   if (!spec.alpha_pattern.empty()) {
     md << "| alpha_pattern | " << json(spec.alpha_pattern) << " |\n";
@@ -105,21 +92,6 @@ uint64_t output_bytes(const io::TensorInfo& info, c10::ScalarType dtype) {
   return static_cast<uint64_t>(info.numel()) * c10::elementSize(t);
 }
 
-// W' = W + s * (B @ A) in float32, cast once to `dtype`. w [out, in] views
-// the mapping; the result owns its memory. Peak: the result plus w's pages.
-at::Tensor merged_weight(const at::Tensor& w, const Factors& f, const std::string& name,
-                         const std::string& adapter_path, c10::ScalarType dtype) {
-  if (w.dim() != 2 || f.A.size(1) != w.size(1) || f.B.size(0) != w.size(0) ||
-      f.A.size(0) != f.B.size(1)) {
-    throw Error(adapter_path + ": factors for '" + name + "' (A " + c10::str(f.A.sizes()) + ", B " +
-                    c10::str(f.B.sizes()) + ") do not fit the base weight " + c10::str(w.sizes()),
-                ErrorKind::kCorrupt);
-  }
-  at::Tensor out = at::matmul(f.B.to(at::kFloat), f.A.to(at::kFloat));  // [out, in]
-  out.mul_(f.scale).add_(w.to(at::kFloat));  // same bits as W + delta * s, one buffer
-  return dtype == at::kFloat ? out : out.to(dtype);
-}
-
 // Streams every base tensor, merged where the adapter has factors (which are
 // erased from `factors` as they are used), into `writer` in file order.
 // Memory held: the writer's pending shard (tensors it owns, plus views of the
@@ -128,8 +100,11 @@ at::Tensor merged_weight(const at::Tensor& w, const Factors& f, const std::strin
 // not fit in it, and the mapping's pages of each tensor are released once
 // nothing reads them any more (converted: at once; queued as a view: when
 // its shard is on disk), so RSS stays near one shard, not the model.
-size_t stream_tensors(const io::Checkpoint& base, std::map<std::string, Factors>& factors,
+// `nf4_names` (with `opt`'s quantization) are the weights a QLoRA run held in
+// NF4: they are read as dequantize(quantize(W)) before anything else.
+size_t stream_tensors(const io::Checkpoint& base, std::map<std::string, LoraFactors>& factors,
                       c10::ScalarType dtype, const std::string& adapter_path,
+                      const std::set<std::string>& nf4_names, const MergeOptions& opt,
                       io::ShardedWriter& writer) {
   // Fault injection for the crash-safety test: die (SIGKILL) once this many
   // shards are on disk, as a power cut or the OOM killer would.
@@ -156,6 +131,12 @@ size_t stream_tensors(const io::Checkpoint& base, std::map<std::string, Factors>
       writer.make_room(output_bytes(info, dtype));
       release_if_written();
       at::Tensor w = shard->tensor(info.name);
+      const void* mapped = w.data_ptr();
+      if (nf4_names.count(info.name)) {
+        const at::Tensor loaded = w.to(opt.quantized_dtype);  // as the run loaded it
+        w = model::dequantize_nf4(
+            model::quantize_nf4(loaded, opt.base_quantize.double_quant, info.name), at::kFloat);
+      }
       at::Tensor outw;
       auto it = factors.find(info.name);
       if (it != factors.end()) {
@@ -165,7 +146,7 @@ size_t stream_tensors(const io::Checkpoint& base, std::map<std::string, Factors>
       } else {
         outw = at::isFloatingType(w.scalar_type()) ? w.to(dtype) : w;
       }
-      const bool view = outw.data_ptr() == w.data_ptr();
+      const bool view = outw.data_ptr() == mapped;
       w.reset();
       if (!view) shard->release(info);  // converted: the source pages are done
       writer.add(info.name, outw);
@@ -177,6 +158,34 @@ size_t stream_tensors(const io::Checkpoint& base, std::map<std::string, Factors>
 }
 
 }  // namespace
+
+std::map<std::string, LoraFactors> read_factors(const model::ModelConfig& config,
+                                                const lora::CheckedAdapter& adapter) {
+  std::map<std::string, LoraFactors> out;
+  for (const lora::AdaptedModule& m : adapter.modules) {
+    const std::string prefix = "base_model.model." + m.path;
+    LoraFactors& f = out[model::checkpoint_name(config, m.path + ".weight")];
+    f.A = adapter.file->tensor(prefix + ".lora_A.weight");
+    f.B = adapter.file->tensor(prefix + ".lora_B.weight");
+    f.r = m.r;
+    f.alpha = m.alpha;
+    f.scale = m.scale;
+  }
+  return out;
+}
+
+at::Tensor merged_weight(const at::Tensor& w, const LoraFactors& f, const std::string& name,
+                         const std::string& adapter_path, c10::ScalarType dtype) {
+  if (w.dim() != 2 || f.A.size(1) != w.size(1) || f.B.size(0) != w.size(0) ||
+      f.A.size(0) != f.B.size(1)) {
+    throw Error(adapter_path + ": factors for '" + name + "' (A " + c10::str(f.A.sizes()) + ", B " +
+                    c10::str(f.B.sizes()) + ") do not fit the base weight " + c10::str(w.sizes()),
+                ErrorKind::kCorrupt);
+  }
+  at::Tensor out = at::matmul(f.B.to(at::kFloat), f.A.to(at::kFloat));  // [out, in]
+  out.mul_(f.scale).add_(w.to(at::kFloat));  // same bits as W + delta * s, one buffer
+  return dtype == at::kFloat ? out : out.to(dtype);
+}
 
 std::vector<std::string> companion_files(const std::string& model_dir) {
   static const std::set<std::string> kKeep = {"generation_config.json",
@@ -216,7 +225,7 @@ void merge_adapter(const MergeOptions& opt) {
       lora::open_adapter(opt.adapter_dir, model::linear_shapes(config));
   const lora::LoraSpec& spec = checked.spec;
   const auto& adapter = checked.file;
-  std::map<std::string, Factors> factors = read_factors(config, checked);
+  std::map<std::string, LoraFactors> factors = read_factors(config, checked);
 
   c10::ScalarType dtype = opt.dtype.value_or(config_dtype(cfg).value_or(at::kFloat));
   if (!opt.dtype && !config_dtype(cfg) && !base.names().empty()) {
@@ -227,7 +236,16 @@ void merge_adapter(const MergeOptions& opt) {
   io::AtomicDir out(opt.out_dir, opt.overwrite);
   {
     io::ShardedWriter writer(out.path(), opt.max_shard_bytes);
-    const size_t merged = stream_tensors(base, factors, dtype, adapter->path(), writer);
+    std::set<std::string> nf4_names;
+    if (opt.base_quantize.kind == model::Quantization::kNf4) {
+      for (const model::LinearShape& l : model::linear_shapes(config)) {
+        if (model::is_quantized_projection(l.path)) {
+          nf4_names.insert(model::checkpoint_name(config, l.path + ".weight"));
+        }
+      }
+    }
+    const size_t merged =
+        stream_tensors(base, factors, dtype, adapter->path(), nf4_names, opt, writer);
     if (!factors.empty()) {
       throw Error(adapter->path() + ": adapter module '" + factors.begin()->first +
                       "' has no weight in the base model " + opt.model_dir + " (" +

@@ -14,12 +14,23 @@
 // model under the final name.
 #pragma once
 
+#include <ATen/core/Tensor.h>
 #include <c10/core/ScalarType.h>
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
+
+#include "trainer/model/nf4.h"
+
+namespace loratune::model {
+struct ModelConfig;
+}
+namespace loratune::lora {
+struct CheckedAdapter;
+}
 
 namespace loratune::exporter {
 
@@ -40,12 +51,42 @@ struct MergeOptions {
   uint64_t max_shard_bytes = 5'000'000'000ULL;  // transformers' default "5GB"
   bool overwrite = false;
   TrainingFacts facts;
+  // The adapter was trained on an NF4 base (QLoRA, model.quantize: nf4) that
+  // was loaded in `quantized_dtype`. Every projection weight the load
+  // quantized (model::is_quantized_projection) is then written as
+  // dequantize(quantize(W)) in float32, plus the LoRA delta where adapted,
+  // cast once to the output dtype: the model the run trained and evaluated,
+  // never re-quantized. Without it (the default, and `loratune merge`) the
+  // original full-precision W is used. The model card says which.
+  model::QuantizeOptions base_quantize;
+  c10::ScalarType quantized_dtype = c10::ScalarType::Float;
 };
 
 // Merges and writes `opt.out_dir`. Throws loratune::Error naming the file or
 // tensor at fault (adapter tensors that match no base weight, shape
 // mismatches, an existing out_dir without overwrite).
 void merge_adapter(const MergeOptions& opt);
+
+// One adapted projection: its two factors and scale (from the adapter file).
+struct LoraFactors {
+  at::Tensor A, B;  // [r, in], [out, r], as stored
+  int64_t r = 0;
+  double alpha = 0;
+  double scale = 1.0;  // lora::lora_scale(alpha, r, use_rslora)
+};
+
+// Base checkpoint weight name ("model.layers.0.self_attn.q_proj.weight") ->
+// its factors, for exactly the LoRA layers PEFT would create
+// (lora::open_adapter checked the file). Tensors view the adapter's mapping.
+std::map<std::string, LoraFactors> read_factors(const model::ModelConfig& config,
+                                                const lora::CheckedAdapter& adapter);
+
+// W' = W + s * (B @ A) computed in float32, cast once to `dtype`; what
+// merge_adapter writes for an adapted weight. w [out, in] may view a
+// mapping; the result owns its memory. Throws kCorrupt naming `name` and
+// `adapter_path` when the factors do not fit w.
+at::Tensor merged_weight(const at::Tensor& w, const LoraFactors& f, const std::string& name,
+                         const std::string& adapter_path, c10::ScalarType dtype);
 
 // Files besides the weights that a model directory carries and the merged
 // model keeps (tokenizer files, generation_config.json, chat_template.jinja...).

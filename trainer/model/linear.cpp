@@ -20,9 +20,32 @@ LinearImpl::LinearImpl(int64_t in_features, int64_t out_features, bool bias,
 }
 
 at::Tensor LinearImpl::forward(const at::Tensor& x) {
-  at::Tensor y = at::linear(x, weight, bias);   // [..., in] -> [..., out]
+  at::Tensor y = nf4_ ? nf4_linear(x, *nf4_, bias)  // [..., in] -> [..., out]
+                      : at::linear(x, weight, bias);
   if (adapter_) y = adapter_->add_delta(x, y);  // [..., out]
   return y;
+}
+
+void LinearImpl::set_nf4(Nf4Weight q) {
+  if (q.shape != std::vector<int64_t>{out_features_, in_features_}) {
+    throw Error("LinearImpl::set_nf4: NF4 weight of another shape", ErrorKind::kInternal);
+  }
+  weight.set_data(q.packed);
+  weight.set_requires_grad(false);
+  nf4_ = std::make_shared<Nf4Weight>(std::move(q));
+}
+
+void LinearImpl::to(torch::Device device, bool non_blocking) {
+  torch::nn::Module::to(device, non_blocking);  // moves weight (the packed bytes) and bias
+  if (!nf4_) return;
+  Nf4Weight moved = *nf4_;
+  moved.packed = weight;
+  moved.absmax = moved.absmax.to(device);
+  if (moved.double_quant()) {
+    moved.nested_absmax = moved.nested_absmax.to(device);
+    moved.offset = moved.offset.to(device);
+  }
+  nf4_ = std::make_shared<Nf4Weight>(std::move(moved));
 }
 
 void LinearImpl::set_adapter(std::shared_ptr<LinearAdapter> adapter) {

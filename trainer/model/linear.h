@@ -9,6 +9,10 @@
 // the LinearImpl under their names, so LoRA's "lora_A"/"lora_B" children make
 // parameter names such as "model.layers.0.self_attn.q_proj.lora_A.weight",
 // the names PEFT writes.
+//
+// A projection may hold its base weight in NF4 (QLoRA, set_nf4): "weight"
+// is then bitsandbytes' packed uint8 [ceil(out*in/2), 1] and forward
+// dequantizes it on the fly (nf4_linear); the adapter path is unchanged.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -20,6 +24,8 @@
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "trainer/model/nf4.h"
 
 namespace loratune::model {
 
@@ -55,16 +61,27 @@ class LinearImpl : public torch::nn::Module {
   // eval mode): model->eval() reaches every adapter through its projection.
   void train(bool on = true) override;
 
+  // Replaces the float weight by `q` (quantize_nf4 of it, on the weight's
+  // device): `weight` becomes q.packed, frozen; the float weight's memory is
+  // released once nothing else holds it.
+  void set_nf4(Nf4Weight q);
+  // The NF4 state, or null for a float weight.
+  const Nf4Weight* nf4() const { return nf4_ ? nf4_.get() : nullptr; }
+  // Module::to(device) that also moves the NF4 state.
+  using torch::nn::Module::to;
+  void to(torch::Device device, bool non_blocking = false) override;
+
   int64_t in_features() const { return in_features_; }
   int64_t out_features() const { return out_features_; }
 
-  at::Tensor weight;  // [out, in]
+  at::Tensor weight;  // [out, in], or uint8 [ceil(out*in/2), 1] when NF4
   at::Tensor bias;    // [out] or undefined
 
  private:
   int64_t in_features_;
   int64_t out_features_;
   std::shared_ptr<LinearAdapter> adapter_;
+  std::shared_ptr<Nf4Weight> nf4_;
 };
 TORCH_MODULE(Linear);
 

@@ -5,6 +5,8 @@
 #include <c10/core/Device.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
+#include <map>
+#include <memory>
 #include <set>
 #include <sstream>
 #include <vector>
@@ -101,6 +103,10 @@ std::string checkpoint_name(const ModelConfig& config, const std::string& param_
   return family.checkpoint_name ? family.checkpoint_name(param_name) : param_name;
 }
 
+bool is_quantized_projection(const std::string& module_path) {
+  return module_path.rfind("model.layers.", 0) == 0;
+}
+
 CausalLM load_model(const std::string& dir, const LoadOptions& options) {
   const ModelConfig config = load_config(dir);
   dtype_string(options.dtype);  // rejects non-float model dtypes
@@ -110,22 +116,36 @@ CausalLM load_model(const std::string& dir, const LoadOptions& options) {
   check_checkpoint(config_json_path(dir), config, ckpt);
 
   // Parameters are allocated but untouched: on CPU those pages cost nothing
-  // and are dropped when a parameter takes the mapped tensor instead.
-  CausalLM model(config, at::TensorOptions().dtype(options.dtype).device(device));
+  // and are dropped when a parameter takes the mapped tensor instead. An NF4
+  // model is built on the CPU and moved to its device at the end.
+  const bool nf4 = options.quantize.kind == Quantization::kNf4;
+  const c10::Device build = nf4 ? c10::Device(c10::kCPU) : device;
+  CausalLM model(config, at::TensorOptions().dtype(options.dtype).device(build));
   const auto params = model->named_parameters(/*recurse=*/true);
   check_params(dir, config, ckpt, params);
+  std::map<std::string, std::shared_ptr<LinearImpl>> quantized;  // parameter name -> projection
+  if (nf4) {
+    for (auto& [path, linear] : linear_modules(*model)) {
+      if (is_quantized_projection(path)) quantized.emplace(path + ".weight", linear);
+    }
+  }
 
   torch::NoGradGuard no_grad;
   for (const auto& item : params) {
     const std::string name = checkpoint_name(config, item.key());
     at::Tensor param = item.value();
     at::Tensor src = ckpt.tensor(name);  // zero-copy CPU view of the mapping
-    if (device.is_cpu() && src.scalar_type() == options.dtype) {
+    if (auto it = quantized.find(item.key()); it != quantized.end()) {
+      // bitsandbytes quantizes the weight as loaded in the model dtype.
+      const at::Tensor w = src.scalar_type() == options.dtype ? src : src.to(options.dtype);
+      it->second->set_nf4(quantize_nf4(w, options.quantize.double_quant, name));
+      ckpt.file_of(name).release(ckpt.info(name));
+    } else if (build.is_cpu() && src.scalar_type() == options.dtype) {
       param.set_data(src);
-    } else if (device.is_cuda() && src.scalar_type() != options.dtype) {
+    } else if (build.is_cuda() && src.scalar_type() != options.dtype) {
       // Upload in the file's dtype and convert on the GPU: copy_ across
       // devices would convert on the host first.
-      param.copy_(src.to(device));
+      param.copy_(src.to(build));
       ckpt.file_of(name).release(ckpt.info(name));
     } else {
       param.copy_(src);  // same dtype to CUDA: one host-to-device copy from the mapping
@@ -133,6 +153,7 @@ CausalLM load_model(const std::string& dir, const LoadOptions& options) {
     }
     param.set_requires_grad(false);
   }
+  if (build != device) model->to(device);
   model->eval();
   return model;
 }

@@ -85,7 +85,18 @@ void check_checkpoint(const std::string& config_path, const ModelConfig& config,
 struct LoadOptions {
   at::ScalarType dtype = at::kFloat;  // float32, bfloat16 or float16
   std::string device = "cpu";         // "cpu", "cuda", "cuda:N"
+  // NF4 (QLoRA): every projection weight inside the decoder layers (not the
+  // embeddings, lm_head or norms) is cast to `dtype` as loaded, quantized
+  // on the host (nf4.h, bitsandbytes' layout) and kept only in NF4; forward
+  // dequantizes it in the activation dtype. With a GPU the model is built on
+  // the host (untouched parameters cost nothing there) and moved once
+  // quantized, so the GPU never holds the float projection weights.
+  QuantizeOptions quantize = {};
 };
+
+// Whether a quantized load stores the projection at `module_path` in NF4:
+// those inside the decoder layers ("model.layers.N.").
+bool is_quantized_projection(const std::string& module_path);
 
 // Parses "float32"/"fp32"/"f32", "bfloat16"/"bf16", "float16"/"fp16"/"f16".
 at::ScalarType parse_dtype(const std::string& name);

@@ -71,6 +71,11 @@ DecoderModelImpl::DecoderModelImpl(const ModelConfig& c, const at::TensorOptions
   norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps, options));
 }
 
+void DecoderModelImpl::to(torch::Device device, bool non_blocking) {
+  torch::nn::Module::to(device, non_blocking);
+  rotary_ = Rotary(config_, device);
+}
+
 at::Tensor DecoderModelImpl::forward(const at::Tensor& input_ids, const ForwardOptions& opt) {
   if (input_ids.dim() != 2 || input_ids.scalar_type() != at::kLong) {
     throw Error("forward: input_ids must be [B,T] int64, got " + shape_str(input_ids) + " " +

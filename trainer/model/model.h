@@ -135,6 +135,9 @@ class DecoderModelImpl : public torch::nn::Module {
   DecoderModelImpl(const ModelConfig& config, const at::TensorOptions& options);
   // input_ids [B,T] -> final normed hidden states [B,T,D]
   at::Tensor forward(const at::Tensor& input_ids, const ForwardOptions& opt);
+  // Module::to(device) that also moves the rotary tables.
+  using torch::nn::Module::to;
+  void to(torch::Device device, bool non_blocking = false) override;
   Embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};
   RMSNorm norm{nullptr};

@@ -329,8 +329,11 @@ RunResult run_training(const config::TrainConfig& cfg, const RunOptions& opts) {
   }
   at::manual_seed(static_cast<uint64_t>(cfg.seed));
   const std::string device_name = resolve_device(cfg.device);
-  model::CausalLM model =
-      model::load_model(model_dir, {to_scalar_type(cfg.model.dtype), device_name});
+  model::LoadOptions load{to_scalar_type(cfg.model.dtype), device_name};
+  if (cfg.model.quantize == config::Quantize::kNf4) {
+    load.quantize = {model::Quantization::kNf4, cfg.model.double_quant};  // QLoRA
+  }
+  model::CausalLM model = model::load_model(model_dir, load);
   const c10::Device device = model->device();
   const lora::LoraSpec spec = spec_of(cfg);
   lora::inject_lora(*model, spec);

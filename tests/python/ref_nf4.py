@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""bitsandbytes references for loratune's NF4 / QLoRA (tests/quant).
+
+    ref_nf4.py --models MODELS --out OUT
+Writes, with bitsandbytes (CPU) and transformers + PEFT:
+  OUT/tensors.safetensors  per case C (CASES: real-shaped weights with odd
+      sizes, counts not divisible by 64 or 256, a block of zeros, values on
+      the NF4 decision bounds), both without (C.sq.*) and with double quant
+      (C.dq.*): C.w (the input), packed (uint8 [ceil(n/2),1]), absmax,
+      nested_absmax, offset, quant_map, nested_quant_map, deq_f32 and, for
+      the double-quantized state, deq_bf16 (dequantize_4bit in float32 /
+      bfloat16).
+  OUT/tensors.json         the case names
+  OUT/<variant>/logits.safetensors  ids [1,T] and logits [1,T,V] of
+      transformers with BitsAndBytesConfig(load_in_4bit, nf4, double quant,
+      float32 compute), for VARIANTS.
+  OUT/<variant>/{init_adapter, train.jsonl, final_adapter, ref.json}: a QLoRA
+      run (PEFT on the 4-bit model) set up exactly as tests/python/ref_train.py
+      sets up its float32 runs.
+"""
+import argparse
+import json
+import os
+import warnings
+
+import torch
+
+warnings.filterwarnings("ignore")
+
+VARIANTS = ["llama-rope3-tied", "qwen2"]
+
+
+def cases():
+    g = torch.Generator().manual_seed(11)
+    out = {
+        "q_proj_96x160": torch.randn(96, 160, generator=g) * 0.05,  # 15360 = 240 blocks
+        "gate_1000x64": torch.randn(1000, 64, generator=g) * 0.02,  # 1000 blocks, 4 nested
+        "odd_33x35": torch.randn(33, 35, generator=g),  # 1155: odd, short last block
+        "short_7x100": torch.randn(7, 100, generator=g) * 3,  # 700: a 60-element last block
+        "nested_257x65": torch.randn(257, 65, generator=g) * 0.1,  # 261 blocks + 1
+        "bf16_64x96": (torch.randn(64, 96, generator=g) * 0.03).to(torch.bfloat16),
+    }
+    # A zero block, a zero short last block, and the decision bounds of
+    # the NF4 code hit exactly (absmax 1: scaled = the value itself).
+    z = torch.randn(3, 100, generator=g)
+    z[0, :64] = 0
+    z[2, 36:] = 0
+    out["zeros_3x100"] = z
+    import bitsandbytes.functional as F
+    code = F.get_4bit_type("nf4", device="cpu")
+    bounds = (code[:-1] + code[1:]) / 2
+    t = torch.zeros(2, 64)
+    t[0, 0] = 1.0
+    t[0, 1:16] = bounds
+    t[0, 16:31] = -bounds.flip(0)
+    t[1, 0] = -1.0
+    t[1, 1:16] = torch.nextafter(bounds, torch.full_like(bounds, 2.0))
+    t[1, 16:31] = torch.nextafter(bounds, torch.full_like(bounds, -2.0))
+    out["bounds_2x64"] = t
+    return out
+
+
+def write_tensors(out):
+    import bitsandbytes.functional as F
+    from safetensors.torch import save_file
+    res = {}
+    names = []
+    for name, w in cases().items():
+        names.append(name)
+        res[f"{name}.w"] = w.contiguous()
+        for tag, dq in (("sq", False), ("dq", True)):
+            q, s = F.quantize_4bit(w, blocksize=64, compress_statistics=dq, quant_type="nf4")
+            p = f"{name}.{tag}."
+            res[p + "packed"] = q.contiguous()
+            res[p + "absmax"] = s.absmax.contiguous()
+            res[p + "quant_map"] = s.code.contiguous()
+            if dq:
+                res[p + "offset"] = s.offset.reshape(()).contiguous()
+                res[p + "nested_absmax"] = s.state2.absmax.contiguous()
+                res[p + "nested_quant_map"] = s.state2.code.contiguous()
+            s.dtype = torch.float32
+            res[p + "deq_f32"] = F.dequantize_4bit(q, s).contiguous()
+            if dq:
+                s.dtype = torch.bfloat16
+                res[p + "deq_bf16"] = F.dequantize_4bit(q, s).contiguous()
+    save_file(res, f"{out}/tensors.safetensors")
+    with open(f"{out}/tensors.json", "w") as f:
+        json.dump({"cases": names}, f)
+
+
+def load_4bit(path):
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                           bnb_4bit_use_double_quant=True,
+                           bnb_4bit_compute_dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(path, quantization_config=q, dtype=torch.float32,
+                                                device_map="cpu", attn_implementation="eager")
+
+
+def write_logits(models, out, variant):
+    from safetensors.torch import save_file
+    m = load_4bit(f"{models}/{variant}").eval()
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(3, m.config.vocab_size, (1, 37), generator=g)
+    with torch.no_grad():
+        logits = m(input_ids=ids).logits.float()
+    os.makedirs(f"{out}/{variant}", exist_ok=True)
+    save_file({"ids": ids.contiguous(), "logits": logits.contiguous()},
+              f"{out}/{variant}/logits.safetensors")
+
+
+def train_variant(models, out, variant, seed):
+    """ref_train.py's reference run on the 4-bit model."""
+    from ref_train import train_lora
+    torch.manual_seed(seed)
+    train_lora(load_4bit(f"{models}/{variant}"), f"{out}/{variant}", seed, f"{variant} QLoRA")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--models", required=True)
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    torch.set_num_threads(1)
+    write_tensors(a.out)
+    for seed, v in enumerate(VARIANTS):
+        write_logits(a.models, a.out, v)
+        train_variant(a.models, a.out, v, seed)
+
+
+if __name__ == "__main__":
+    main()

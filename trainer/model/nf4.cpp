@@ -1,0 +1,379 @@
+// trainer/model/nf4.cpp — NF4 quantization as bitsandbytes 0.50.2 does it on
+// the CPU, dequantization, and the projection that dequantizes on the fly.
+#include "trainer/model/nf4.h"
+
+#include <ATen/Parallel.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <ATen/ops/cat.h>
+#include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/linspace.h>
+#include <ATen/ops/matmul.h>
+#include <ATen/ops/mean.h>
+#include <ATen/ops/stack.h>
+#include <ATen/ops/tensor.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cmath>
+
+#include "trainer/io/error.h"
+
+namespace loratune::model {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// bnb.functional.get_4bit_type("nf4"): quantiles of N(0,1) scaled to [-1,1].
+// Written as the doubles bitsandbytes lists and rounded to float32 as
+// torch.tensor(list, dtype=float32) rounds them.
+constexpr std::array<double, 16> kNf4Codes = {
+    -1.0,
+    -0.6961928009986877,
+    -0.5250730514526367,
+    -0.39491748809814453,
+    -0.28444138169288635,
+    -0.18477343022823334,
+    -0.09105003625154495,
+    0.0,
+    0.07958029955625534,
+    0.16093020141124725,
+    0.24611230194568634,
+    0.33791524171829224,
+    0.44070982933044434,
+    0.5626170039176941,
+    0.7229568362236023,
+    1.0,
+};
+
+// absmax.clamp(min=1e-38) of bitsandbytes' quantize_4bit (a float32 subnormal).
+const float kMinAbsmax = static_cast<float>(1e-38);
+
+// The 15 decision bounds (code[i] + code[i+1]) / 2 in float32.
+const std::array<float, 15>& nf4_bounds() {
+  static const std::array<float, 15> bounds = [] {
+    std::array<float, 15> b{};
+    for (size_t i = 0; i < b.size(); ++i) {
+      const float sum = static_cast<float>(kNf4Codes[i]) + static_cast<float>(kNf4Codes[i + 1]);
+      b[i] = sum / 2.0f;
+    }
+    return b;
+  }();
+  return bounds;
+}
+
+// torch.bucketize(x, bounds, right=False): the number of bounds below x, so
+// a value on a bound takes the lower code.
+inline uint8_t nf4_index(float x) {
+  const std::array<float, 15>& b = nf4_bounds();
+  uint8_t i = 0;
+  while (i < 15 && b[i] < x) ++i;
+  return i;
+}
+
+// bitsandbytes' CPU quantize_blockwise table: 65536 bins over [-1,1], each
+// holding the index of the first map entry whose midpoint with the next is
+// not below the bin's value (the nearest entry).
+constexpr int kLutSize = 65536;
+const std::array<uint8_t, kLutSize>& dynamic_lut() {
+  static const std::array<uint8_t, kLutSize> lut = [] {
+    const float* code = dynamic_map().data_ptr<float>();
+    std::array<float, 255> mid{};
+    for (int i = 0; i < 255; ++i) mid[i] = 0.5f * (code[i] + code[i + 1]);
+    std::array<uint8_t, kLutSize> out{};
+    int k = 0;
+    for (int i = 0; i < kLutSize; ++i) {
+      const float twice = static_cast<float>(i) + static_cast<float>(i);
+      const float val = twice / static_cast<float>(kLutSize - 1) - 1.0f;
+      while (k < 255 && mid[k] < val) ++k;
+      out[i] = static_cast<uint8_t>(k);
+    }
+    return out;
+  }();
+  return lut;
+}
+
+// The LUT bin of a normalized value: (v + 1) / 2 * 65535 + 0.5 truncated,
+// the last two operations fused as bitsandbytes' compiled kernel fuses them.
+inline uint16_t lut_bin(float v) {
+  v = std::clamp(v, -1.0f, 1.0f);
+  const float half = (v + 1.0f) * 0.5f;
+  return static_cast<uint16_t>(static_cast<int32_t>(std::fma(half, 65535.0f, 0.5f)));
+}
+
+// Quantizes the float32 values `a` [n] with dynamic_map() in blocks of 256
+// (bitsandbytes' CPU quantize_blockwise). Returns (uint8 [n], float32 absmax).
+std::pair<at::Tensor, at::Tensor> quantize_blockwise_8bit(const at::Tensor& a) {
+  const int64_t n = a.numel();
+  const int64_t blocks = (n + kNestedBlockSize - 1) / kNestedBlockSize;
+  at::Tensor q = at::empty({n}, at::TensorOptions().dtype(at::kByte));
+  at::Tensor absmax = at::empty({blocks}, at::TensorOptions().dtype(at::kFloat));
+  const float* x = a.data_ptr<float>();
+  uint8_t* out = q.data_ptr<uint8_t>();
+  float* am = absmax.data_ptr<float>();
+  const std::array<uint8_t, kLutSize>& lut = dynamic_lut();
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t start = b * kNestedBlockSize;
+    const int64_t end = std::min(n, start + kNestedBlockSize);
+    float m = 0.0f;
+    for (int64_t i = start; i < end; ++i) m = std::max(m, std::fabs(x[i]));
+    am[b] = m;
+    if (m == 0.0f) {
+      std::fill(out + start, out + end, uint8_t{0});
+      continue;
+    }
+    const float inv = 1.0f / m;
+    for (int64_t i = start; i < end; ++i) out[i] = lut[lut_bin(x[i] * inv)];
+  }
+  return {q, absmax};
+}
+
+// The 4-bit part: absmax [blocks] and packed [ceil(n/2)] of the float32
+// values x [n]. Returns false when a value is not finite.
+bool quantize_4bit(const float* x, int64_t n, float* absmax, uint8_t* packed) {
+  const int64_t blocks = (n + kNf4BlockSize - 1) / kNf4BlockSize;
+  const int64_t full_blocks = n / kNf4BlockSize;
+  std::atomic<bool> finite{true};
+  at::parallel_for(0, blocks, 64, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t start = b * kNf4BlockSize;
+      const int64_t end = std::min(n, start + kNf4BlockSize);
+      float m = 0.0f;
+      for (int64_t i = start; i < end; ++i) {
+        if (!std::isfinite(x[i])) finite = false;
+        m = std::max(m, std::fabs(x[i]));
+      }
+      const float d = std::max(m, kMinAbsmax);
+      // Full blocks multiply by the reciprocal (A * (1.0 / absmax)) and keep
+      // the raw absmax; the short last block divides (A / absmax) and keeps
+      // the clamped one, as bitsandbytes does.
+      const bool full = b < full_blocks;
+      absmax[b] = full ? m : d;
+      const float r = 1.0f / d;
+      // Blocks hold an even count, so a byte never spans two blocks.
+      for (int64_t i = start; i < end; i += 2) {
+        const float v0 = std::clamp(full ? x[i] * r : x[i] / d, -1.0f, 1.0f);
+        uint8_t lo = 7;  // the pad of an odd count: the code 0.0
+        if (i + 1 < end)
+          lo = nf4_index(std::clamp(full ? x[i + 1] * r : x[i + 1] / d, -1.0f, 1.0f));
+        packed[i / 2] = static_cast<uint8_t>((nf4_index(v0) << 4) | lo);
+      }
+    }
+  });
+  return finite;
+}
+
+template <typename T>
+void dequantize_cpu_into(const Nf4Weight& q, const float* scales, T* out) {
+  const int64_t n = q.numel();
+  const uint8_t* p = q.packed.data_ptr<uint8_t>();
+  std::array<float, 16> code{};
+  for (size_t i = 0; i < code.size(); ++i) code[i] = static_cast<float>(kNf4Codes[i]);
+  at::parallel_for(0, q.blocks(), 256, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const float s = scales[b];
+      const int64_t end = std::min(n, (b + 1) * kNf4BlockSize);
+      for (int64_t i = b * kNf4BlockSize; i < end; ++i) {
+        const uint8_t byte = p[i >> 1];
+        const float v = code[(i & 1) ? (byte & 0xF) : (byte >> 4)] * s;
+        out[i] = static_cast<T>(v);
+      }
+    }
+  });
+}
+
+void check_dtype(at::ScalarType dtype) {
+  if (dtype != at::kFloat && dtype != at::kBFloat16 && dtype != at::kHalf) {
+    throw Error(std::string("dequantize_nf4: unsupported dtype ") + c10::toString(dtype) +
+                    " (float32, bfloat16, float16)",
+                ErrorKind::kInternal);
+  }
+}
+
+Nf4Weight weight_from(const AutogradContext* ctx) {
+  Nf4Weight q;
+  q.packed = ctx->saved_data.at("packed").toTensor();
+  q.absmax = ctx->saved_data.at("absmax").toTensor();
+  q.nested_absmax = ctx->saved_data.at("nested_absmax").toTensor();
+  q.offset = ctx->saved_data.at("offset").toTensor();
+  q.shape = ctx->saved_data.at("shape").toIntVector();
+  return q;
+}
+
+// The frozen operands of the projection, passed as one non-tensor argument
+// so autograd tracks x only (an undefined bias is no autograd input).
+struct FrozenWeights {
+  const Nf4Weight& q;
+  const at::Tensor& bias;  // [out] or undefined
+};
+
+// y = x W^T + b with W dequantized in the forward and again in the
+// backward; only the packed state is kept between them.
+class Nf4Linear : public torch::autograd::Function<Nf4Linear> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const FrozenWeights& f) {
+    const Nf4Weight& q = f.q;
+    ctx->saved_data["packed"] = q.packed;
+    ctx->saved_data["absmax"] = q.absmax;
+    ctx->saved_data["nested_absmax"] = q.nested_absmax;
+    ctx->saved_data["offset"] = q.offset;
+    ctx->saved_data["shape"] = q.shape;
+    at::Tensor w = dequantize_nf4(q, x.scalar_type());  // [out,in], freed on return
+    return at::linear(x, w, f.bias);                    // [..., out]
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const at::Tensor& g = grads[0];  // [..., out]
+    at::Tensor grad_x;
+    if (ctx->needs_input_grad(0)) {
+      at::Tensor w = dequantize_nf4(weight_from(ctx), g.scalar_type());  // [out,in]
+      grad_x = at::matmul(g, w);                                         // [..., in]
+    }
+    return {grad_x, at::Tensor()};
+  }
+};
+
+}  // namespace
+
+int64_t Nf4Weight::numel() const {
+  int64_t n = 1;
+  for (int64_t s : shape) n *= s;
+  return n;
+}
+
+int64_t Nf4Weight::blocks() const {
+  return (numel() + kNf4BlockSize - 1) / kNf4BlockSize;
+}
+
+int64_t Nf4Weight::nbytes() const {
+  int64_t b = static_cast<int64_t>(packed.nbytes() + absmax.nbytes());
+  if (double_quant()) b += static_cast<int64_t>(nested_absmax.nbytes() + offset.nbytes());
+  return b;
+}
+
+Nf4Weight Nf4Weight::to(const c10::Device& device) const {
+  Nf4Weight q = *this;
+  q.packed = packed.to(device);
+  q.absmax = absmax.to(device);
+  if (double_quant()) {
+    q.nested_absmax = nested_absmax.to(device);
+    q.offset = offset.to(device);
+  }
+  return q;
+}
+
+const at::Tensor& nf4_code() {
+  static const at::Tensor code = [] {
+    std::vector<float> v(kNf4Codes.begin(), kNf4Codes.end());
+    return at::tensor(v, at::TensorOptions().dtype(at::kFloat));
+  }();
+  return code;
+}
+
+const at::Tensor& dynamic_map() {
+  // create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8): for
+  // exponent i = 0..6, the midpoints of linspace(0.1, 1, 2^i + 1) (float32)
+  // times +-10^(i-6), then 0 and 1, sorted. The same ATen ops bitsandbytes'
+  // Python runs, so the same float32 values.
+  static const at::Tensor map = [] {
+    std::vector<float> data;
+    for (int i = 0; i < 7; ++i) {
+      const int64_t items = (int64_t{1} << i) + 1;
+      at::Tensor bounds = at::linspace(0.1, 1, items, at::TensorOptions().dtype(at::kFloat));
+      at::Tensor means = (bounds.narrow(0, 0, items - 1) + bounds.narrow(0, 1, items - 1)) / 2.0;
+      const double scale = i == 6 ? 1.0 : std::pow(10.0, i - 6);
+      for (double sign : {1.0, -1.0}) {
+        at::Tensor v = (means * (sign * scale)).contiguous();
+        data.insert(data.end(), v.data_ptr<float>(), v.data_ptr<float>() + v.numel());
+      }
+    }
+    data.push_back(0.0f);
+    data.push_back(1.0f);
+    std::sort(data.begin(), data.end());
+    return at::tensor(data, at::TensorOptions().dtype(at::kFloat));
+  }();
+  return map;
+}
+
+Nf4Weight quantize_nf4(const at::Tensor& w, bool double_quant, const std::string& name) {
+  if (w.dim() != 2 || !at::isFloatingType(w.scalar_type())) {
+    throw Error("quantize_nf4: " + name + " must be a 2-D floating tensor", ErrorKind::kInternal);
+  }
+  // bitsandbytes reads the weight as float32 (A.reshape(-1).float()).
+  const at::Tensor x = w.to(at::kCPU).to(at::kFloat).contiguous();
+  const int64_t n = x.numel();
+  Nf4Weight q;
+  q.shape = {w.size(0), w.size(1)};
+  const int64_t blocks = q.blocks();
+  at::Tensor absmax = at::empty({blocks}, at::TensorOptions().dtype(at::kFloat));
+  q.packed = at::empty({(n + 1) / 2, 1}, at::TensorOptions().dtype(at::kByte));
+  if (!quantize_4bit(x.data_ptr<float>(), n, absmax.data_ptr<float>(),
+                     q.packed.data_ptr<uint8_t>())) {
+    throw Error(name + ": the weight holds NaN or inf; NF4 quantization needs finite weights",
+                ErrorKind::kCorrupt);
+  }
+  if (double_quant) {
+    // offset = absmax.mean(); quantize_blockwise(absmax - offset, blocksize=256).
+    q.offset = at::mean(absmax);
+    auto [qa, nested] = quantize_blockwise_8bit((absmax - q.offset).contiguous());
+    q.absmax = qa;
+    q.nested_absmax = nested;
+  } else {
+    q.absmax = absmax;
+  }
+  return w.device().is_cpu() ? q : q.to(w.device());
+}
+
+at::Tensor nf4_scales(const Nf4Weight& q) {
+  if (!q.double_quant()) return q.absmax;
+  // dequantize_blockwise(absmax, state2) + offset, in float32.
+  const at::Tensor code = dynamic_map().to(q.absmax.device());
+  at::Tensor nested = q.nested_absmax.repeat_interleave(kNestedBlockSize).narrow(0, 0, q.blocks());
+  return code.index_select(0, q.absmax.to(at::kLong)).mul(nested).add(q.offset);  // [blocks]
+}
+
+at::Tensor dequantize_nf4(const Nf4Weight& q, at::ScalarType dtype) {
+  check_dtype(dtype);
+  if (!q.packed.device().is_cpu()) return detail::dequantize_nf4_portable(q, dtype);
+  const at::Tensor scales = nf4_scales(q).contiguous();
+  at::Tensor out = at::empty(q.shape, at::TensorOptions().dtype(dtype));
+  const float* s = scales.data_ptr<float>();
+  switch (dtype) {
+    case at::kFloat:
+      dequantize_cpu_into(q, s, out.data_ptr<float>());
+      break;
+    case at::kBFloat16:
+      dequantize_cpu_into(q, s, out.data_ptr<at::BFloat16>());
+      break;
+    default:
+      dequantize_cpu_into(q, s, out.data_ptr<at::Half>());
+      break;
+  }
+  return out;
+}
+
+namespace detail {
+
+at::Tensor dequantize_nf4_portable(const Nf4Weight& q, at::ScalarType dtype) {
+  check_dtype(dtype);
+  const int64_t n = q.numel(), blocks = q.blocks();
+  const at::Tensor p = q.packed.view({-1});                              // [ceil(n/2)]
+  at::Tensor idx = at::stack({p.__rshift__(4), p.bitwise_and(0xF)}, 1);  // [ceil(n/2),2]
+  idx = idx.view({-1}).narrow(0, 0, n).to(at::kInt);                     // [n]
+  at::Tensor v = nf4_code().to(p.device()).index_select(0, idx);         // [n] float32
+  if (blocks * kNf4BlockSize != n) v = at::constant_pad_nd(v, {0, blocks * kNf4BlockSize - n});
+  v = v.view({blocks, kNf4BlockSize}).mul_(nf4_scales(q).unsqueeze(1));  // [blocks,64]
+  return v.view({-1}).narrow(0, 0, n).view(q.shape).to(dtype);           // [out,in]
+}
+
+}  // namespace detail
+
+at::Tensor nf4_linear(const at::Tensor& x, const Nf4Weight& q, const at::Tensor& bias) {
+  return Nf4Linear::apply(x, FrozenWeights{q, bias});
+}
+
+}  // namespace loratune::model
