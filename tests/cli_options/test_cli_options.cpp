@@ -241,7 +241,7 @@ TEST(CliOptions, PreTokenizedDataNeedsNoTokenizerFiles) {
 TEST(CliOptions, CommandLineSyntaxErrorsAreOneLineNamingTheCommandsHelp) {
   expect_error(run_loratune("trian x.yaml"), 1,
                "unknown command 'trian' (did you mean 'train'?); commands: inspect, logits, "
-               "tokenize, train, eval, merge, generate, import");
+               "tokenize, train, eval, merge, generate, import, export-gguf");
   expect_error(run_loratune(""), 1, "A subcommand is required (see `loratune --help`)");
   expect_error(run_loratune("generate --ids 1"), 1,
                "--model is required (see `loratune generate --help`)");

@@ -20,6 +20,9 @@ void add_merge_command(CLI::App& app);     // cmd_merge.cpp
 void add_generate_command(CLI::App& app);  // cmd_generate.cpp
 void add_import_command(CLI::App& app);    // cmd_import.cpp
 
+// cmd_export_gguf.cpp
+void add_export_gguf_command(CLI::App& app);
+
 // "1 2 3" or "1,2,3" -> token ids, each checked against the vocabulary.
 // Throws Error naming the bad item (cmd_logits.cpp).
 std::vector<int64_t> parse_token_ids(const std::string& text, int64_t vocab_size);

@@ -74,6 +74,7 @@ int main(int argc, char** argv) {
   loratune::cli::add_merge_command(app);
   loratune::cli::add_generate_command(app);
   loratune::cli::add_import_command(app);
+  loratune::cli::add_export_gguf_command(app);
   using loratune::ErrorKind;
   try {
     app.parse(argc, argv);

@@ -74,7 +74,10 @@ const char* kTekkenSplit =
     "|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*"
     "|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
-// transformers' GGUF_PRE_TOKENIZER_SPLITS.
+}  // namespace
+
+namespace detail {
+
 const char* split_regex(const std::string& pre) {
   static const std::map<std::string, const char*> kSplits = {
       {"llama3", kLlama3Split},       {"llama-v3", kLlama3Split},
@@ -93,6 +96,10 @@ const char* split_regex(const std::string& pre) {
   auto it = kSplits.find(pre);
   return it == kSplits.end() ? nullptr : it->second;
 }
+
+}  // namespace detail
+
+namespace {
 
 void append_utf8(std::string& out, uint32_t cp) {
   if (cp < 0x80) {
@@ -174,7 +181,7 @@ TokenizerParts gpt2_parts(const GgufFile& f, const GgufVocab& v) {
   }
   const std::string pre_name =
       f.find("tokenizer.ggml.pre") ? f.get_string("tokenizer.ggml.pre") : std::string();
-  if (const char* split = split_regex(pre_name)) {
+  if (const char* split = detail::split_regex(pre_name)) {
     p.pre_tokenizer = Json{{"type", "Sequence"},
                            {"pretokenizers", Json::array({Json{{"type", "Split"},
                                                                {"pattern", Json{{"Regex", split}}},

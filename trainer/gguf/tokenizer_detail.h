@@ -58,6 +58,10 @@ Json added_token(int64_t id, const std::string& content, bool special);
 // surrogates included).
 bool code_points(const std::string& s, std::vector<uint32_t>* out);
 
+// The split regex transformers' GGUF_PRE_TOKENIZER_SPLITS gives a
+// tokenizer.ggml.pre name; nullptr for a name without one (plain ByteLevel).
+const char* split_regex(const std::string& pre);
+
 // tokenizer.ggml.model "llama": transformers' LlamaTokenizer over the file's
 // vocabulary (tokenizer_spm.cpp).
 TokenizerParts spm_parts(const GgufFile& f, const GgufVocab& v);

@@ -1,0 +1,245 @@
+// trainer/gguf/export.cpp — export_gguf: plans the file (names, types,
+// metadata), then streams the base checkpoint tensor by tensor (merged with
+// the adapter where it has factors, permuted, encoded) into a temp file that
+// is renamed over the output at the end.
+#include <ATen/ops/matmul.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include "trainer/export/merge.h"
+#include "trainer/gguf/export_detail.h"
+#include "trainer/io/file_util.h"
+#include "trainer/io/safetensors.h"
+#include "trainer/lora/peft_io.h"
+#include "trainer/model/loader.h"
+
+namespace fs = std::filesystem;
+
+namespace loratune::gguf {
+namespace {
+
+using detail::PlannedTensor;
+
+// general.* keys of every file (architecture first, as GGUFWriter writes it).
+Metadata general(const std::string& arch, const std::string& type, const std::string& name) {
+  Metadata md;
+  md.emplace_back("general.architecture", string_value(arch));
+  md.emplace_back("general.type", string_value(type));
+  md.emplace_back("general.name", string_value(name));
+  md.emplace_back("general.quantization_version", u32_value(2));  // GGML_QNT_VERSION
+  return md;
+}
+
+// Encodes a float32 tensor (contiguous, rows of shape.back()) and writes it.
+void write_encoded(GgufWriter& writer, const TensorSpec& spec, const at::Tensor& t,
+                   std::vector<uint8_t>& buf) {
+  const at::Tensor f = t.to(at::kFloat).contiguous();
+  if (spec.type == kGgmlF32) {
+    writer.write_tensor(spec.name, static_cast<const uint8_t*>(f.data_ptr()), spec.nbytes());
+    return;
+  }
+  buf.resize(spec.nbytes());
+  encode_row(spec.type, f.data_ptr<float>(), f.numel(), buf.data());
+  writer.write_tensor(spec.name, buf.data(), buf.size());
+}
+
+void refuse_existing(const ExportOptions& opt) {
+  std::error_code ec;
+  if (fs::exists(fs::symlink_status(opt.out_path, ec)) && !opt.overwrite) {
+    throw Error("--out '" + opt.out_path + "' already exists (pass --overwrite to replace it)");
+  }
+  if (fs::is_directory(opt.out_path, ec)) {
+    throw Error("--out '" + opt.out_path + "' is a directory; export-gguf writes one .gguf file");
+  }
+}
+
+std::string model_name(const ExportOptions& opt) {
+  if (!opt.name.empty()) return opt.name;
+  std::string dir = opt.model_dir;
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  return fs::path(dir).filename().string();
+}
+
+ExportSummary write_model(const ExportOptions& opt, const model::ModelConfig& config,
+                          const io::Checkpoint& base,
+                          std::map<std::string, exporter::LoraFactors>& factors,
+                          const std::string& adapter_path) {
+  const detail::ModelPlan plan = detail::plan_model(config, base, opt.type);
+  Metadata md = general(plan.arch, "model", model_name(opt));
+  for (auto& kv : plan.hparams) md.push_back(kv);
+  for (auto& kv : detail::tokenizer_metadata(opt.model_dir, config.vocab_size)) md.push_back(kv);
+  std::vector<TensorSpec> specs;
+  for (const PlannedTensor& p : plan.tensors) specs.push_back(p.spec);
+  GgufWriter writer(std::move(md), std::move(specs));
+
+  ExportSummary summary;
+  summary.arch = plan.arch;
+  for (int64_t w : config.layer_window) {
+    if (w > 0) {
+      summary.notes.push_back(
+          "config.json's sliding window (" + std::to_string(w) +
+          " tokens) has no key in llama.cpp's " + plan.arch +
+          " architecture: llama.cpp attends to the whole context, so outputs differ "
+          "from the model's beyond that many tokens");
+      break;
+    }
+  }
+  io::AtomicFile out(opt.out_path);
+  writer.begin(out);
+  std::vector<uint8_t> buf;
+  for (const PlannedTensor& p : plan.tensors) {
+    if (p.source.empty()) {  // rope_freqs
+      write_encoded(writer, p.spec, plan.rope_freqs, buf);
+      continue;
+    }
+    at::Tensor w = base.tensor(p.source);  // views the mapping
+    auto it = factors.find(p.source);
+    if (it != factors.end()) {
+      w = exporter::merged_weight(w, it->second, p.source, adapter_path, at::kFloat);
+      factors.erase(it);
+      ++summary.adapted;
+    }
+    if (p.permute_heads > 0) w = detail::permute_rows(w.to(at::kFloat), p.permute_heads);
+    write_encoded(writer, p.spec, w, buf);
+    w.reset();
+    base.file_of(p.source).release(base.info(p.source));  // its pages are done
+  }
+  if (!factors.empty()) {  // open_adapter only accepts projections the base has
+    throw Error(adapter_path + ": adapter module '" + factors.begin()->first +
+                    "' has no tensor in the exported model",
+                ErrorKind::kInternal);
+  }
+  writer.finish();
+  out.commit();
+  summary.tensors = writer.tensors().size();
+  summary.bytes = writer.file_size();
+  return summary;
+}
+
+ExportSummary write_adapter(const ExportOptions& opt, const model::ModelConfig& config,
+                            const lora::CheckedAdapter& checked,
+                            const std::map<std::string, exporter::LoraFactors>& factors) {
+  ExportSummary summary;
+  summary.arch = detail::architecture_of(config);
+  // llama.cpp scales every pair by alpha / r (r = lora_b's ne[0]); alpha is
+  // the first module's s * r, and a module whose s * r differs gets the
+  // remaining factor folded into its B.
+  // (alpha as the float32 the file holds, which is what llama.cpp divides.)
+  const exporter::LoraFactors& first = factors.begin()->second;
+  const double alpha = static_cast<float>(first.scale * static_cast<double>(first.r));
+  struct Pair {
+    PlannedTensor a, b;
+    const exporter::LoraFactors* f;
+    double fold;
+  };
+  std::vector<Pair> pairs;
+  std::vector<TensorSpec> specs;
+  for (const lora::AdaptedModule& m : checked.modules) {
+    const std::string source = model::checkpoint_name(config, m.path + ".weight");
+    const exporter::LoraFactors& f = factors.at(source);
+    const std::string name = detail::gguf_tensor_name(source);
+    if (name.empty()) {
+      throw Error(checked.file->path() + ": adapted module '" + m.path +
+                      "' has no llama.cpp tensor to apply it to",
+                  ErrorKind::kUnsupported);
+    }
+    Pair p{{}, {}, &f, f.scale * static_cast<double>(f.r) / alpha};
+    const std::vector<int64_t> a_shape(f.A.sizes().begin(), f.A.sizes().end());  // [r, in]
+    const std::vector<int64_t> b_shape(f.B.sizes().begin(), f.B.sizes().end());  // [out, r]
+    p.a.spec = {name + ".lora_a", a_shape,
+                detail::tensor_type(name + ".lora_a", 2, a_shape[1], opt.type)};
+    p.b.spec = {name + ".lora_b", b_shape,
+                detail::tensor_type(name + ".lora_b", 2, b_shape[1], opt.type)};
+    if (summary.arch == "llama" && name.find(".attn_q.") != std::string::npos)
+      p.b.permute_heads = config.num_attention_heads;
+    if (summary.arch == "llama" && name.find(".attn_k.") != std::string::npos)
+      p.b.permute_heads = config.num_key_value_heads;
+    specs.push_back(p.a.spec);
+    specs.push_back(p.b.spec);
+    pairs.push_back(std::move(p));
+  }
+  Metadata md = general(summary.arch, "adapter", model_name(opt));
+  md.emplace_back("adapter.type", string_value("lora"));
+  md.emplace_back("adapter.lora.alpha", f32_value(static_cast<float>(alpha)));
+  GgufWriter writer(std::move(md), std::move(specs));
+  io::AtomicFile out(opt.out_path);
+  writer.begin(out);
+  std::vector<uint8_t> buf;
+  for (const Pair& p : pairs) {
+    write_encoded(writer, p.a.spec, p.f->A, buf);
+    at::Tensor b = p.f->B.to(at::kFloat);
+    if (std::fabs(p.fold - 1.0) > 1e-6) {
+      b = b * p.fold;
+      ++summary.folded;
+    }
+    if (p.b.permute_heads > 0) b = detail::permute_rows(b, p.b.permute_heads);
+    write_encoded(writer, p.b.spec, b, buf);
+    ++summary.adapted;
+  }
+  writer.finish();
+  out.commit();
+  summary.tensors = writer.tensors().size();
+  summary.bytes = writer.file_size();
+  return summary;
+}
+
+}  // namespace
+
+OutType parse_out_type(const std::string& name) {
+  std::string s = name;
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (s == "f32") return OutType::kF32;
+  if (s == "f16") return OutType::kF16;
+  if (s == "bf16") return OutType::kBF16;
+  if (s == "q8_0") return OutType::kQ8_0;
+  std::string msg =
+      "--type: '" + name + "' is not a GGUF type export-gguf writes (f32, f16, bf16, q8_0)";
+  const std::string near = closest_match(s, {"f32", "f16", "bf16", "q8_0"});
+  if (!near.empty()) msg += "; did you mean '" + near + "'?";
+  throw Error(msg);
+}
+
+ExportSummary export_gguf(const ExportOptions& opt) {
+  refuse_existing(opt);
+  // Everything that can be refused is checked before the file is created:
+  // the base as load_model checks it, the adapter as load_adapter does.
+  const model::ModelConfig config = model::load_config(opt.model_dir);
+  if (opt.adapter_only) {
+    if (opt.adapter_dir.empty()) {
+      throw Error("--adapter-only needs --adapter DIR (the PEFT adapter to write as GGUF)");
+    }
+    const lora::CheckedAdapter checked =
+        lora::open_adapter(opt.adapter_dir, model::linear_shapes(config));
+    const auto factors = exporter::read_factors(config, checked);
+    return write_adapter(opt, config, checked, factors);
+  }
+  io::Checkpoint base = io::Checkpoint::open(opt.model_dir);
+  model::check_checkpoint(model::config_json_path(opt.model_dir), config, base);
+  std::map<std::string, exporter::LoraFactors> factors;
+  std::string adapter_path;
+  if (!opt.adapter_dir.empty()) {
+    const lora::CheckedAdapter checked =
+        lora::open_adapter(opt.adapter_dir, model::linear_shapes(config));
+    factors = exporter::read_factors(config, checked);
+    adapter_path = checked.file->path();
+  }
+  return write_model(opt, config, base, factors, adapter_path);
+}
+
+const char* out_type_name(OutType t) {
+  switch (t) {
+    case OutType::kF32:
+      return "f32";
+    case OutType::kF16:
+      return "f16";
+    case OutType::kBF16:
+      return "bf16";
+    case OutType::kQ8_0:
+      return "q8_0";
+  }
+  return "?";
+}
+
+}  // namespace loratune::gguf

@@ -1,0 +1,85 @@
+// trainer/gguf/export.h — Hugging Face model (+ PEFT LoRA adapter) -> GGUF
+// for llama.cpp, Ollama and LM Studio; and a PEFT adapter -> llama.cpp's
+// LoRA adapter GGUF. The inverse of import (gguf.h), written as llama.cpp's
+// convert_hf_to_gguf.py / convert_lora_to_gguf.py write these files.
+//
+// Model file (general.type "model"):
+//   architecture  llama (Llama and Mistral), qwen2, qwen3; the "<arch>.*"
+//                 hyperparameters llama.cpp reads (block_count,
+//                 context_length, embedding_length, feed_forward_length,
+//                 attention.head_count(_kv), attention.key_length /
+//                 value_length, attention.layer_norm_rms_epsilon,
+//                 rope.freq_base, rope.scaling.* for linear rope; llama:
+//                 vocab_size, rope.dimension_count)
+//   tensors       token_embd, blk.N.{attn_norm, attn_q, attn_k, attn_v,
+//                 attn_output, attn_q_norm, attn_k_norm, ffn_norm, ffn_gate,
+//                 ffn_up, ffn_down}.{weight,bias}, output_norm, output (absent
+//                 when the embeddings are tied), rope_freqs (llama3 rope
+//                 scaling factors); llama's Q/K rows (weights and biases)
+//                 permuted into llama.cpp's rope layout. With an adapter every
+//                 adapted weight is W + s·B·A computed exactly as `merge`
+//                 computes it (exporter::merged_weight) before encoding.
+//   types         1-D tensors, norms and biases F32; the matrices in --type,
+//                 a Q8_0 matrix whose rows are not a multiple of 32 falls
+//                 back to F16 (as llama.cpp's converter does). Encoding is
+//                 bit-identical to gguf-py's gguf.quants.quantize.
+//   tokenizer     from tokenizer.json: byte-level BPE as "gpt2" (tokens,
+//                 token types, merges, pre-tokenizer name) or a SentencePiece
+//                 BPE vocabulary of the Llama-2 kind as "llama" (tokens,
+//                 scores ordered as the merges, token types,
+//                 add_space_prefix); special token ids, add_bos/add_eos and
+//                 the chat template as gguf-py's SpecialVocab reads them from
+//                 tokenizer_config.json, chat_template.jinja and config.json.
+//                 The vocabulary is padded to the embedding's rows with
+//                 "[PADn]" tokens of type unused.
+// Adapter file (general.type "adapter", adapter.type "lora",
+// adapter.lora.alpha): blk.N.<tensor>.weight.lora_a (A, [r, in]) and
+// .lora_b (B, [out, r], llama Q/K rows permuted) per adapted projection.
+// llama.cpp scales every pair by alpha / r; where the adapter's scales do not
+// share one alpha / r (rsLoRA with mixed ranks, alpha_pattern), the
+// remaining factor is folded into B.
+//
+// Files are written tensor by tensor (one tensor in float32 plus its encoded
+// bytes in memory), into a temp file renamed over `out_path` at the end.
+// Errors are loratune::Error: kConfig for options, kUnsupported for a model
+// llama.cpp's format cannot carry from here (another architecture, a
+// tokenizer that is not BPE, an unknown pre-tokenizer), kCorrupt for files
+// that disagree with themselves, kIo for the file system.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace loratune::gguf {
+
+// How the matrices are stored ("--type").
+enum class OutType { kF32, kF16, kBF16, kQ8_0 };
+// "f32", "f16", "bf16", "q8_0" (any case); Error kConfig naming the closest.
+OutType parse_out_type(const std::string& name);
+const char* out_type_name(OutType t);
+
+struct ExportOptions {
+  std::string model_dir;    // Hugging Face layout (a .gguf is resolved by the caller)
+  std::string adapter_dir;  // PEFT adapter; "" = the base model alone
+  std::string out_path;     // the .gguf file to write
+  OutType type = OutType::kF16;
+  bool adapter_only = false;  // write adapter_dir as llama.cpp's LoRA adapter GGUF
+  bool overwrite = false;     // replace an existing out_path
+  std::string name;           // general.name; "" = the model directory's name
+};
+
+struct ExportSummary {
+  std::string arch;                // general.architecture
+  size_t tensors = 0;              // tensors written
+  size_t adapted = 0;              // weights merged, or adapter pairs written
+  size_t folded = 0;               // adapter pairs whose scale was folded into B
+  uint64_t bytes = 0;              // file size
+  std::vector<std::string> notes;  // what llama.cpp will do differently (sliding window)
+};
+
+// Writes opt.out_path. Everything that can be refused (options, config,
+// checkpoint, adapter, tokenizer) is checked before the file is created.
+ExportSummary export_gguf(const ExportOptions& opt);
+
+}  // namespace loratune::gguf
