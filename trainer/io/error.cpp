@@ -33,6 +33,10 @@ std::string closest_match(const std::string& key, const std::vector<std::string>
   std::string best;
   size_t best_distance = limit + 1;
   for (const auto& c : choices) {
+    // The distance is at least the length difference: skip the O(|key|·|c|)
+    // work when that alone is over the limit (a 1 MB key costs nothing).
+    const size_t length_gap = key.size() > c.size() ? key.size() - c.size() : c.size() - key.size();
+    if (length_gap > limit || length_gap >= best_distance) continue;
     size_t d = edit_distance(key, c);
     if (d < best_distance) {  // first of equally close candidates wins
       best_distance = d;

@@ -48,11 +48,13 @@ bool mark_loop_use(Body& body) {
     bool here = expr_names(s->expr.get(), "loop") || expr_names(s->filter.get(), "loop") ||
                 expr_names(s->attr_object.get(), "loop");
     for (auto& br : s->branches) {
-      here = expr_names(br.first.get(), "loop") | mark_loop_use(br.second) | here;
+      const bool in_branch = mark_loop_use(br.second);  // always runs: it marks loops
+      here = expr_names(br.first.get(), "loop") || in_branch || here;
     }
     for (auto& p : s->params) here = expr_names(p.second.get(), "loop") || here;
     const bool in_body = mark_loop_use(s->body);
-    here = mark_loop_use(s->else_body) | in_body | here;
+    const bool in_else = mark_loop_use(s->else_body);
+    here = in_else || in_body || here;
     if (s->kind == Stmt::Kind::kFor) s->uses_loop = in_body;
     found = found || here;
   }
