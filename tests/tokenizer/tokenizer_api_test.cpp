@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "common/test_env.h"
+#include "trainer/io/error.h"
 #include "trainer/tokenizer/tokenizer.h"
 
 namespace loratune::tokenizer {
@@ -131,6 +132,43 @@ TEST(TokenizerApi, ChatTemplatesStringAndNamedList) {
   EXPECT_EQ(*named->chat_template(), "A");
   EXPECT_EQ(*named->chat_template("tool_use"), "B");
   EXPECT_FALSE(named->chat_template("missing").has_value());
+}
+
+// transformers (>= 4.50) saves templates as files; loading that directory
+// with transformers 5 gives {'default': 'C', 'tool_use': 'D', 'rag': 'E'} for
+// exactly this layout: chat_template.jinja replaces the config's whole list,
+// additional_chat_templates/NAME.jinja adds NAME.
+TEST(TokenizerApi, ChatTemplateFilesReplaceAndExtendTheConfigs) {
+  Json cfg = Json::parse(test::read_file(model_dir("qwen3") + "/tokenizer_config.json"));
+  cfg["chat_template"] = Json::array(
+      {{{"name", "default"}, {"template", "A"}}, {{"name", "tool_use"}, {"template", "B"}}});
+  const std::string dir = variant("qwen3", "tokenizer_config.json", cfg);
+  test::write_file(dir + "/chat_template.jinja", "C");
+  fs::create_directories(dir + "/additional_chat_templates");
+  test::write_file(dir + "/additional_chat_templates/tool_use.jinja", "D");
+  test::write_file(dir + "/additional_chat_templates/rag.jinja", "E");
+  test::write_file(dir + "/additional_chat_templates/notes.txt", "not a template");
+  auto tok = load_tokenizer(dir);
+  ASSERT_EQ(tok->chat_templates().size(), 3u);
+  EXPECT_EQ(*tok->chat_template(), "C");
+  EXPECT_EQ(*tok->chat_template("tool_use"), "D");
+  EXPECT_EQ(*tok->chat_template("rag"), "E");
+  // Only the file: it is the default template.
+  const std::string only = variant("qwen3", "chat_template.jinja", "x");
+  test::write_file(only + "/chat_template.jinja", "{{ messages[0]['content'] }}");
+  EXPECT_EQ(*load_tokenizer(only)->chat_template(), "{{ messages[0]['content'] }}");
+  // A template file past the engine's 1 MiB source budget is refused unread.
+  test::write_file(only + "/chat_template.jinja", std::string((1 << 20) + 1, 'x'));
+  try {
+    load_tokenizer(only);
+    ADD_FAILURE() << "a 1 MiB + 1 template file was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("chat_template.jinja: chat template of 1048577 bytes "
+                                         "exceeds the limit of 1048576 bytes"),
+              std::string::npos)
+        << e.what();
+    EXPECT_EQ(e.kind(), ErrorKind::kResource);
+  }
 }
 
 }  // namespace

@@ -2,6 +2,8 @@
 // tokenizer_config.json / generation_config.json.
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -14,6 +16,53 @@ namespace {
 bool is_file(const std::string& p) {
   struct stat st;
   return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+// The text of a template file, refused past the Jinja engine's source budget
+// (jinja_budgets.h: 1 MiB) before it is read.
+std::string read_template_file(const std::string& path) {
+  constexpr uintmax_t kMaxBytes = uintmax_t{1} << 20;
+  std::error_code ec;
+  const uintmax_t size = std::filesystem::file_size(path, ec);
+  if (ec) throw Error(path + ": cannot read: " + ec.message(), ErrorKind::kIo);
+  if (size > kMaxBytes) {
+    throw Error(path + ": chat template of " + std::to_string(size) +
+                    " bytes exceeds the limit of " + std::to_string(kMaxBytes) + " bytes",
+                ErrorKind::kResource);
+  }
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (!in.good() && !in.eof()) throw Error(path + ": cannot read", ErrorKind::kIo);
+  return text.str();
+}
+
+// Templates saved as files next to tokenizer_config.json, as transformers
+// (>= 4.50) saves and reads them: DIR/chat_template.jinja replaces whatever
+// the config's "chat_template" holds (string or list) as the default
+// template, and each DIR/additional_chat_templates/NAME.jinja adds (or
+// replaces) the template NAME.
+void read_template_files(const std::string& dir, TokenizerConfig& cfg) {
+  auto set = [&](const std::string& name, std::string source) {
+    auto it = std::find_if(cfg.chat_templates.begin(), cfg.chat_templates.end(),
+                           [&](const ChatTemplate& t) { return t.name == name; });
+    if (it != cfg.chat_templates.end()) {
+      it->source = std::move(source);
+    } else {
+      cfg.chat_templates.push_back({name, std::move(source)});
+    }
+  };
+  const std::string main_file = dir + "/chat_template.jinja";
+  if (is_file(main_file)) cfg.chat_templates = {{"default", read_template_file(main_file)}};
+  const std::filesystem::path extra = std::filesystem::path(dir) / "additional_chat_templates";
+  std::error_code ec;
+  if (!std::filesystem::is_directory(extra, ec)) return;
+  std::vector<std::filesystem::path> files;
+  for (const auto& e : std::filesystem::directory_iterator(extra, ec)) {
+    if (e.path().extension() == ".jinja" && is_file(e.path().string())) files.push_back(e.path());
+  }
+  std::sort(files.begin(), files.end());
+  for (const auto& f : files) set(f.stem().string(), read_template_file(f.string()));
 }
 
 std::optional<AddedToken> parse_named(const Json& v, const std::string& where) {
@@ -188,6 +237,7 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
                     gen_path = dir + "/generation_config.json";
   TokenizerConfig cfg;
   if (is_file(config_path)) cfg = read_tokenizer_config(config_path);
+  read_template_files(dir, cfg);
   std::vector<int32_t> gen_eos;
   if (is_file(gen_path)) gen_eos = read_generation_eos(gen_path);
   if (is_file(json_path)) return load_hf_tokenizer(dir, json_path, cfg, gen_eos);
