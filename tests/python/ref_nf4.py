@@ -17,6 +17,35 @@ Writes, with bitsandbytes (CPU) and transformers + PEFT:
   OUT/<variant>/{init_adapter, train.jsonl, final_adapter, ref.json}: a QLoRA
       run (PEFT on the 4-bit model) set up exactly as tests/python/ref_train.py
       sets up its float32 runs.
+  OUT/<variant>/bnb-dq, bnb-sq: pre-quantized checkpoints ("-bnb-4bit" dirs):
+      model.save_pretrained() of the model loaded with BitsAndBytesConfig(nf4,
+      double quant on / off, float32 compute), and OUT/<variant>/bnb-dq-logits,
+      bnb-sq-logits.safetensors: ids [1,T] and logits [1,T,V] of transformers
+      loading that dir again.
+  OUT/llama-rope3-tied/bnb-fp4: the same with bnb_4bit_quant_type "fp4".
+
+What such a dir holds (transformers 5.24, bitsandbytes 0.50.2, CPU), per
+quantized Linear P (the 7 projections of every decoder layer; embeddings,
+lm_head and norms stay float32 under their usual names):
+  P.weight                      uint8 [ceil(out*in/2), 1]   packed NF4 indices
+  P.weight.absmax               float32 [blocks]; uint8 [blocks] with double quant
+  P.weight.quant_map            float32 [16]   get_4bit_type("nf4")
+  P.weight.nested_absmax        float32 [ceil(blocks/256)]  (double quant only)
+  P.weight.nested_quant_map     float32 [256]  create_dynamic_map()  (double quant only)
+  P.weight.quant_state.bitsandbytes__nf4  uint8 [N], the UTF-8 JSON (no NUL):
+      {"quant_type": "nf4", "blocksize": 64, "dtype": "float32", "shape": [64, 64]}
+      plus, with double quant, "nested_blocksize": 256, "nested_dtype":
+      "float32", "nested_offset": 0.25847235321998596 (the float32 offset as
+      a Python float: exact). 77 / 167 bytes for these models.
+  (fp4: the same with "...quant_state.bitsandbytes__fp4" and quant_type "fp4".)
+config.json gains "quantization_config": {"_load_in_4bit": true,
+  "_load_in_8bit": false, "bnb_4bit_compute_dtype": "float32",
+  "bnb_4bit_quant_storage": "uint8", "bnb_4bit_quant_type": "nf4",
+  "bnb_4bit_use_double_quant": true|false, "llm_int8_enable_fp32_cpu_offload":
+  false, "llm_int8_has_fp16_weight": false, "llm_int8_skip_modules": null,
+  "llm_int8_threshold": 6.0, "load_in_4bit": true, "load_in_8bit": false,
+  "quant_method": "bitsandbytes"}; "dtype" stays the load dtype (float32).
+The safetensors metadata is {"format": "pt"}.
 """
 import argparse
 import json
@@ -88,10 +117,10 @@ def write_tensors(out):
         json.dump({"cases": names}, f)
 
 
-def load_4bit(path):
+def load_4bit(path, double_quant=True, quant_type="nf4"):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                           bnb_4bit_use_double_quant=True,
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
+                           bnb_4bit_use_double_quant=double_quant,
                            bnb_4bit_compute_dtype=torch.float32)
     return AutoModelForCausalLM.from_pretrained(path, quantization_config=q, dtype=torch.float32,
                                                 device_map="cpu", attn_implementation="eager")
@@ -107,6 +136,28 @@ def write_logits(models, out, variant):
     os.makedirs(f"{out}/{variant}", exist_ok=True)
     save_file({"ids": ids.contiguous(), "logits": logits.contiguous()},
               f"{out}/{variant}/logits.safetensors")
+
+
+def write_prequantized(models, out, variant):
+    """Pre-quantized dirs and transformers' logits on them (loaded back)."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+    kinds = [("bnb-dq", True, "nf4"), ("bnb-sq", False, "nf4")]
+    if variant == "llama-rope3-tied":
+        kinds.append(("bnb-fp4", True, "fp4"))
+    for name, dq, qt in kinds:
+        d = f"{out}/{variant}/{name}"
+        load_4bit(f"{models}/{variant}", dq, qt).save_pretrained(d)
+        if qt != "nf4":
+            continue
+        m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, device_map="cpu",
+                                                 attn_implementation="eager").eval()
+        g = torch.Generator().manual_seed(5)
+        ids = torch.randint(3, m.config.vocab_size, (1, 37), generator=g)
+        with torch.no_grad():
+            logits = m(input_ids=ids).logits.float()
+        save_file({"ids": ids.contiguous(), "logits": logits.contiguous()},
+                  f"{d}/../{name}-logits.safetensors")
 
 
 def train_variant(models, out, variant, seed):
@@ -126,6 +177,7 @@ def main():
     write_tensors(a.out)
     for seed, v in enumerate(VARIANTS):
         write_logits(a.models, a.out, v)
+        write_prequantized(a.models, a.out, v)
         train_variant(a.models, a.out, v, seed)
 
 

@@ -22,6 +22,7 @@
 #include "trainer/io/error.h"
 #include "trainer/io/file_util.h"
 #include "trainer/io/safetensors.h"
+#include "trainer/model/bnb_checkpoint.h"
 #include "trainer/model/config.h"
 #include "trainer/model/loader.h"
 #include "trainer/model/model.h"
@@ -119,7 +120,25 @@ json describe(const InspectOptions& o) {
       {"shards", shards},
       {"tokenizer_files", tok},
       {"config_checkpoint_problems", problems},
+      {"quantization", nullptr},
   };
+  if (c.bnb_nf4) {
+    // A pre-quantized bitsandbytes checkpoint: which projections are 4-bit
+    // is the checkpoint's say (the states themselves are checked by --load).
+    int64_t weights = 0, numel = 0;
+    for (const model::LinearShape& l : model::linear_shapes(c)) {
+      if (!model::is_bnb_quantized(ckpt, model::checkpoint_name(c, l.path + ".weight"))) continue;
+      ++weights;
+      numel += l.out_features * l.in_features;
+    }
+    j["quantization"] = {{"method", "bitsandbytes"},
+                         {"type", "nf4"},
+                         {"double_quant", c.bnb_nf4->double_quant},
+                         {"compute_dtype", c.bnb_nf4->compute_dtype},
+                         {"skip_modules", c.bnb_nf4->skip_modules},
+                         {"quantized_weights", weights},
+                         {"quantized_parameters", numel}};
+  }
   if (o.load) {
     model::LoadOptions lo{model::parse_dtype(o.dtype), o.device};
     auto t0 = std::chrono::steady_clock::now();
@@ -187,6 +206,12 @@ void print_text(const json& j) {
   if (!j["config_dtype"].get<std::string>().empty())
     o << "; config.json says " << j["config_dtype"].get<std::string>();
   o << "\n";
+  if (const json& q = j["quantization"]; !q.is_null()) {
+    o << "quantized:   " << q["method"].get<std::string>() << " " << q["type"].get<std::string>()
+      << " (pre-quantized), double quant " << (q["double_quant"].get<bool>() ? "on" : "off") << ", "
+      << q["quantized_weights"] << " 4-bit projections (" << q["quantized_parameters"]
+      << " parameters); loaded as NF4, merged dequantized\n";
+  }
   o << "shards:      " << j["shards"].size() << "\n";
   for (const auto& s : j["shards"]) {
     o << "  " << s["file"].get<std::string>() << "  " << human_bytes(s["bytes"].get<double>())

@@ -20,6 +20,7 @@
 #include "trainer/io/sha256.h"
 #include "trainer/lora/lora.h"
 #include "trainer/lora/peft_io.h"
+#include "trainer/model/bnb_checkpoint.h"
 #include "trainer/model/loader.h"
 
 namespace loratune::exporter {
@@ -40,8 +41,8 @@ std::optional<c10::ScalarType> config_dtype(const json& cfg) {
   return std::nullopt;
 }
 
-std::string model_card(const MergeOptions& opt, const lora::LoraSpec& spec, c10::ScalarType dtype,
-                       size_t merged) {
+std::string model_card(const MergeOptions& opt, const model::ModelConfig& config,
+                       const lora::LoraSpec& spec, c10::ScalarType dtype, size_t merged) {
   std::ostringstream md;
   std::string base =
       spec.base_model_name_or_path.empty() ? opt.model_dir : spec.base_model_name_or_path;
@@ -58,7 +59,13 @@ std::string model_card(const MergeOptions& opt, const lora::LoraSpec& spec, c10:
   }
   if (!spec.target_regex.empty()) md << "`" << spec.target_regex << "` (regex)";
   md << " |\n| merged projections | " << merged << " |\n";
-  if (opt.base_quantize.kind == model::Quantization::kNf4) {
+  if (config.bnb_nf4) {
+    md << "\n## QLoRA base\n\nThe base checkpoint was stored pre-quantized by bitsandbytes "
+       << "(4-bit NF4, blocks of 64, double quant " << (config.bnb_nf4->double_quant ? "on" : "off")
+       << "). Every 4-bit projection weight is stored here dequantized (in float32, as "
+       << "bitsandbytes dequantizes it) plus the LoRA delta where adapted; it is not "
+       << "re-quantized, and config.json has no quantization_config.\n";
+  } else if (opt.base_quantize.kind == model::Quantization::kNf4) {
     md << "\n## QLoRA base\n\nThe adapter was trained on an NF4 base (bitsandbytes layout, "
        << "blocks of 64, double quant " << (opt.base_quantize.double_quant ? "on" : "off")
        << ", quantized from " << model::dtype_string(opt.quantized_dtype) << "). Every "
@@ -86,8 +93,20 @@ std::string model_card(const MergeOptions& opt, const lora::LoraSpec& spec, c10:
   return md.str();
 }
 
-// Bytes `info` takes once written as `dtype` (floating tensors are cast).
-uint64_t output_bytes(const io::TensorInfo& info, c10::ScalarType dtype) {
+// The 4-bit weights of a pre-quantized bitsandbytes base (checkpoint name
+// -> [out, in]) and the state tensors beside them, which are not written.
+struct StoredNf4 {
+  std::map<std::string, std::pair<int64_t, int64_t>> weights;
+  std::set<std::string> companions;
+  bool double_quant = false;
+};
+
+// Bytes `info` takes once written as `dtype` (floating tensors are cast, a
+// 4-bit weight is written dequantized).
+uint64_t output_bytes(const io::TensorInfo& info, c10::ScalarType dtype, const StoredNf4& stored) {
+  if (auto it = stored.weights.find(info.name); it != stored.weights.end()) {
+    return static_cast<uint64_t>(it->second.first * it->second.second) * c10::elementSize(dtype);
+  }
   const c10::ScalarType t = at::isFloatingType(info.scalar_type) ? dtype : info.scalar_type;
   return static_cast<uint64_t>(info.numel()) * c10::elementSize(t);
 }
@@ -102,10 +121,12 @@ uint64_t output_bytes(const io::TensorInfo& info, c10::ScalarType dtype) {
 // its shard is on disk), so RSS stays near one shard, not the model.
 // `nf4_names` (with `opt`'s quantization) are the weights a QLoRA run held in
 // NF4: they are read as dequantize(quantize(W)) before anything else.
+// `stored`'s weights (a pre-quantized base) are read as dequantize(state)
+// and their state tensors are skipped.
 size_t stream_tensors(const io::Checkpoint& base, std::map<std::string, LoraFactors>& factors,
                       c10::ScalarType dtype, const std::string& adapter_path,
-                      const std::set<std::string>& nf4_names, const MergeOptions& opt,
-                      io::ShardedWriter& writer) {
+                      const std::set<std::string>& nf4_names, const StoredNf4& stored,
+                      const MergeOptions& opt, io::ShardedWriter& writer) {
   // Fault injection for the crash-safety test: die (SIGKILL) once this many
   // shards are on disk, as a power cut or the OOM killer would.
   const char* kill_env = std::getenv("LORATUNE_FAULT_KILL_AFTER_SHARDS");
@@ -128,11 +149,16 @@ size_t stream_tensors(const io::Checkpoint& base, std::map<std::string, LoraFact
   };
   for (const auto& shard : base.shards()) {
     for (const io::TensorInfo& info : shard->tensors()) {
-      writer.make_room(output_bytes(info, dtype));
+      if (stored.companions.count(info.name)) continue;
+      writer.make_room(output_bytes(info, dtype, stored));
       release_if_written();
       at::Tensor w = shard->tensor(info.name);
       const void* mapped = w.data_ptr();
-      if (nf4_names.count(info.name)) {
+      if (auto st = stored.weights.find(info.name); st != stored.weights.end()) {
+        w = model::dequantize_nf4(model::read_bnb_nf4(base, info.name, st->second.first,
+                                                      st->second.second, stored.double_quant),
+                                  at::kFloat);
+      } else if (nf4_names.count(info.name)) {
         const at::Tensor loaded = w.to(opt.quantized_dtype);  // as the run loaded it
         w = model::dequantize_nf4(
             model::quantize_nf4(loaded, opt.base_quantize.double_quant, info.name), at::kFloat);
@@ -219,7 +245,7 @@ void merge_adapter(const MergeOptions& opt) {
   const std::string cfg_path = model::config_json_path(opt.model_dir);
   const model::ModelConfig config = model::load_config(opt.model_dir);
   io::Checkpoint base = io::Checkpoint::open(opt.model_dir);
-  model::check_checkpoint(cfg_path, config, base);
+  model::check_checkpoint(cfg_path, config, base, /*reads_bnb_nf4=*/true);
   json cfg = io::read_json(cfg_path);
   const lora::CheckedAdapter checked =
       lora::open_adapter(opt.adapter_dir, model::linear_shapes(config));
@@ -228,16 +254,33 @@ void merge_adapter(const MergeOptions& opt) {
   std::map<std::string, LoraFactors> factors = read_factors(config, checked);
 
   c10::ScalarType dtype = opt.dtype.value_or(config_dtype(cfg).value_or(at::kFloat));
-  if (!opt.dtype && !config_dtype(cfg) && !base.names().empty()) {
-    dtype = base.info(base.names().front()).scalar_type;
+  if (!opt.dtype && !config_dtype(cfg)) {
+    for (const auto& name : base.names()) {  // the first floating one (not a packed 4-bit one)
+      if (!at::isFloatingType(base.info(name).scalar_type)) continue;
+      dtype = base.info(name).scalar_type;
+      break;
+    }
   }
   model::dtype_string(dtype);  // throws for a dtype a model cannot be stored in
 
   io::AtomicDir out(opt.out_dir, opt.overwrite);
   {
     io::ShardedWriter writer(out.path(), opt.max_shard_bytes);
+    // A pre-quantized base decides for itself (as load_model does): its
+    // stored 4-bit weights are dequantized, its float ones are taken as
+    // they are, whatever base_quantize says.
+    StoredNf4 stored;
+    if (config.bnb_nf4) {
+      stored.double_quant = config.bnb_nf4->double_quant;
+      for (const model::LinearShape& l : model::linear_shapes(config)) {
+        const std::string name = model::checkpoint_name(config, l.path + ".weight");
+        if (!model::is_bnb_quantized(base, name)) continue;
+        stored.weights[name] = {l.out_features, l.in_features};
+        for (const auto& c : model::bnb_companion_names(name)) stored.companions.insert(c);
+      }
+    }
     std::set<std::string> nf4_names;
-    if (opt.base_quantize.kind == model::Quantization::kNf4) {
+    if (opt.base_quantize.kind == model::Quantization::kNf4 && !config.bnb_nf4) {
       for (const model::LinearShape& l : model::linear_shapes(config)) {
         if (model::is_quantized_projection(l.path)) {
           nf4_names.insert(model::checkpoint_name(config, l.path + ".weight"));
@@ -245,7 +288,7 @@ void merge_adapter(const MergeOptions& opt) {
       }
     }
     const size_t merged =
-        stream_tensors(base, factors, dtype, adapter->path(), nf4_names, opt, writer);
+        stream_tensors(base, factors, dtype, adapter->path(), nf4_names, stored, opt, writer);
     if (!factors.empty()) {
       throw Error(adapter->path() + ": adapter module '" + factors.begin()->first +
                       "' has no weight in the base model " + opt.model_dir + " (" +
@@ -261,6 +304,7 @@ void merge_adapter(const MergeOptions& opt) {
       if (cfg.contains(key)) cfg[key] = model::dtype_string(dtype), has_key = true;
     }
     if (!has_key) cfg["torch_dtype"] = model::dtype_string(dtype);
+    cfg.erase("quantization_config");  // the weights written are dequantized
     io::write_file_atomic((fs::path(out.path()) / "config.json").string(), cfg.dump(2) + "\n");
     for (const auto& name : companion_files(opt.model_dir)) {
       std::error_code ec;
@@ -272,7 +316,7 @@ void merge_adapter(const MergeOptions& opt) {
       }
     }
     io::write_file_atomic((fs::path(out.path()) / "README.md").string(),
-                          model_card(opt, spec, dtype, merged));
+                          model_card(opt, config, spec, dtype, merged));
   }
   out.commit();
 }

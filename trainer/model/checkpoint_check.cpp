@@ -8,6 +8,7 @@
 
 #include "trainer/io/error.h"
 #include "trainer/io/safetensors.h"
+#include "trainer/model/bnb_checkpoint.h"
 #include "trainer/model/loader.h"
 
 namespace loratune::model {
@@ -180,13 +181,34 @@ std::vector<std::string> checkpoint_problems(const ModelConfig& c, const io::Che
   std::vector<std::string> missing, not_float;
   std::map<std::string, std::pair<std::string, size_t>> by_key;  // dims label -> (first, count)
   std::vector<std::string> key_order;
-  for (const ExpectedTensor& t : expected_tensors(c)) {
+  std::vector<std::string> bnb_without_config;
+  for (const Param& p : parameters(c)) {
+    const ExpectedTensor t{checkpoint_name(c, p.name), p.shape, p.dims};
     if (!ckpt.contains(t.name)) {
       missing.push_back(t.name);
       continue;
     }
     used.insert(t.name);
     const io::TensorInfo& info = ckpt.info(t.name);
+    if (p.linear_weight && is_bnb_quantized(ckpt, t.name)) {
+      // A bitsandbytes 4-bit weight: packed bytes plus its state tensors
+      // (bnb_checkpoint.h reads and checks those when the model loads).
+      for (const auto& n : bnb_companion_names(t.name)) {
+        if (ckpt.contains(n)) used.insert(n);
+      }
+      if (!c.bnb_nf4) {
+        bnb_without_config.push_back(t.name);
+        continue;
+      }
+      const std::vector<int64_t> packed = {(t.shape[0] * t.shape[1] + 1) / 2, 1};
+      if (info.shape != packed || info.scalar_type != at::kByte) {
+        problems.push_back(t.dims[0] + " x " + t.dims[1] + " is " + shape_str(t.shape) +
+                           ", 4-bit packed " + shape_str(packed) + " uint8, but the checkpoint's " +
+                           t.name + " is " + printable(info.dtype, 16) + " " +
+                           shape_str(info.shape));
+      }
+      continue;
+    }
     if (info.shape != t.shape) {
       std::string key = "the number of dimensions";
       std::string what = "config.json implies " + shape_str(t.shape);
@@ -230,6 +252,11 @@ std::vector<std::string> checkpoint_problems(const ModelConfig& c, const io::Che
                        (unexpected.size() == 1 ? "" : "s") +
                        " the config does not describe: " + list_names(unexpected));
   }
+  if (!bnb_without_config.empty()) {
+    problems.push_back("the checkpoint holds bitsandbytes 4-bit weights (" +
+                       list_names(bnb_without_config) +
+                       ") but config.json has no quantization_config");
+  }
   if (!not_float.empty()) {
     problems.push_back("weights must be floating point: " + list_names(not_float));
   }
@@ -237,7 +264,14 @@ std::vector<std::string> checkpoint_problems(const ModelConfig& c, const io::Che
 }
 
 void check_checkpoint(const std::string& config_path, const ModelConfig& config,
-                      const io::Checkpoint& ckpt) {
+                      const io::Checkpoint& ckpt, bool reads_bnb_nf4) {
+  if (config.bnb_nf4 && !reads_bnb_nf4) {
+    throw Error(config_path +
+                    ": a bitsandbytes 4-bit NF4 checkpoint (quantization_config); this command "
+                    "reads full-precision weights only (merge an adapter into it, or use the "
+                    "original model)",
+                ErrorKind::kUnsupported);
+  }
   const std::vector<std::string> problems = checkpoint_problems(config, ckpt);
   if (problems.empty()) return;
   std::string msg = config_path + ": ";

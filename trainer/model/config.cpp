@@ -126,6 +126,76 @@ void check_size(const ConfigJson& j, const char* key, int64_t v) {
   }
 }
 
+// config.json's "quantization_config": absent/null, or a bitsandbytes 4-bit
+// NF4 checkpoint (transformers' BitsAndBytesConfig.to_dict()). Every other
+// quantization is refused by name (kUnsupported).
+std::optional<BnbNf4Config> parse_quantization(const ConfigJson& j) {
+  const json* q = j.find("quantization_config");
+  if (q == nullptr || q->is_null()) return std::nullopt;
+  const std::string key = "quantization_config";
+  if (!q->is_object()) j.fail(key, "must be an object, got " + printable(q->dump(), 80));
+  auto str = [&](const char* k, const std::string& dflt) {
+    auto it = q->find(k);
+    if (it == q->end() || it->is_null()) return dflt;
+    if (!it->is_string())
+      j.fail(key + "." + k, "must be a string, got " + printable(it->dump(), 80));
+    return it->get<std::string>();
+  };
+  auto flag = [&](const char* k, const char* alt) {
+    for (const char* name : {k, alt}) {
+      auto it = q->find(name);
+      if (it == q->end() || it->is_null()) continue;
+      if (!it->is_boolean()) {
+        j.fail(key + "." + name, "must be true or false, got " + printable(it->dump(), 80));
+      }
+      return it->get<bool>();
+    }
+    return false;
+  };
+  const std::string method = str("quant_method", "");
+  if (method != "bitsandbytes") {
+    j.fail(key + ".quant_method",
+           "\"" + printable(method, 40) +
+               "\" is not supported (loratune reads bitsandbytes 4-bit NF4 checkpoints)",
+           ErrorKind::kUnsupported);
+  }
+  if (flag("load_in_8bit", "_load_in_8bit")) {
+    j.fail(key + ".load_in_8bit",
+           "bitsandbytes 8-bit (LLM.int8) checkpoints are not supported (only 4-bit NF4)",
+           ErrorKind::kUnsupported);
+  }
+  if (!flag("load_in_4bit", "_load_in_4bit")) {
+    j.fail(key + ".load_in_4bit", "is not true: not a bitsandbytes 4-bit checkpoint",
+           ErrorKind::kUnsupported);
+  }
+  // BitsAndBytesConfig's default quant type is fp4.
+  const std::string type = str("bnb_4bit_quant_type", "fp4");
+  if (type != "nf4") {
+    j.fail(key + ".bnb_4bit_quant_type",
+           "\"" + printable(type, 40) + "\" is not supported (only \"nf4\")",
+           ErrorKind::kUnsupported);
+  }
+  const std::string storage = str("bnb_4bit_quant_storage", "uint8");
+  if (storage != "uint8") {
+    j.fail(key + ".bnb_4bit_quant_storage",
+           "\"" + printable(storage, 40) + "\" is not supported (only \"uint8\")",
+           ErrorKind::kUnsupported);
+  }
+  BnbNf4Config b;
+  b.double_quant = flag("bnb_4bit_use_double_quant", "bnb_4bit_use_double_quant");
+  b.compute_dtype = str("bnb_4bit_compute_dtype", "");
+  if (auto it = q->find("llm_int8_skip_modules"); it != q->end() && !it->is_null()) {
+    if (!it->is_array() || it->size() > 4096) {
+      j.fail(key + ".llm_int8_skip_modules", "must be a list of module names");
+    }
+    for (const auto& m : *it) {
+      if (!m.is_string()) j.fail(key + ".llm_int8_skip_modules", "must be a list of module names");
+      b.skip_modules.push_back(m.get<std::string>());
+    }
+  }
+  return b;
+}
+
 }  // namespace
 
 ModelConfig parse_config(const json& root, const std::string& source) {
@@ -199,6 +269,8 @@ ModelConfig parse_config(const json& root, const std::string& source) {
       c.eos_token_ids.push_back(j.get_int("eos_token_id"));
     }
   }
+
+  c.bnb_nf4 = parse_quantization(j);
 
   family.resolve(j, c);
   if (static_cast<int64_t>(c.layer_window.size()) != c.num_hidden_layers) {

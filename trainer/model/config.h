@@ -34,6 +34,18 @@ struct RopeConfig {
   int64_t original_max_position_embeddings = 0;  // llama3 (default: max_position_embeddings)
 };
 
+// A checkpoint that bitsandbytes saved already quantized to 4-bit NF4
+// (config.json "quantization_config": quant_method "bitsandbytes",
+// load_in_4bit, bnb_4bit_quant_type "nf4"; a model.save_pretrained() of a
+// model loaded with BitsAndBytesConfig). Which projections are quantized is
+// read from the checkpoint (bnb_checkpoint.h), not from skip lists.
+struct BnbNf4Config {
+  bool double_quant = false;  // bnb_4bit_use_double_quant
+  std::string compute_dtype;  // bnb_4bit_compute_dtype as written ("" when absent); informative:
+                              // loratune computes in the load dtype (model.dtype)
+  std::vector<std::string> skip_modules;  // llm_int8_skip_modules (informative)
+};
+
 struct ModelConfig {
   std::string model_type;  // "llama", "mistral", "qwen2", "qwen3"
   int64_t vocab_size = 0;
@@ -60,6 +72,10 @@ struct ModelConfig {
   std::string dtype;  // "float32", "bfloat16", ... or "" if absent
   std::optional<int64_t> bos_token_id;
   std::vector<int64_t> eos_token_ids;  // config.json allows an int or a list
+  // Set for a pre-quantized bitsandbytes NF4 checkpoint. Any other
+  // quantization_config (8-bit, fp4, GPTQ, AWQ, ...) is refused by
+  // parse_config (kUnsupported).
+  std::optional<BnbNf4Config> bnb_nf4;
 
   int64_t q_dim() const { return num_attention_heads * head_dim; }   // H*Dh
   int64_t kv_dim() const { return num_key_value_heads * head_dim; }  // K*Dh

@@ -13,6 +13,7 @@
 
 #include "trainer/io/error.h"
 #include "trainer/io/safetensors.h"
+#include "trainer/model/bnb_checkpoint.h"
 #include "trainer/model/family.h"
 
 namespace loratune::model {
@@ -54,10 +55,12 @@ c10::Device parse_device(const std::string& text) {
 // model registered must be in it with its shape; a miss means that
 // expected_tensors and the modules disagree (a loratune bug).
 void check_params(const std::string& dir, const ModelConfig& c, const io::Checkpoint& ckpt,
-                  const torch::OrderedDict<std::string, at::Tensor>& params) {
+                  const torch::OrderedDict<std::string, at::Tensor>& params,
+                  const std::map<std::string, Nf4Weight>& stored_nf4) {
   std::vector<std::string> wrong;
   for (const auto& item : params) {
     const std::string name = checkpoint_name(c, item.key());
+    if (stored_nf4.count(item.key())) continue;  // packed: read_bnb_nf4 checked it
     if (!ckpt.contains(name)) {
       wrong.push_back(name + " (missing)");
     } else if (at::IntArrayRef(ckpt.info(name).shape) != item.value().sizes()) {
@@ -113,20 +116,47 @@ CausalLM load_model(const std::string& dir, const LoadOptions& options) {
   const c10::Device device = parse_device(options.device);
   io::Checkpoint ckpt = io::Checkpoint::open(dir);
   // config.json against the headers before the model allocates anything.
-  check_checkpoint(config_json_path(dir), config, ckpt);
+  check_checkpoint(config_json_path(dir), config, ckpt, /*reads_bnb_nf4=*/true);
+
+  // A pre-quantized bitsandbytes checkpoint decides for itself: its 4-bit
+  // projections are taken as stored (never re-quantized) whatever
+  // options.quantize says, its float tensors (embeddings, lm_head, norms,
+  // llm_int8_skip_modules) load as float ones, and options.quantize does not
+  // quantize those either (transformers would not). `model.quantize: none`
+  // therefore still gives an NF4 model on such a checkpoint: NF4 is what the
+  // weights are, and dequantizing them would only cost memory. The compute
+  // dtype is options.dtype (bnb_4bit_compute_dtype is not consulted). Every
+  // state is read and checked here, before the model allocates anything.
+  std::map<std::string, Nf4Weight> stored_nf4;  // parameter name -> state
+  if (config.bnb_nf4) {
+    for (const LinearShape& l : linear_shapes(config)) {
+      const std::string name = checkpoint_name(config, l.path + ".weight");
+      if (!is_bnb_quantized(ckpt, name)) continue;
+      if (!is_quantized_projection(l.path)) {
+        throw Error(ckpt.file_of(name).path() + ": tensor '" + name + "': a 4-bit " + l.path +
+                        " is not supported (loratune keeps NF4 inside the decoder layers only)",
+                    ErrorKind::kUnsupported);
+      }
+      stored_nf4.emplace(l.path + ".weight", read_bnb_nf4(ckpt, name, l.out_features, l.in_features,
+                                                          config.bnb_nf4->double_quant));
+    }
+  }
 
   // Parameters are allocated but untouched: on CPU those pages cost nothing
   // and are dropped when a parameter takes the mapped tensor instead. An NF4
   // model is built on the CPU and moved to its device at the end.
-  const bool nf4 = options.quantize.kind == Quantization::kNf4;
+  const bool quantize_at_load = options.quantize.kind == Quantization::kNf4 && !config.bnb_nf4;
+  const bool nf4 = quantize_at_load || !stored_nf4.empty();
   const c10::Device build = nf4 ? c10::Device(c10::kCPU) : device;
   CausalLM model(config, at::TensorOptions().dtype(options.dtype).device(build));
   const auto params = model->named_parameters(/*recurse=*/true);
-  check_params(dir, config, ckpt, params);
+  check_params(dir, config, ckpt, params, stored_nf4);
   std::map<std::string, std::shared_ptr<LinearImpl>> quantized;  // parameter name -> projection
   if (nf4) {
     for (auto& [path, linear] : linear_modules(*model)) {
-      if (is_quantized_projection(path)) quantized.emplace(path + ".weight", linear);
+      if (quantize_at_load ? is_quantized_projection(path) : stored_nf4.count(path + ".weight")) {
+        quantized.emplace(path + ".weight", linear);
+      }
     }
   }
 
@@ -135,7 +165,9 @@ CausalLM load_model(const std::string& dir, const LoadOptions& options) {
     const std::string name = checkpoint_name(config, item.key());
     at::Tensor param = item.value();
     at::Tensor src = ckpt.tensor(name);  // zero-copy CPU view of the mapping
-    if (auto it = quantized.find(item.key()); it != quantized.end()) {
+    if (auto st = stored_nf4.find(item.key()); st != stored_nf4.end()) {
+      quantized.at(item.key())->set_nf4(std::move(st->second));  // zero-copy views
+    } else if (auto it = quantized.find(item.key()); it != quantized.end()) {
       // bitsandbytes quantizes the weight as loaded in the model dtype.
       const at::Tensor w = src.scalar_type() == options.dtype ? src : src.to(options.dtype);
       it->second->set_nf4(quantize_nf4(w, options.quantize.double_quant, name));

@@ -77,10 +77,18 @@ int64_t parameter_count(const ModelConfig& config);
 // checkpoint has 2 layers (model.layers.0 .. model.layers.1)".
 std::vector<std::string> checkpoint_problems(const ModelConfig& config, const io::Checkpoint& ckpt);
 
+// A pre-quantized bitsandbytes NF4 checkpoint (config.bnb_nf4) is
+// described too: its 4-bit weights must be uint8 [ceil(out*in/2), 1] and
+// their state tensors count as used (bnb_checkpoint.h checks their contents
+// at load); 4-bit weights without a quantization_config are a problem.
+//
 // Throws Error (kCorrupt) "<config_path>: <first problems>" when
-// checkpoint_problems is not empty.
+// checkpoint_problems is not empty. A caller that cannot read a
+// pre-quantized checkpoint (one that writes the stored tensors as they are)
+// leaves `reads_bnb_nf4` false: such a checkpoint is then refused
+// (kUnsupported) in one line.
 void check_checkpoint(const std::string& config_path, const ModelConfig& config,
-                      const io::Checkpoint& ckpt);
+                      const io::Checkpoint& ckpt, bool reads_bnb_nf4 = false);
 
 struct LoadOptions {
   at::ScalarType dtype = at::kFloat;  // float32, bfloat16 or float16
@@ -91,6 +99,9 @@ struct LoadOptions {
   // dequantizes it in the activation dtype. With a GPU the model is built on
   // the host (untouched parameters cost nothing there) and moved once
   // quantized, so the GPU never holds the float projection weights.
+  // A pre-quantized bitsandbytes NF4 checkpoint (config.json's
+  // quantization_config) ignores `quantize`: its stored 4-bit states are
+  // used as they are (bnb_checkpoint.h), its float tensors stay float.
   QuantizeOptions quantize = {};
 };
 
