@@ -1,6 +1,7 @@
 // trainer/cli/commands.h — one function per subcommand; each adds its
 // CLI11 subcommand to the app with a callback that does the work. Callbacks
-// throw loratune::Error; main() prints it as one line and exits 1.
+// throw loratune::Error; main() prints it as one line and exits with the
+// code of its kind (trainer/io/error.h).
 #pragma once
 
 #include <CLI/CLI.hpp>

@@ -174,7 +174,8 @@ HfModel map_model(const GgufFile& file, at::ScalarType dtype);
 at::Tensor hf_tensor(const GgufFile& file, const HfModel::Entry& e, at::ScalarType dtype);
 
 // tokenizer.json and tokenizer_config.json text from the tokenizer.* keys
-// (tokenizer.ggml.model "gpt2"; kUnsupported for others). Empty strings when
+// (tokenizer.ggml.model "gpt2" or "llama" (SentencePiece); kUnsupported for
+// others). Empty strings when
 // the file has no tokenizer.ggml.model key.
 struct HfTokenizer {
   std::string tokenizer_json;

@@ -1,6 +1,6 @@
 // trainer/io/safetensors.h — reading and writing the safetensors format.
 //
-// Format (see shared/REFERENCE.md): u64 little-endian header length N, N bytes
+// Format (see docs/formats.md, "safetensors"): u64 little-endian header length N, N bytes
 // of UTF-8 JSON {name: {dtype, shape, data_offsets: [begin, end)}, "__metadata__":
 // {str: str}}, then the data buffer. Offsets are relative to the buffer.
 //
@@ -11,7 +11,7 @@
 // changes the file.
 //
 // Every check the reference reader does is done before any tensor is created,
-// and more (see validate in safetensors.cpp). Errors throw io::Error whose
+// and more (safetensors_read.cpp). Errors throw io::Error whose
 // message names the file and, where it applies, the tensor.
 #pragma once
 

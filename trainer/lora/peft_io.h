@@ -1,7 +1,7 @@
 // trainer/lora/peft_io.h — LoRA adapters on disk in Hugging Face PEFT format:
 // DIR/adapter_config.json + DIR/adapter_model.safetensors with keys
 // "base_model.model.<module path>.lora_A.weight" [r, in] / ".lora_B.weight"
-// [out, r] (see shared/REFERENCE.md).
+// [out, r] (see docs/formats.md, "PEFT adapter directory").
 #pragma once
 
 #include <memory>

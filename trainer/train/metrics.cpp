@@ -8,7 +8,7 @@ namespace loratune::train {
 
 MetricsLog::MetricsLog(std::string path) : path_(std::move(path)) {
   std::ofstream f(path_, std::ios::app);
-  if (!f) throw Error(path_ + ": cannot open for appending");
+  if (!f) throw Error(path_ + ": cannot open for appending", ErrorKind::kIo);
 }
 
 void MetricsLog::write(const nlohmann::ordered_json& record) {
@@ -16,13 +16,13 @@ void MetricsLog::write(const nlohmann::ordered_json& record) {
   // Non-finite numbers are written as null (JSON has no NaN).
   f << record.dump() << '\n';
   f.flush();
-  if (!f) throw Error(path_ + ": write failed");
+  if (!f) throw Error(path_ + ": write failed", ErrorKind::kIo);
 }
 
 FinalLosses read_final_losses(const std::string& metrics_path) {
   FinalLosses out;
   std::ifstream f(metrics_path);
-  if (!f) throw Error(metrics_path + ": cannot open");
+  if (!f) throw Error(metrics_path + ": cannot open", ErrorKind::kIo);
   std::string line;
   int64_t lineno = 0;
   while (std::getline(f, line)) {
@@ -30,7 +30,8 @@ FinalLosses read_final_losses(const std::string& metrics_path) {
     if (line.empty()) continue;
     nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
     if (!j.is_object()) {
-      throw Error(metrics_path + ":" + std::to_string(lineno) + ": not a JSON object");
+      throw Error(metrics_path + ":" + std::to_string(lineno) + ": not a JSON object",
+                  ErrorKind::kCorrupt);
     }
     auto split = j.find("split");
     auto loss = j.find("loss");
