@@ -82,6 +82,9 @@ output:
   merge: true
   merge_dtype: float32
   overwrite: true
+  gguf:
+    type: q8_0
+    adapter: true
 )";
 
 // Every key path to_yaml must write, in schema order.
@@ -132,7 +135,9 @@ const std::vector<std::string> kAllKeys = {"model.path",
                                            "output.dir",
                                            "output.merge",
                                            "output.merge_dtype",
-                                           "output.overwrite"};
+                                           "output.overwrite",
+                                           "output.gguf.type",
+                                           "output.gguf.adapter"};
 
 // Leaf key paths of a YAML map, depth first, in file order.
 void collect_leaves(const YAML::Node& map, const std::string& prefix,
@@ -199,6 +204,8 @@ TEST(ConfigDefaults, MinimalFileGetsDocumentedDefaults) {
   EXPECT_FALSE(c.output.merge);
   EXPECT_FALSE(c.output.merge_dtype.has_value());
   EXPECT_FALSE(c.output.overwrite);
+  EXPECT_EQ(c.output.gguf.type, GgufType::kNone);
+  EXPECT_FALSE(c.output.gguf.adapter);
 }
 
 TEST(ConfigParse, EveryKeyIsRead) {
@@ -248,6 +255,8 @@ TEST(ConfigParse, EveryKeyIsRead) {
   EXPECT_TRUE(c.output.merge);
   EXPECT_EQ(c.output.merge_dtype, std::optional<DType>(DType::kFloat32));
   EXPECT_TRUE(c.output.overwrite);
+  EXPECT_EQ(c.output.gguf.type, GgufType::kQ8_0);
+  EXPECT_TRUE(c.output.gguf.adapter);
 }
 
 TEST(ConfigParse, AllLinearAndSinglePathsAndNullUnsets) {
@@ -344,13 +353,15 @@ TEST(ConfigToYaml, RoundTripsDefaultsEveryKeyAndOddValues) {
 
 TEST(ConfigEquality, EachFieldChangeIsSeen) {
   const TrainConfig base = config_from_yaml_string(kMinimal);
-  std::vector<TrainConfig> changed(6, base);
+  std::vector<TrainConfig> changed(8, base);
   changed[0].lora.dropout = 0.0;
   changed[1].data.validation = {"v.jsonl"};
   changed[2].train.scheduler.warmup_steps = 0;
   changed[3].train.optimizer.beta2 = 0.99;
   changed[4].output.merge_dtype = DType::kFloat16;
   changed[5].data.allow_special_tokens = true;
+  changed[6].output.gguf.type = GgufType::kF16;
+  changed[7].output.gguf.adapter = true;
   for (const auto& c : changed) EXPECT_TRUE(c != base) << to_yaml(c);
   EXPECT_TRUE(base == config_from_yaml_string(kMinimal));
 }

@@ -202,6 +202,11 @@ std::vector<BadConfig> bad_configs() {
        {},
        {"@:3: model.dtype: 'bf16' is not one of float32, bfloat16, float16 (did you mean "
         "'bfloat16'?)"}},
+      {"unknown_gguf_type",
+       h + "  gguf: {type: q4}\n",
+       {},
+       {"@:7: output.gguf.type: 'q4' is not one of none, f32, f16, bf16, q8_0 (did you mean "
+        "'q8_0'?)"}},
       {"unknown_chat_template",
        "data:\n  train: t\n  chat_template: llama-3\nmodel: {path: m}\noutput: {dir: o}\n",
        {},

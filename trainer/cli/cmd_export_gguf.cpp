@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "trainer/cli/commands.h"
 #include "trainer/cli/paths.h"
@@ -17,6 +18,8 @@ namespace loratune::cli {
 void add_export_gguf_command(CLI::App& app) {
   auto opt = std::make_shared<gguf::ExportOptions>();
   auto type = std::make_shared<std::string>();
+  auto modelfile = std::make_shared<bool>(false);
+  auto modelfile_base = std::make_shared<std::string>();
   CLI::App* cmd = app.add_subcommand(
       "export-gguf",
       "Write a model as one GGUF file that llama.cpp, Ollama and LM Studio load (architectures "
@@ -44,19 +47,47 @@ void add_export_gguf_command(CLI::App& app) {
                 "Write only the adapter, as llama.cpp's LoRA adapter GGUF (general.type "
                 "adapter), for `llama-cli -m BASE.gguf --lora OUT` or Ollama's ADAPTER");
   cmd->add_option("--name", opt->name, "general.name (default: the model's directory name)");
-  cmd->add_flag("--overwrite", opt->overwrite, "Replace an existing --out file");
-  cmd->callback([opt, type] {
+  cmd->add_flag("--overwrite", opt->overwrite, "Replace an existing --out file (and Modelfile)");
+  cmd->add_flag("--modelfile", *modelfile,
+                "Also write an Ollama Modelfile beside --out: FROM ./<out file>, a PARAMETER stop "
+                "per end-of-sequence / end-of-turn token of the tokenizer, no TEMPLATE (Ollama "
+                "takes the GGUF's chat template). With --adapter-only it needs --modelfile-base");
+  cmd->add_option("--modelfile-base", *modelfile_base,
+                  "With --adapter-only --modelfile: the Modelfile's FROM, the base model as an "
+                  "Ollama model name or the path of its GGUF; the adapter is its ADAPTER");
+  cmd->callback([opt, type, modelfile, modelfile_base] {
     refuse_output_over_inputs("--out", opt->out_path,
                               {{"--model", opt->model_dir}, {"--adapter", opt->adapter_dir}});
     opt->type = gguf::parse_out_type(!type->empty() ? *type : opt->adapter_only ? "f32" : "f16");
     if (opt->adapter_only && opt->adapter_dir.empty()) {
       throw Error("--adapter-only needs --adapter DIR (the PEFT adapter to write as GGUF)");
     }
-    if (gguf::is_gguf_path(opt->model_dir)) {
-      // A .gguf base exports from its float32 import: full precision, never re-quantized twice.
-      if (opt->name.empty()) opt->name = std::filesystem::path(opt->model_dir).stem().string();
-      opt->model_dir = gguf::resolve_model_path(opt->model_dir);
+    if (!modelfile_base->empty() && !opt->adapter_only) {
+      throw Error(
+          "--modelfile-base is for --adapter-only (a merged model's Modelfile is FROM the file "
+          "itself); drop it or add --adapter-only");
     }
+    if (*modelfile && opt->adapter_only && modelfile_base->empty()) {
+      throw Error(
+          "--modelfile with --adapter-only needs --modelfile-base BASE (the base model's GGUF "
+          "path or Ollama model name) for the Modelfile's FROM");
+    }
+    const bool write_modelfile = *modelfile || !modelfile_base->empty();
+    const std::string modelfile_path = gguf::modelfile_path(opt->out_path);
+    if (write_modelfile) {
+      refuse_output_over_inputs("--modelfile", modelfile_path,
+                                {{"--model", opt->model_dir}, {"--adapter", opt->adapter_dir}});
+      std::error_code ec;
+      if (std::filesystem::exists(std::filesystem::symlink_status(modelfile_path, ec)) &&
+          !opt->overwrite) {
+        throw Error("--modelfile: '" + modelfile_path +
+                    "' already exists (pass --overwrite to replace it)");
+      }
+    }
+    gguf::resolve_gguf_model(*opt);
+    // Read before the export, so a tokenizer it cannot use leaves no file behind.
+    const std::vector<std::string> stops =
+        write_modelfile ? gguf::stop_strings(opt->model_dir) : std::vector<std::string>();
     const std::filesystem::path parent = std::filesystem::path(opt->out_path).parent_path();
     if (!parent.empty()) std::filesystem::create_directories(parent);
     io::DirLock lock(opt->out_path + ".lock", "--out '" + opt->out_path + "'");
@@ -73,6 +104,11 @@ void add_export_gguf_command(CLI::App& app) {
       std::fprintf(stderr, ", %zu weights merged", s.adapted);
     }
     std::fprintf(stderr, ")\n");
+    if (write_modelfile) {
+      const std::string written = gguf::write_modelfile(opt->out_path, *modelfile_base, stops);
+      std::fprintf(stderr, "wrote %s (Ollama: ollama create NAME -f %s)\n", written.c_str(),
+                   written.c_str());
+    }
   });
 }
 

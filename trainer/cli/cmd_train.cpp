@@ -2,8 +2,9 @@
 //
 // Exit codes: 0 when training finished; 130 (SIGINT) or 143 (SIGTERM) when a
 // signal stopped it after writing a checkpoint (continue with --resume);
-// 1 on errors, including an abort after train.max_bad_steps non-finite steps
-// (a checkpoint is written first). A second SIGINT/SIGTERM kills at once.
+// otherwise the code of the error's kind (trainer/io/error.h), e.g. 3 (data)
+// for an abort after train.max_bad_steps non-finite steps (a checkpoint is
+// written first). A second SIGINT/SIGTERM kills at once.
 #include <atomic>
 #include <csignal>
 #include <cstdio>
@@ -17,6 +18,7 @@
 #include "trainer/cli/paths.h"
 #include "trainer/config/config.h"
 #include "trainer/export/merge.h"
+#include "trainer/gguf/export.h"
 #include "trainer/gguf/gguf.h"
 #include "trainer/io/error.h"
 #include "trainer/io/lock.h"
@@ -57,6 +59,67 @@ std::vector<NamedPath> inputs_of(const config::TrainConfig& cfg) {
   return in;
 }
 
+gguf::OutType gguf_type_of(config::GgufType t) {
+  return gguf::parse_out_type(config::to_string(t));
+}
+
+// output.gguf: a model or tokenizer the GGUF export cannot carry is refused
+// before training starts, not after the run. `model_dir` is what the run
+// trains on (a .gguf model.path's import).
+void check_gguf_output(const config::TrainConfig& cfg, const std::string& model_dir) {
+  const config::GgufOutputConfig& g = cfg.output.gguf;
+  if (g.type == config::GgufType::kNone && !g.adapter) return;
+  const bool model = g.type != config::GgufType::kNone;
+  const std::string key =
+      model ? "output.gguf.type=" + config::to_string(g.type) : "output.gguf.adapter=true";
+  try {
+    gguf::check_exportable(model_dir, model ? gguf_type_of(g.type) : gguf::OutType::kF32, !model);
+    if (model) (void)gguf::stop_strings(model_dir);  // the Modelfile's
+  } catch (const Error& e) {
+    throw Error(key + ": this model cannot be written as GGUF after training (set " +
+                    (model ? "output.gguf.type=none" : "output.gguf.adapter=false") +
+                    " to train without it): ",
+                e);
+  }
+}
+
+// output.gguf after a finished run: what `export-gguf --model model.path
+// --adapter DIR/adapter --type T` (+ --modelfile) and `... --adapter-only`
+// write, into DIR/model.<type>.gguf + DIR/Modelfile and DIR/adapter.gguf.
+void write_gguf_outputs(const config::TrainConfig& cfg) {
+  const config::GgufOutputConfig& g = cfg.output.gguf;
+  const std::string adapter = cfg.output.dir + "/adapter";
+  if (g.type != config::GgufType::kNone) {
+    gguf::ExportOptions eo;
+    eo.model_dir = cfg.model.path;
+    eo.adapter_dir = adapter;
+    eo.out_path = cfg.output.dir + "/model." + config::to_string(g.type) + ".gguf";
+    eo.type = gguf_type_of(g.type);
+    eo.overwrite = true;
+    gguf::resolve_gguf_model(eo);
+    const std::vector<std::string> stops = gguf::stop_strings(eo.model_dir);
+    const gguf::ExportSummary s = gguf::export_gguf(eo);
+    for (const auto& note : s.notes) std::fprintf(stderr, "loratune: note: %s\n", note.c_str());
+    std::fprintf(stderr, "loratune: GGUF written to %s (%s %s, %zu weights merged)\n",
+                 eo.out_path.c_str(), s.arch.c_str(), gguf::out_type_name(eo.type), s.adapted);
+    const std::string mf = gguf::write_modelfile(eo.out_path, "", stops);
+    std::fprintf(stderr, "loratune: Ollama Modelfile written to %s\n", mf.c_str());
+  }
+  if (g.adapter) {
+    gguf::ExportOptions ao;
+    ao.model_dir = cfg.model.path;
+    ao.adapter_dir = adapter;
+    ao.out_path = cfg.output.dir + "/adapter.gguf";
+    ao.type = gguf::OutType::kF32;
+    ao.adapter_only = true;
+    ao.overwrite = true;
+    gguf::resolve_gguf_model(ao);
+    const gguf::ExportSummary s = gguf::export_gguf(ao);
+    std::fprintf(stderr, "loratune: LoRA adapter GGUF written to %s (%zu adapted projections)\n",
+                 ao.out_path.c_str(), s.adapted);
+  }
+}
+
 void train_and_merge(const TrainOptions& o, const config::TrainConfig& cfg) {
   train::RunOptions ro;
   ro.resume = o.resume;
@@ -66,6 +129,7 @@ void train_and_merge(const TrainOptions& o, const config::TrainConfig& cfg) {
   ro.allow_config_change = o.allow_config_change;
   // A .gguf model.path is read through its float32 import (imported once).
   ro.model_dir = gguf::resolve_model_path(cfg.model.path);
+  check_gguf_output(cfg, ro.model_dir);
   std::signal(SIGINT, on_stop_signal);
   std::signal(SIGTERM, on_stop_signal);
   train::RunResult r = train::run_training(cfg, ro);
@@ -93,6 +157,7 @@ void train_and_merge(const TrainOptions& o, const config::TrainConfig& cfg) {
     exporter::merge_adapter(mo);
     std::fprintf(stderr, "loratune: merged model written to %s\n", mo.out_dir.c_str());
   }
+  write_gguf_outputs(cfg);
 }
 
 void run_train(const TrainOptions& o) {
@@ -137,8 +202,9 @@ void add_train_command(CLI::App& app) {
   CLI::App* sub = app.add_subcommand(
       "train",
       "Train a LoRA adapter as a YAML config says (see configs/). Writes OUTPUT_DIR/config.yaml, "
-      "metrics.jsonl, checkpoints/step-N/ and adapter/ (PEFT format). SIGINT/SIGTERM write a "
-      "checkpoint and exit 130/143; continue with --resume.");
+      "metrics.jsonl, checkpoints/step-N/ and adapter/ (PEFT format); with output.merge merged/, "
+      "with output.gguf model.<type>.gguf + Modelfile (Ollama) and adapter.gguf. SIGINT/SIGTERM "
+      "write a checkpoint and exit 130/143; continue with --resume.");
   sub->add_option("config", o->config, "YAML config file")->required();
   sub->add_option("overrides", o->overrides, "key=value overrides, e.g. train.optimizer.lr=1e-4");
   sub->add_flag("--resume", o->resume,

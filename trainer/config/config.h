@@ -38,6 +38,7 @@ enum class OptimizerName { kAdamW };                       // adamw
 enum class SchedulerName { kConstant, kLinear, kCosine };  // constant | linear | cosine
 enum class MixedPrecision { kNone, kBF16, kFP16 };         // none | bf16 | fp16
 enum class Quantize { kNone, kNf4 };                       // none | nf4
+enum class GgufType { kNone, kF32, kF16, kBF16, kQ8_0 };   // none | f32 | f16 | bf16 | q8_0
 
 // The YAML spelling of each choice ("bfloat16", "prompt_completion", "bf16", ...).
 std::string to_string(DType v);
@@ -46,6 +47,7 @@ std::string to_string(OptimizerName v);
 std::string to_string(SchedulerName v);
 std::string to_string(MixedPrecision v);
 std::string to_string(Quantize v);
+std::string to_string(GgufType v);
 
 // Built-in chat template names accepted by data.chat_template besides "auto".
 const std::vector<std::string>& chat_template_names();  // llama2 llama3 chatml mistral gemma phi3
@@ -150,8 +152,9 @@ struct DataConfig {
   // data.skip_malformed: skip (and count) malformed records instead of
   // failing on the first one with its file:line. Default false.
   bool skip_malformed = false;
-  // data.cache_dir: directory for the tokenized-data cache. Default "": the
-  // trainer uses <output.dir>/cache.
+  // data.cache_dir: directory for the tokenized-data cache (reused across
+  // runs while the files, tokenizer and data settings are unchanged).
+  // Default "": no cache, the data are tokenized at every start.
   std::string cache_dir;
 };
 
@@ -222,6 +225,26 @@ struct TrainLoopConfig {
   int64_t max_bad_steps = 5;
 };
 
+// output.gguf: GGUF files for llama.cpp / Ollama / LM Studio written at the
+// end of a finished run, as `loratune export-gguf` writes them
+// (trainer/gguf/export.h), from the model the run trained on (a .gguf
+// model.path: its float32 import; with model.quantize nf4 the adapter is
+// merged onto the full-precision base, as export-gguf merges it, where
+// output.merge writes the dequantized NF4 base). A model or tokenizer the
+// export cannot carry is refused before training starts.
+struct GgufOutputConfig {
+  // output.gguf.type: none | f32 | f16 | bf16 | q8_0. Not none: the base with
+  // the final adapter merged, in <dir>/model.<type>.gguf (`export-gguf
+  // --model model.path --adapter <dir>/adapter --type <type>`), and beside it
+  // an Ollama Modelfile (FROM ./model.<type>.gguf, a stop parameter per
+  // end-of-turn token). Default none.
+  GgufType type = GgufType::kNone;
+  // output.gguf.adapter: write the adapter alone as llama.cpp's LoRA adapter
+  // GGUF, <dir>/adapter.gguf (`export-gguf --adapter-only`, f32), whatever
+  // type says. Default false.
+  bool adapter = false;
+};
+
 struct OutputConfig {
   // output.dir: run directory (resolved config, checkpoints, logs, final
   // adapter in PEFT format). Required.
@@ -230,11 +253,14 @@ struct OutputConfig {
   // (HF safetensors) to <dir>/merged. Default false.
   bool merge = false;
   // output.merge_dtype: dtype of the merged weights; nullopt ("auto" in
-  // YAML) = model.dtype. Default auto.
+  // YAML) = the base checkpoint's own dtype (config.json's, else its
+  // files'), as `loratune merge` without --dtype: a bfloat16 model trained in
+  // float32 on a CPU is merged back to bfloat16. Default auto.
   std::optional<DType> merge_dtype;
   // output.overwrite: allow a non-empty output.dir to be replaced. Default
   // false: an existing run is never clobbered.
   bool overwrite = false;
+  GgufOutputConfig gguf;
 };
 
 struct TrainConfig {

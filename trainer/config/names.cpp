@@ -86,6 +86,34 @@ const ChoiceTable<Quantize>& quantize_table() {
   return t;
 }
 
+const ChoiceTable<GgufType>& gguf_type_table() {
+  // Types export-gguf does not write point at the nearest one it does.
+  static const ChoiceTable<GgufType> t{{{"none", GgufType::kNone},
+                                        {"f32", GgufType::kF32},
+                                        {"f16", GgufType::kF16},
+                                        {"bf16", GgufType::kBF16},
+                                        {"q8_0", GgufType::kQ8_0}},
+                                       {{"no", "none"},
+                                        {"off", "none"},
+                                        {"false", "none"},
+                                        {"fp32", "f32"},
+                                        {"float32", "f32"},
+                                        {"fp16", "f16"},
+                                        {"float16", "f16"},
+                                        {"half", "f16"},
+                                        {"bfloat16", "bf16"},
+                                        {"q8", "q8_0"},
+                                        {"int8", "q8_0"},
+                                        {"q4", "q8_0"},
+                                        {"q4_0", "q8_0"},
+                                        {"q4_1", "q8_0"},
+                                        {"q4_k", "q8_0"},
+                                        {"q4_k_m", "q8_0"},
+                                        {"q5_k_m", "q8_0"},
+                                        {"q6_k", "q8_0"}}};
+  return t;
+}
+
 std::string did_you_mean(const std::string& value, const std::vector<std::string>& names,
                          const std::vector<std::pair<std::string, std::string>>& aliases) {
   for (const auto& [alias, name] : aliases) {
@@ -173,6 +201,9 @@ std::string to_string(MixedPrecision v) {
 std::string to_string(Quantize v) {
   return name_of(detail::quantize_table(), v);
 }
+std::string to_string(GgufType v) {
+  return name_of(detail::gguf_type_table(), v);
+}
 
 const std::vector<std::string>& chat_template_names() {
   static const std::vector<std::string> names = {"llama2",  "llama3", "chatml",
@@ -218,7 +249,8 @@ bool operator==(const TrainConfig& a, const TrainConfig& b) {
          ta.log_every == tb.log_every && ta.max_bad_steps == tb.max_bad_steps &&
          // output
          a.output.dir == b.output.dir && a.output.merge == b.output.merge &&
-         a.output.merge_dtype == b.output.merge_dtype && a.output.overwrite == b.output.overwrite;
+         a.output.merge_dtype == b.output.merge_dtype && a.output.overwrite == b.output.overwrite &&
+         a.output.gguf.type == b.output.gguf.type && a.output.gguf.adapter == b.output.gguf.adapter;
 }
 
 }  // namespace loratune::config

@@ -246,7 +246,7 @@ Field target_modules_field() {
           }};
 }
 
-// output.merge_dtype: "auto" is nullopt (= model.dtype).
+// output.merge_dtype: "auto" is nullopt (= the base checkpoint's dtype).
 Field merge_dtype_field() {
   return {"output.merge_dtype",
           [](TrainConfig& c, const YAML::Node& n, const ValueCtx& ctx) {
@@ -338,6 +338,8 @@ const std::vector<Field>& fields() {
       bool_field("output.merge", REF(output.merge)),
       merge_dtype_field(),
       bool_field("output.overwrite", REF(output.overwrite)),
+      choice_field("output.gguf.type", REF(output.gguf.type), &gguf_type_table),
+      bool_field("output.gguf.adapter", REF(output.gguf.adapter)),
   };
   // clang-format on
 #undef REF

@@ -4,12 +4,14 @@
 // is renamed over the output at the end.
 #include <ATen/ops/matmul.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 
 #include "trainer/export/merge.h"
 #include "trainer/gguf/export_detail.h"
+#include "trainer/gguf/gguf.h"
 #include "trainer/io/file_util.h"
 #include "trainer/io/safetensors.h"
 #include "trainer/lora/peft_io.h"
@@ -32,17 +34,33 @@ Metadata general(const std::string& arch, const std::string& type, const std::st
   return md;
 }
 
-// Encodes a float32 tensor (contiguous, rows of shape.back()) and writes it.
+// Values converted and encoded per piece of whole rows: a tensor is never
+// held whole beside its source (a bf16 checkpoint's float32 copy, a Q8_0
+// encoding), so memory above the mapped checkpoint stays at about this.
+constexpr int64_t kPieceValues = int64_t{1} << 20;
+
+// Converts `t` (rows of spec.shape.back() values) to float32, encodes and
+// writes it piece by piece; a float32 contiguous source written as F32 is
+// written from its memory.
 void write_encoded(GgufWriter& writer, const TensorSpec& spec, const at::Tensor& t,
                    std::vector<uint8_t>& buf) {
-  const at::Tensor f = t.to(at::kFloat).contiguous();
-  if (spec.type == kGgmlF32) {
-    writer.write_tensor(spec.name, static_cast<const uint8_t*>(f.data_ptr()), spec.nbytes());
-    return;
+  const at::Tensor flat = t.contiguous().reshape({-1});
+  const int64_t numel = flat.numel();
+  const int64_t row = spec.shape.empty() ? 1 : std::max<int64_t>(1, spec.shape.back());
+  const int64_t piece = std::max<int64_t>(1, kPieceValues / row) * row;
+  if (numel == 0) writer.write_tensor(spec.name, nullptr, 0);
+  for (int64_t start = 0; start < numel; start += piece) {
+    const int64_t n = std::min(piece, numel - start);
+    const at::Tensor f = flat.narrow(0, start, n).to(at::kFloat).contiguous();
+    if (spec.type == kGgmlF32) {
+      writer.write_tensor_part(spec.name, static_cast<const uint8_t*>(f.data_ptr()),
+                               static_cast<uint64_t>(n) * sizeof(float));
+      continue;
+    }
+    buf.resize(encoded_bytes(spec.type, n));
+    encode_row(spec.type, f.data_ptr<float>(), n, buf.data());
+    writer.write_tensor_part(spec.name, buf.data(), buf.size());
   }
-  buf.resize(spec.nbytes());
-  encode_row(spec.type, f.data_ptr<float>(), f.numel(), buf.data());
-  writer.write_tensor(spec.name, buf.data(), buf.size());
 }
 
 void refuse_existing(const ExportOptions& opt) {
@@ -226,6 +244,23 @@ ExportSummary export_gguf(const ExportOptions& opt) {
     adapter_path = checked.file->path();
   }
   return write_model(opt, config, base, factors, adapter_path);
+}
+
+void resolve_gguf_model(ExportOptions& opt) {
+  if (!is_gguf_path(opt.model_dir)) return;
+  // A .gguf base exports from its float32 import: full precision, never re-quantized twice.
+  if (opt.name.empty()) opt.name = fs::path(opt.model_dir).stem().string();
+  opt.model_dir = resolve_model_path(opt.model_dir);
+}
+
+void check_exportable(const std::string& model_dir, OutType type, bool adapter_only) {
+  const model::ModelConfig config = model::load_config(model_dir);
+  (void)detail::architecture_of(config);
+  if (adapter_only) return;
+  const io::Checkpoint base = io::Checkpoint::open(model_dir);
+  model::check_checkpoint(model::config_json_path(model_dir), config, base);
+  (void)detail::plan_model(config, base, type);
+  (void)detail::tokenizer_metadata(model_dir, config.vocab_size);
 }
 
 const char* out_type_name(OutType t) {

@@ -39,8 +39,11 @@
 // share one alpha / r (rsLoRA with mixed ranks, alpha_pattern), the
 // remaining factor is folded into B.
 //
-// Files are written tensor by tensor (one tensor in float32 plus its encoded
-// bytes in memory), into a temp file renamed over `out_path` at the end.
+// Files are written tensor by tensor, each converted and encoded in pieces
+// of about 1M values (a merged weight is computed whole in float32), into a
+// temp file renamed over `out_path` at the end. Peak memory above the
+// executable's is about the largest tensor's float32 bytes (its mapped
+// checkpoint pages, released after it; scripts/bench_export_memory.py).
 // Errors are loratune::Error: kConfig for options, kUnsupported for a model
 // llama.cpp's format cannot carry from here (another architecture, a
 // tokenizer that is not BPE, an unknown pre-tokenizer), kCorrupt for files
@@ -81,5 +84,46 @@ struct ExportSummary {
 // Writes opt.out_path. Everything that can be refused (options, config,
 // checkpoint, adapter, tokenizer) is checked before the file is created.
 ExportSummary export_gguf(const ExportOptions& opt);
+
+// A .gguf opt.model_dir becomes its float32 import (gguf.h
+// resolve_model_path) with general.name defaulting to the file's stem: what
+// `export-gguf --model FILE.gguf` and train's output.gguf export from.
+void resolve_gguf_model(ExportOptions& opt);
+
+// Checks, writing nothing, what export_gguf would refuse about the model in
+// `model_dir` (a Hugging Face directory) before any adapter exists: the
+// config and its architecture; unless adapter_only, also the rope type, the
+// checkpoint's tensors and the tokenizer. Throws what export_gguf would.
+void check_exportable(const std::string& model_dir, OutType type, bool adapter_only);
+
+// Ollama Modelfile (export_modelfile.cpp). The strings Ollama should stop at
+// for the model in `model_dir`: the text of its end-of-sequence tokens
+// (tokenizer_config.json eos_token; generation_config.json and config.json
+// eos_token_id, one id or a list) followed by the end-of-turn tokens its
+// tokenizer.json has (<|im_end|>, <|eot_id|>, <|end|>, <end_of_turn>), each
+// once. Throws kIo without tokenizer.json, kCorrupt for unreadable JSON or
+// an eos id no token has.
+std::vector<std::string> stop_strings(const std::string& model_dir);
+
+// The Modelfile's text: a comment saying why there is no TEMPLATE (Ollama
+// takes the GGUF's tokenizer.chat_template), "FROM <from>", "ADAPTER
+// <adapter>" when `adapter` is not empty, one `PARAMETER stop "<s>"` per
+// stop string (quotes and backslashes escaped; strings with a line break or
+// a control character are left out, as the format cannot carry them).
+std::string modelfile_text(const std::string& from, const std::string& adapter,
+                           const std::vector<std::string>& stops);
+
+// "Modelfile" in the directory of `gguf_path`.
+std::string modelfile_path(const std::string& gguf_path);
+
+// What FROM names for a base given by the user (--modelfile-base): an
+// Ollama model name ("llama3.2:1b") as given, a file path made absolute.
+std::string modelfile_base(const std::string& base);
+
+// Writes modelfile_path(gguf_path) atomically: for a model GGUF (`base`
+// empty) FROM ./<its file name>; for an adapter GGUF FROM `base` (see
+// modelfile_base) and ADAPTER ./<its file name>. Returns the path written.
+std::string write_modelfile(const std::string& gguf_path, const std::string& base,
+                            const std::vector<std::string>& stops);
 
 }  // namespace loratune::gguf

@@ -279,21 +279,35 @@ uint64_t GgufWriter::file_size() const {
 void GgufWriter::begin(io::AtomicFile& out) {
   out_ = &out;
   next_ = 0;
+  written_ = 0;
   const std::string h = header();
   out_->write(h.data(), h.size());
 }
 
 void GgufWriter::write_tensor(const std::string& name, const uint8_t* data, uint64_t n) {
+  if (written_ != 0 || (next_ < tensors_.size() && tensors_[next_].nbytes() != n)) {
+    throw Error("GGUF writer: tensor '" + name + "' (" + std::to_string(n) +
+                    " bytes) written out of order or with the wrong size",
+                ErrorKind::kInternal);
+  }
+  write_tensor_part(name, data, n);
+}
+
+void GgufWriter::write_tensor_part(const std::string& name, const uint8_t* data, uint64_t n) {
   if (out_ == nullptr || next_ >= tensors_.size() || tensors_[next_].name != name ||
-      tensors_[next_].nbytes() != n) {
+      n > tensors_[next_].nbytes() - written_) {
     throw Error("GGUF writer: tensor '" + name + "' (" + std::to_string(n) +
                     " bytes) written out of order or with the wrong size",
                 ErrorKind::kInternal);
   }
   out_->write(data, n);
+  written_ += n;
+  const uint64_t total = tensors_[next_].nbytes();
+  if (written_ < total) return;
   static const char kZeros[kAlignment] = {};
-  const uint64_t pad = align(n) - n;
+  const uint64_t pad = align(total) - total;
   if (pad > 0) out_->write(kZeros, pad);
+  written_ = 0;
   ++next_;
 }
 

@@ -87,6 +87,9 @@ class GgufWriter {
   // written. Out-of-order or misshapen writes throw kInternal.
   void begin(io::AtomicFile& out);
   void write_tensor(const std::string& name, const uint8_t* data, uint64_t n);
+  // write_tensor() in pieces, so a tensor is never encoded whole in memory:
+  // the next tensor's bytes over several calls, its padding after the last.
+  void write_tensor_part(const std::string& name, const uint8_t* data, uint64_t n);
   void finish();
 
  private:
@@ -95,6 +98,7 @@ class GgufWriter {
   std::vector<uint64_t> offsets_;  // relative to the data section
   io::AtomicFile* out_ = nullptr;
   size_t next_ = 0;
+  uint64_t written_ = 0;  // bytes of tensors_[next_] written so far
 };
 
 }  // namespace loratune::gguf

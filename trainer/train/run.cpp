@@ -96,7 +96,10 @@ void prepare_run_dir(const config::TrainConfig& cfg, bool resume) {
     throw Error("output.dir '" + out.string() +
                 "' is not empty; choose another directory or set output.overwrite=true");
   }
-  for (const char* name : {"adapter", "checkpoints", "metrics.jsonl", "config.yaml", "merged"}) {
+  // Everything a run writes (output.merge, output.gguf included).
+  for (const char* name :
+       {"adapter", "checkpoints", "metrics.jsonl", "config.yaml", "merged", "model.f32.gguf",
+        "model.f16.gguf", "model.bf16.gguf", "model.q8_0.gguf", "adapter.gguf", "Modelfile"}) {
     fs::remove_all(out / name);
   }
 }

@@ -54,6 +54,8 @@ const std::vector<std::string>& resume_neutral_keys() {
                                                 "output.merge",
                                                 "output.merge_dtype",
                                                 "output.overwrite",
+                                                "output.gguf.type",
+                                                "output.gguf.adapter",
                                                 "data.cache_dir",
                                                 "device"};
   return keys;
