@@ -6,7 +6,8 @@
 // cast once to the output dtype; every other tensor is cast (or copied) as
 // is. The merge streams tensor by tensor from the mmap'd base shards into a
 // ShardedWriter, so the memory it holds is about one output shard, not the
-// model. Output: sharded safetensors + model.safetensors.index.json,
+// model. Output: model.safetensors, or shards + model.safetensors.index.json
+// when the model is larger than one shard,
 // config.json (its dtype key updated, nothing else changed),
 // generation_config.json and every tokenizer file copied, and a README.md
 // model card. Everything is written into a temp directory beside `out_dir`
