@@ -165,7 +165,13 @@ TEST(ActivationCheckpoint, SameGradientsWithDropoutAndLessMemory) {
   std::cout << "activation memory kept by the forward pass (RSS growth): " << grow[0] / 1024.0
             << " MiB without checkpointing, " << grow[1] / 1024.0 << " MiB with ("
             << m->config().num_hidden_layers << " layers, B=4, T=768)\n";
+#if defined(__SANITIZE_ADDRESS__)
+  // ASan's quarantine keeps freed memory resident, so RSS growth says nothing
+  // about what the forward pass keeps (scripts/sanitize.sh builds).
+  std::cout << "(RSS comparison skipped under AddressSanitizer)\n";
+#else
   EXPECT_LT(grow[1], grow[0]);
+#endif
 }
 
 // forward_checkpointed builds the same inputs as DecoderModelImpl::forward:
