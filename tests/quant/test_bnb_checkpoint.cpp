@@ -132,13 +132,7 @@ TEST_P(BnbCheckpoint, QloraStepsEqualQuantizedAtLoad) {
   const std::string dir = ref_dir(c.variant);
   const auto ref = io::read_json(dir + "/ref.json");
   auto losses = [&](model::CausalLMImpl& m) {
-    lora::LoraSpec spec;
-    spec.r = 8;
-    spec.alpha = 16;
-    spec.dropout = 0.0;
-    spec.target_modules = {"all-linear"};
-    lora::inject_lora(m, spec);
-    lora::load_adapter_weights(dir + "/init_adapter", m);
+    test::inject_reference_lora(m, dir);
     config::TrainLoopConfig cfg;
     cfg.optimizer.lr = ref.at("lr").get<double>();
     cfg.max_grad_norm = 1.0;

@@ -69,6 +69,18 @@ inline double rel_err(double got, double want) {
   return std::abs(got - want) / std::max(std::abs(want), 1e-12);
 }
 
+// LoRA r 8, alpha 16, dropout 0 on all linear layers of `m`, with the
+// reference run's initial factors (DIR/init_adapter of ref_train.py's runs).
+inline void inject_reference_lora(model::CausalLMImpl& m, const std::string& dir) {
+  lora::LoraSpec spec;
+  spec.r = 8;
+  spec.alpha = 16;
+  spec.dropout = 0.0;
+  spec.target_modules = {"all-linear"};
+  lora::inject_lora(m, spec);
+  lora::load_adapter_weights(dir + "/init_adapter", m);
+}
+
 // The worst relative errors of a replayed reference run.
 struct ReplayErrors {
   size_t steps = 0;
@@ -86,13 +98,7 @@ inline ReplayErrors replay_reference_run(model::CausalLMImpl& m, const std::stri
                                          double loss_tol, double adapter_tol) {
   const auto ref = io::read_json(dir + "/ref.json");
   const auto& steps = ref.at("steps");
-  lora::LoraSpec spec;
-  spec.r = 8;
-  spec.alpha = 16;
-  spec.dropout = 0.0;
-  spec.target_modules = {"all-linear"};
-  lora::inject_lora(m, spec);
-  lora::load_adapter_weights(dir + "/init_adapter", m);
+  inject_reference_lora(m, dir);
 
   config::TrainLoopConfig cfg;
   cfg.optimizer.lr = ref.at("lr").get<double>();
