@@ -122,8 +122,20 @@ def load_4bit(path, double_quant=True, quant_type="nf4"):
     q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
                            bnb_4bit_use_double_quant=double_quant,
                            bnb_4bit_compute_dtype=torch.float32)
-    return AutoModelForCausalLM.from_pretrained(path, quantization_config=q, dtype=torch.float32,
-                                                device_map="cpu", attn_implementation="eager")
+    m = AutoModelForCausalLM.from_pretrained(path, quantization_config=q, dtype=torch.float32,
+                                             device_map="cpu", attn_implementation="eager")
+    # On CPUs with AVX512-BF16, bitsandbytes repacks the weights at the first
+    # inference forward for its own CPU kernel (which fails on blocks that do
+    # not divide a row). The reference is the portable path: dequantize, then
+    # matmul, as in training.
+    return portable_4bit(m)
+
+
+def portable_4bit(m):
+    for mod in m.modules():
+        if hasattr(mod, "support_avx512bf16_for_cpu"):
+            mod.support_avx512bf16_for_cpu = False
+    return m
 
 
 def write_logits(models, out, variant):
@@ -150,8 +162,8 @@ def write_prequantized(models, out, variant):
         load_4bit(f"{models}/{variant}", dq, qt).save_pretrained(d)
         if qt != "nf4":
             continue
-        m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, device_map="cpu",
-                                                 attn_implementation="eager").eval()
+        m = portable_4bit(AutoModelForCausalLM.from_pretrained(
+            d, dtype=torch.float32, device_map="cpu", attn_implementation="eager")).eval()
         g = torch.Generator().manual_seed(5)
         ids = torch.randint(3, m.config.vocab_size, (1, 37), generator=g)
         with torch.no_grad():
@@ -167,6 +179,37 @@ def train_variant(models, out, variant, seed):
     train_lora(load_4bit(f"{models}/{variant}"), f"{out}/{variant}", seed, f"{variant} QLoRA")
 
 
+def use_generic_dequantize_if_native_is_wrong():
+    """bitsandbytes 0.50.2's native CPU dequantize_4bit (its AVX-512 build,
+    used for an even last dimension) treats every row as whole blocks: when a
+    block of 64 crosses a row end (a row length not divisible by 64) it
+    applies the wrong absmax, up to 5x the quantization error. Its generic
+    kernel (bitsandbytes.backends.default, what other CPUs and the
+    quantization itself follow) is right. Where the native one is wrong, the
+    reference uses the generic one for every dequantize_4bit on the CPU
+    (weights, Linear4bit forward and backward); elsewhere nothing changes."""
+    import sys
+    import bitsandbytes.functional as F
+    from bitsandbytes.backends.default.ops import _dequantize_4bit_compute
+    from bitsandbytes.backends.utils import _get_4bit_code
+
+    def generic(A, absmax, blocksize, quant_type, shape, dtype):
+        if A.dtype != torch.uint8:
+            A = A.view(torch.uint8)
+        return _dequantize_4bit_compute(A.reshape(-1), absmax,
+                                        _get_4bit_code(quant_type, A.device), blocksize, shape,
+                                        dtype)
+
+    w = torch.linspace(-1, 1, 2 * 96).reshape(2, 96)  # 3 blocks, the second crosses the row end
+    q, s = F.quantize_4bit(w, blocksize=64, quant_type="nf4")
+    if torch.equal(F.dequantize_4bit(q, s),
+                   generic(q, s.absmax, 64, "nf4", w.shape, torch.float32)):
+        return
+    print("ref_nf4: bitsandbytes' native CPU dequantize_4bit is wrong for blocks that cross "
+          "a row; using its generic kernel", file=sys.stderr)
+    torch.library.register_kernel("bitsandbytes::dequantize_4bit", "cpu", generic)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--models", required=True)
@@ -174,6 +217,7 @@ def main():
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     torch.set_num_threads(1)
+    use_generic_dequantize_if_native_is_wrong()
     write_tensors(a.out)
     for seed, v in enumerate(VARIANTS):
         write_logits(a.models, a.out, v)
