@@ -66,6 +66,7 @@ train:
     betas: [0.85, 0.95]
     eps: 1.0e-6
     weight_decay: 0.01
+    loraplus_lr_ratio: 16
   scheduler:
     name: linear
     warmup_steps: 50
@@ -99,6 +100,8 @@ const std::vector<std::string> kAllKeys = {"model.path",
                                            "lora.dropout",
                                            "lora.target_modules",
                                            "lora.use_rslora",
+                                           "lora.use_dora",
+                                           "lora.init",
                                            "lora.init_from",
                                            "data.train",
                                            "data.validation",
@@ -121,6 +124,7 @@ const std::vector<std::string> kAllKeys = {"model.path",
                                            "train.optimizer.betas",
                                            "train.optimizer.eps",
                                            "train.optimizer.weight_decay",
+                                           "train.optimizer.loraplus_lr_ratio",
                                            "train.scheduler.name",
                                            "train.scheduler.warmup_steps",
                                            "train.scheduler.warmup_ratio",
@@ -188,6 +192,7 @@ TEST(ConfigDefaults, MinimalFileGetsDocumentedDefaults) {
   EXPECT_EQ(c.train.optimizer.beta2, 0.999);
   EXPECT_EQ(c.train.optimizer.eps, 1e-8);
   EXPECT_EQ(c.train.optimizer.weight_decay, 0.0);
+  EXPECT_FALSE(c.train.optimizer.loraplus_lr_ratio.has_value());
   EXPECT_EQ(c.train.scheduler.name, SchedulerName::kCosine);
   EXPECT_FALSE(c.train.scheduler.warmup_steps.has_value());
   ASSERT_TRUE(c.train.scheduler.warmup_ratio.has_value());  // resolved by validate()
@@ -240,6 +245,7 @@ TEST(ConfigParse, EveryKeyIsRead) {
   EXPECT_EQ(c.train.optimizer.beta2, 0.95);
   EXPECT_EQ(c.train.optimizer.eps, 1e-6);
   EXPECT_EQ(c.train.optimizer.weight_decay, 0.01);
+  EXPECT_EQ(c.train.optimizer.loraplus_lr_ratio, std::optional<double>(16.0));
   EXPECT_EQ(c.train.scheduler.name, SchedulerName::kLinear);
   EXPECT_EQ(c.train.scheduler.warmup_steps, std::optional<int64_t>(50));
   EXPECT_FALSE(c.train.scheduler.warmup_ratio.has_value());  // no default next to steps

@@ -150,11 +150,21 @@ std::vector<Case> cases() {
        "qwen3",
        nullptr,
        [](Tensors& t) {
-         t.emplace_back("base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector",
+         t.emplace_back("base_model.model.model.layers.0.self_attn.q_proj.lora_E.weight",
                         t.front().second.clone());
        },
        5,
        {"is not a LoRA factor loratune reads"}},
+      {"DoRA magnitude without use_dora",
+       "qwen3_subset_rslora",
+       "qwen3",
+       nullptr,
+       [](Tensors& t) {
+         t.emplace_back("base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector",
+                        t.front().second.clone());
+       },
+       5,
+       {"is a DoRA magnitude, but use_dora is false in adapter_config.json"}},
       {"shape does not fit the base",
        "qwen3_subset_rslora",
        "qwen3",
@@ -204,8 +214,8 @@ std::vector<Case> cases() {
        "qwen3",
        set("use_dora", true),
        nullptr,
-       6,
-       {"adapter_config.json: use_dora = true: DoRA is not supported"}},
+       5,
+       {"lora_magnitude_vector' is missing (use_dora is true in"}},
       {"modules_to_save",
        "qwen3_subset_rslora",
        "qwen3",

@@ -1,8 +1,10 @@
 // LoRA projections and PEFT adapters: injection, PEFT's adapters loaded here
 // give PEFT's logits, and PEFT loads loratune's adapters with the same logits.
+#include <ATen/Context.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/allclose.h>
 #include <ATen/ops/arange.h>
+#include <ATen/ops/cat.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -109,6 +111,43 @@ TEST(Lora, ScaleIsAlphaOverROrSqrtR) {
   EXPECT_DOUBLE_EQ(lora::lora_scale(16, 16, true), 4.0);
 }
 
+// lora.init gaussian (PEFT's init_lora_weights="gaussian"): A ~ N(0, 1/r),
+// B = 0, so the model is unchanged; the saved config records the init.
+TEST(Lora, GaussianInitIsNormalOneOverRWithBZero) {
+  model::CausalLM m = model::load_model(tiny("qwen2"));
+  at::Tensor ids = at::arange(11, at::kLong);
+  at::Tensor before = logits_of(*m, ids);
+  lora::LoraSpec spec;
+  spec.r = 4;
+  spec.target_modules = {"all-linear"};
+  spec.init = lora::LoraInit::kGaussian;
+  at::manual_seed(0);
+  lora::inject_lora(*m, spec);
+  EXPECT_TRUE(at::allclose(logits_of(*m, ids), before, 0, 0));
+  std::vector<at::Tensor> a_values;
+  for (const auto& [name, t] : lora::adapter_tensors(*m)) {
+    if (name.find("lora_B") != std::string::npos) {
+      EXPECT_EQ(t.abs().max().item<double>(), 0.0) << name;
+    } else {
+      a_values.push_back(t.flatten());
+    }
+  }
+  const at::Tensor a = at::cat(a_values).to(at::kDouble);
+  ASSERT_GT(a.numel(), 4000);
+  // Kaiming-uniform (the default) would give std 1/sqrt(3 in), far below 1/r = 0.25.
+  EXPECT_NEAR(a.std().item<double>(), 0.25, 0.25 * 0.05);
+  EXPECT_NEAR(a.mean().item<double>(), 0.0, 0.25 * 0.05);
+  // A normal sample: ~4.6% of values beyond 2 std (a uniform one has none).
+  const double tail = (a.abs() > 0.5).to(at::kDouble).mean().item<double>();
+  EXPECT_NEAR(tail, 0.0455, 0.015);
+  const std::string dir = test::make_temp_dir("gauss");
+  lora::save_adapter(dir + "/adapter", *m, spec, /*overwrite=*/false);
+  const lora::LoraSpec saved = lora::read_adapter_config(dir + "/adapter");
+  EXPECT_EQ(nlohmann::json::parse(lora::adapter_config_json(spec))["init_lora_weights"],
+            "gaussian");
+  EXPECT_EQ(saved.r, 4);
+}
+
 TEST(Lora, UnknownTargetNamesClosestModule) {
   model::CausalLM m = model::load_model(tiny("qwen2"));
   lora::LoraSpec spec;
@@ -134,7 +173,7 @@ TEST(Lora, RefusesWhatItDoesNotSupport) {
     std::string key, value, needle;
   };
   const Bad cases[] = {
-      {"use_dora", "true", "DoRA"},
+      {"use_qalora", "true", "QALoRA"},
       {"bias", "\"all\"", "bias training"},
       {"modules_to_save", "[\"lm_head\"]", "modules_to_save"},
       {"peft_type", "\"IA3\"", "peft_type"},

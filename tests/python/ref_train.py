@@ -57,43 +57,74 @@ def train_variant(models, out, variant, seed):
     train_lora(base, f"{out}/{variant}", seed, variant)
 
 
-def train_lora(base, d, seed, label):
-    """The reference run on `base` into directory d (see the module doc);
-    also used by ref_nf4.py on a 4-bit base."""
-    os.makedirs(d, exist_ok=True)
-    cfg = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0,
-                     task_type="CAUSAL_LM")
-    model = get_peft_model(base, cfg)
-    g = torch.Generator().manual_seed(100 + seed)
+def randomize_lora(model, g):
+    """Every LoRA factor N(0, 0.05^2) from g (B nonzero, so step 1 already moves)."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    model.save_pretrained(f"{d}/init_adapter")
+
+
+def write_examples(model, d, g):
+    """The run's STEPS * ACCUM * MICRO examples, also written to d/train.jsonl."""
     examples = make_examples(STEPS * ACCUM * MICRO, model.config.vocab_size, g)
     with open(f"{d}/train.jsonl", "w") as f:
         for e in examples:
             f.write(json.dumps(e) + "\n")
+    return examples
 
+
+def run_steps(model, examples, opt, extra=None):
+    """STEPS optimizer steps of the reference loop (train mode, ACCUM
+    micro-batches of MICRO consecutive examples, clip to CLIP, cosine schedule
+    with WARMUP steps); returns one record per step. extra(opt, sched), if
+    given, adds keys to a step's record before it steps."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=LR, weight_decay=WD)
     sched = get_cosine_schedule_with_warmup(opt, WARMUP, STEPS)
     steps = []
-    it = iter(range(0, len(examples), MICRO))
-    for _ in range(STEPS):
-        micro = [collate(examples[i:i + MICRO]) for i in (next(it) for _ in range(ACCUM))]
+    for s in range(STEPS):
+        first = s * ACCUM * MICRO
+        micro = [collate(examples[first + k * MICRO:first + (k + 1) * MICRO])
+                 for k in range(ACCUM)]
         opt.zero_grad()
         total, n = accumulate(model, micro)
-        lr = sched.get_last_lr()[0]
-        norm = torch.nn.utils.clip_grad_norm_(params, CLIP).item()
+        record = {"loss": total, "lr": sched.get_last_lr()[0]}
+        if extra:
+            record.update(extra(opt, sched))
+        record["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, CLIP).item()
+        record["targets"] = n
         opt.step()
         sched.step()
-        steps.append({"loss": total, "lr": lr, "grad_norm": norm, "targets": n})
-    model.save_pretrained(f"{d}/final_adapter")
+        steps.append(record)
+    return steps
+
+
+def write_ref_json(d, steps, **extra):
     with open(f"{d}/ref.json", "w") as f:
-        json.dump({"steps": steps, "warmup": WARMUP, "lr": LR, "weight_decay": WD,
-                   "accum": ACCUM, "micro": MICRO}, f, indent=1)
+        json.dump(dict({"steps": steps, "warmup": WARMUP, "lr": LR, "weight_decay": WD,
+                        "accum": ACCUM, "micro": MICRO}, **extra), f, indent=1)
+
+
+def lora_config():
+    return LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0,
+                      task_type="CAUSAL_LM")
+
+
+def train_lora(base, d, seed, label):
+    """The reference run on `base` into directory d (see the module doc);
+    also used by ref_nf4.py on a 4-bit base."""
+    os.makedirs(d, exist_ok=True)
+    model = get_peft_model(base, lora_config())
+    g = torch.Generator().manual_seed(100 + seed)
+    randomize_lora(model, g)
+    model.save_pretrained(f"{d}/init_adapter")
+    examples = write_examples(model, d, g)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=LR, weight_decay=WD)
+    steps = run_steps(model, examples, opt)
+    model.save_pretrained(f"{d}/final_adapter")
+    write_ref_json(d, steps)
     print(f"{label}: losses {steps[0]['loss']:.4f} -> {steps[-1]['loss']:.4f}")
 
 

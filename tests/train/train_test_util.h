@@ -69,15 +69,20 @@ inline double rel_err(double got, double want) {
   return std::abs(got - want) / std::max(std::abs(want), 1e-12);
 }
 
-// LoRA r 8, alpha 16, dropout 0 on all linear layers of `m`, with the
-// reference run's initial factors (DIR/init_adapter of ref_train.py's runs).
-inline void inject_reference_lora(model::CausalLMImpl& m, const std::string& dir) {
+// The reference runs' adapter: LoRA r 8, alpha 16, dropout 0, all linear layers.
+inline lora::LoraSpec reference_spec() {
   lora::LoraSpec spec;
   spec.r = 8;
   spec.alpha = 16;
   spec.dropout = 0.0;
   spec.target_modules = {"all-linear"};
-  lora::inject_lora(m, spec);
+  return spec;
+}
+
+// reference_spec() injected into `m`, with the reference run's initial
+// factors (DIR/init_adapter of ref_train.py's runs).
+inline void inject_reference_lora(model::CausalLMImpl& m, const std::string& dir) {
+  lora::inject_lora(m, reference_spec());
   lora::load_adapter_weights(dir + "/init_adapter", m);
 }
 
@@ -94,11 +99,21 @@ struct ReplayErrors {
 // (gtest) each step loss within `loss_tol` and each final adapter tensor
 // within `adapter_tol` (relative to its largest value) of the reference's,
 // and the same target counts and learning rates.
+inline ReplayErrors replay_steps(model::CausalLMImpl& m, const std::string& dir, double loss_tol,
+                                 double adapter_tol);
 inline ReplayErrors replay_reference_run(model::CausalLMImpl& m, const std::string& dir,
                                          double loss_tol, double adapter_tol) {
+  inject_reference_lora(m, dir);
+  return replay_steps(m, dir, loss_tol, adapter_tol);
+}
+
+// The steps of replay_reference_run on `m`, whose adapters are already
+// attached and initialised; the final comparison covers every adapter
+// parameter (A, B and any DoRA magnitude) under its PEFT name.
+inline ReplayErrors replay_steps(model::CausalLMImpl& m, const std::string& dir, double loss_tol,
+                                 double adapter_tol) {
   const auto ref = io::read_json(dir + "/ref.json");
   const auto& steps = ref.at("steps");
-  inject_reference_lora(m, dir);
 
   config::TrainLoopConfig cfg;
   cfg.optimizer.lr = ref.at("lr").get<double>();

@@ -34,11 +34,12 @@ namespace loratune::config {
 enum class DType { kFloat32, kBFloat16, kFloat16 };  // float32 | bfloat16 | float16
 // How data files are read (data.format); see DataConfig::format.
 enum class DataFormat { kAuto, kText, kInstruction, kPromptCompletion, kChat, kTokenized };
-enum class OptimizerName { kAdamW };                       // adamw
-enum class SchedulerName { kConstant, kLinear, kCosine };  // constant | linear | cosine
-enum class MixedPrecision { kNone, kBF16, kFP16 };         // none | bf16 | fp16
-enum class Quantize { kNone, kNf4 };                       // none | nf4
-enum class GgufType { kNone, kF32, kF16, kBF16, kQ8_0 };   // none | f32 | f16 | bf16 | q8_0
+enum class OptimizerName { kAdamW };                          // adamw
+enum class SchedulerName { kConstant, kLinear, kCosine };     // constant | linear | cosine
+enum class MixedPrecision { kNone, kBF16, kFP16 };            // none | bf16 | fp16
+enum class Quantize { kNone, kNf4 };                          // none | nf4
+enum class GgufType { kNone, kF32, kF16, kBF16, kQ8_0 };      // none | f32 | f16 | bf16 | q8_0
+enum class LoraInit { kDefault, kGaussian, kPissa, kOlora };  // default | gaussian | pissa | olora
 
 // The YAML spelling of each choice ("bfloat16", "prompt_completion", "bf16", ...).
 std::string to_string(DType v);
@@ -48,6 +49,7 @@ std::string to_string(SchedulerName v);
 std::string to_string(MixedPrecision v);
 std::string to_string(Quantize v);
 std::string to_string(GgufType v);
+std::string to_string(LoraInit v);
 
 // Built-in chat template names accepted by data.chat_template besides "auto".
 const std::vector<std::string>& chat_template_names();  // llama2 llama3 chatml mistral gemma phi3
@@ -100,6 +102,17 @@ struct LoraConfig {
   std::vector<std::string> target_modules = {"q_proj", "k_proj", "v_proj", "o_proj"};
   // lora.use_rslora: rank-stabilized scaling alpha / sqrt(r). Default false.
   bool use_rslora = false;
+  // lora.use_dora: DoRA (weight-decomposed LoRA, PEFT's use_dora): a
+  // trainable magnitude per output row rescales W + s·BA. Default false.
+  bool use_dora = false;
+  // lora.init: how fresh adapters start (PEFT's init_lora_weights).
+  // default: A Kaiming-uniform, B zero. gaussian: A ~ N(0, 1/r), B zero.
+  // pissa: A, B from the top-r singular vectors of W, which becomes the
+  // residual W - s·BA. olora: the same from the QR decomposition of W.
+  // pissa/olora save the adapter as the plain rank-2r LoRA on the original
+  // weights (it loads anywhere) and need a float base (no model.quantize),
+  // no lora.init_from and no lora.use_dora. Default default.
+  LoraInit init = LoraInit::kDefault;
   // lora.init_from: a PEFT adapter directory (adapter_config.json +
   // adapter_model.safetensors) to start from instead of the standard init
   // (A Kaiming-uniform, B zero). Default "" (none).
@@ -170,6 +183,15 @@ struct OptimizerConfig {
   double eps = 1e-8;
   // train.optimizer.weight_decay: >= 0, applied to the LoRA weights. Default 0.
   double weight_decay = 0.0;
+  // train.optimizer.loraplus_lr_ratio: LoRA+ (arXiv 2402.12354), a finite
+  // number > 0, or null (the default): plain AdamW. When set, the adapter
+  // parameters are grouped as PEFT's create_loraplus_optimizer groups them:
+  // lora_B weights and every 1-D parameter (a DoRA magnitude) train with
+  // lr * ratio, the rest (lora_A) with lr; the schedule scales every group
+  // alike. weight_decay is PEFT's loraplus_weight_decay: it applies to both
+  // groups, except to parameters named *bias*, which get none. 16 is the
+  // paper's usual value.
+  std::optional<double> loraplus_lr_ratio;
 };
 
 struct SchedulerConfig {
@@ -287,7 +309,8 @@ inline bool operator!=(const TrainConfig& a, const TrainConfig& b) {
 // flow collection (`train.optimizer.lr=1e-4`, `lora.target_modules=[q_proj,v_proj]`,
 // `train.optimizer={lr: 1e-4, eps: 1e-6}`: sets only the keys it names);
 // `key=null` unsets an optional key (lora.init_from, data.validation,
-// data.cache_dir, train.scheduler.warmup_steps/warmup_ratio).
+// data.cache_dir, train.optimizer.loraplus_lr_ratio,
+// train.scheduler.warmup_steps/warmup_ratio).
 // Throws loratune::Error (one line; ErrorKind::kIo for a missing/unreadable
 // file, kConfig for everything else) for a missing/unreadable file, YAML syntax
 // errors (file:line:column), unknown or duplicate keys, wrong types, bad

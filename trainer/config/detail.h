@@ -59,6 +59,7 @@ const ChoiceTable<SchedulerName>& scheduler_table();
 const ChoiceTable<MixedPrecision>& mixed_precision_table();
 const ChoiceTable<Quantize>& quantize_table();
 const ChoiceTable<GgufType>& gguf_type_table();
+const ChoiceTable<LoraInit>& lora_init_table();
 
 // " (did you mean 'x'?)" for the alias or closest name of `value`, else "".
 std::string did_you_mean(const std::string& value, const std::vector<std::string>& names,

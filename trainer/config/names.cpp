@@ -86,6 +86,19 @@ const ChoiceTable<Quantize>& quantize_table() {
   return t;
 }
 
+const ChoiceTable<LoraInit>& lora_init_table() {
+  static const ChoiceTable<LoraInit> t{{{"default", LoraInit::kDefault},
+                                        {"gaussian", LoraInit::kGaussian},
+                                        {"pissa", LoraInit::kPissa},
+                                        {"olora", LoraInit::kOlora}},
+                                       {{"true", "default"},
+                                        {"kaiming", "default"},
+                                        {"normal", "gaussian"},
+                                        {"svd", "pissa"},
+                                        {"qr", "olora"}}};
+  return t;
+}
+
 const ChoiceTable<GgufType>& gguf_type_table() {
   // Types export-gguf does not write point at the nearest one it does.
   static const ChoiceTable<GgufType> t{{{"none", GgufType::kNone},
@@ -204,6 +217,9 @@ std::string to_string(Quantize v) {
 std::string to_string(GgufType v) {
   return name_of(detail::gguf_type_table(), v);
 }
+std::string to_string(LoraInit v) {
+  return name_of(detail::lora_init_table(), v);
+}
 
 const std::vector<std::string>& chat_template_names() {
   static const std::vector<std::string> names = {"llama2",  "llama3", "chatml",
@@ -226,7 +242,7 @@ bool operator==(const TrainConfig& a, const TrainConfig& b) {
          // lora
          la.r == lb.r && la.alpha == lb.alpha && la.dropout == lb.dropout &&
          la.target_modules == lb.target_modules && la.use_rslora == lb.use_rslora &&
-         la.init_from == lb.init_from &&
+         la.init_from == lb.init_from && la.use_dora == lb.use_dora && la.init == lb.init &&
          // data
          da.train == db.train && da.validation == db.validation &&
          da.val_fraction == db.val_fraction && da.format == db.format &&
@@ -240,7 +256,8 @@ bool operator==(const TrainConfig& a, const TrainConfig& b) {
          ta.micro_batch_size == tb.micro_batch_size &&
          ta.gradient_accumulation_steps == tb.gradient_accumulation_steps && oa.name == ob.name &&
          oa.lr == ob.lr && oa.beta1 == ob.beta1 && oa.beta2 == ob.beta2 && oa.eps == ob.eps &&
-         oa.weight_decay == ob.weight_decay && ta.scheduler.name == tb.scheduler.name &&
+         oa.weight_decay == ob.weight_decay && oa.loraplus_lr_ratio == ob.loraplus_lr_ratio &&
+         ta.scheduler.name == tb.scheduler.name &&
          ta.scheduler.warmup_steps == tb.scheduler.warmup_steps &&
          ta.scheduler.warmup_ratio == tb.scheduler.warmup_ratio &&
          ta.max_grad_norm == tb.max_grad_norm && ta.mixed_precision == tb.mixed_precision &&

@@ -114,6 +114,33 @@ void check_model_and_lora(const TrainConfig& cfg, const Checker& c) {
     }
     if (!seen.insert(name).second) c.fail(tm, "'" + printable(name) + "' is listed twice");
   }
+  // PiSSA / OLoRA rewrite the base weights from their own factorisation.
+  if (l.init == LoraInit::kPissa || l.init == LoraInit::kOlora) {
+    const std::string init = "lora.init is " + to_string(l.init);
+    if (cfg.model.quantize != Quantize::kNone) {
+      c.fail_at("lora.init", init +
+                                 ", which rewrites the base weights; an NF4 base (model.quantize " +
+                                 to_string(cfg.model.quantize) +
+                                 ") cannot hold the residual exactly: use lora.init default or "
+                                 "gaussian, or model.quantize none");
+    }
+    if (!l.init_from.empty()) {
+      c.fail_at("lora.init", init +
+                                 " but lora.init_from is set: an adapter read from disk is "
+                                 "not re-initialised; use one or the other");
+    }
+    if (l.use_dora) {
+      c.fail_at("lora.init", init +
+                                 " with lora.use_dora is not supported (the rank-2r plain "
+                                 "LoRA it is saved as has no DoRA form); use lora.init default");
+    }
+  }
+  if (l.use_dora && cfg.output.gguf.adapter) {
+    c.fail_at("lora.use_dora",
+              "lora.use_dora is true but output.gguf.adapter asks for a llama.cpp LoRA adapter, "
+              "which has no DoRA form; set output.gguf.adapter: false (output.gguf.type writes "
+              "the merged model)");
+  }
 }
 
 void check_data(const TrainConfig& cfg, const Checker& c) {
@@ -145,6 +172,7 @@ void check_optimizer_and_schedule(TrainConfig& cfg, const Checker& c) {
   c.in_range("train.optimizer.betas", o.beta2, 0.0, 1.0, false);
   c.positive("train.optimizer.eps", o.eps);
   c.non_negative("train.optimizer.weight_decay", o.weight_decay);
+  if (o.loraplus_lr_ratio) c.positive("train.optimizer.loraplus_lr_ratio", *o.loraplus_lr_ratio);
 
   SchedulerConfig& s = cfg.train.scheduler;
   if (s.warmup_steps && s.warmup_ratio) {

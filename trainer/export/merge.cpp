@@ -2,6 +2,7 @@
 #include "trainer/export/merge.h"
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/linalg_vector_norm.h>
 #include <ATen/ops/matmul.h>
 #include <nlohmann/json.hpp>
 
@@ -53,12 +54,18 @@ std::string model_card(const MergeOptions& opt, const model::ModelConfig& config
      << "## LoRA\n\n| setting | value |\n| --- | --- |\n"
      << "| r | " << spec.r << " |\n| alpha | " << spec.alpha << " |\n"
      << "| rsLoRA | " << (spec.use_rslora ? "yes" : "no") << " |\n"
+     << "| DoRA | " << (spec.use_dora ? "yes (W' = m / ‖W + s·BA‖ · (W + s·BA))" : "no") << " |\n"
      << "| dropout | " << spec.dropout << " |\n| target modules | ";
   for (size_t i = 0; i < spec.target_modules.size(); ++i) {
     md << (i ? ", " : "") << spec.target_modules[i];
   }
   if (!spec.target_regex.empty()) md << "`" << spec.target_regex << "` (regex)";
-  md << " |\n| merged projections | " << merged << " |\n";
+  md << " |\n";
+  if (!spec.rank_pattern.empty()) md << "| rank_pattern | " << json(spec.rank_pattern) << " |\n";
+  if (!spec.alpha_pattern.empty()) {
+    md << "| alpha_pattern | " << json(spec.alpha_pattern) << " |\n";
+  }
+  md << "| merged projections | " << merged << " |\n";
   if (config.bnb_nf4) {
     md << "\n## QLoRA base\n\nThe base checkpoint was stored pre-quantized by bitsandbytes "
        << "(4-bit NF4, blocks of 64, double quant " << (config.bnb_nf4->double_quant ? "on" : "off")
@@ -72,10 +79,6 @@ std::string model_card(const MergeOptions& opt, const model::ModelConfig& config
        << "projection weight of the decoder layers is stored here as its dequantized NF4 value "
        << "plus the LoRA delta (computed in float32), i.e. the model the run trained; it is "
        << "not re-quantized, and it is not the original full-precision weight.\n";
-  }
-  if (!spec.rank_pattern.empty()) md << "| rank_pattern | " << json(spec.rank_pattern) << " |\n";
-  if (!spec.alpha_pattern.empty()) {
-    md << "| alpha_pattern | " << json(spec.alpha_pattern) << " |\n";
   }
   const TrainingFacts& f = opt.facts;
   if (!f.data_files.empty() || f.final_train_loss || f.final_val_loss) {
@@ -193,6 +196,7 @@ std::map<std::string, LoraFactors> read_factors(const model::ModelConfig& config
     LoraFactors& f = out[model::checkpoint_name(config, m.path + ".weight")];
     f.A = adapter.file->tensor(prefix + ".lora_A.weight");
     f.B = adapter.file->tensor(prefix + ".lora_B.weight");
+    if (m.dora) f.magnitude = adapter.file->tensor(prefix + ".lora_magnitude_vector");
     f.r = m.r;
     f.alpha = m.alpha;
     f.scale = m.scale;
@@ -210,6 +214,16 @@ at::Tensor merged_weight(const at::Tensor& w, const LoraFactors& f, const std::s
   }
   at::Tensor out = at::matmul(f.B.to(at::kFloat), f.A.to(at::kFloat));  // [out, in]
   out.mul_(f.scale).add_(w.to(at::kFloat));  // same bits as W + delta * s, one buffer
+  if (f.magnitude.defined()) {
+    if (f.magnitude.dim() != 1 || f.magnitude.size(0) != w.size(0)) {
+      throw Error(adapter_path + ": the DoRA magnitude of '" + name + "' is " +
+                      c10::str(f.magnitude.sizes()) + ", expected [" + std::to_string(w.size(0)) +
+                      "]",
+                  ErrorKind::kCorrupt);
+    }
+    at::Tensor norm = at::linalg_vector_norm(out, 2, {1});  // [out]
+    out.mul_((f.magnitude.to(at::kFloat) / norm).view({-1, 1}));
+  }
   return dtype == at::kFloat ? out : out.to(dtype);
 }
 

@@ -70,7 +70,8 @@ void merge_adapter(const MergeOptions& opt);
 
 // One adapted projection: its two factors and scale (from the adapter file).
 struct LoraFactors {
-  at::Tensor A, B;  // [r, in], [out, r], as stored
+  at::Tensor A, B;       // [r, in], [out, r], as stored
+  at::Tensor magnitude;  // DoRA's [out], or undefined
   int64_t r = 0;
   double alpha = 0;
   double scale = 1.0;  // lora::lora_scale(alpha, r, use_rslora)
@@ -82,8 +83,9 @@ struct LoraFactors {
 std::map<std::string, LoraFactors> read_factors(const model::ModelConfig& config,
                                                 const lora::CheckedAdapter& adapter);
 
-// W' = W + s * (B @ A) computed in float32, cast once to `dtype`; what
-// merge_adapter writes for an adapted weight. w [out, in] may view a
+// W' = W + s * (B @ A) computed in float32, cast once to `dtype`; with a
+// DoRA magnitude m, W' = (m / ‖W + s·BA‖_row) ⊙ (W + s·BA) as PEFT merges
+// it. What merge_adapter and the GGUF export write for an adapted weight. w [out, in] may view a
 // mapping; the result owns its memory. Throws kCorrupt naming `name` and
 // `adapter_path` when the factors do not fit w.
 at::Tensor merged_weight(const at::Tensor& w, const LoraFactors& f, const std::string& name,

@@ -139,6 +139,12 @@ ExportSummary write_model(const ExportOptions& opt, const model::ModelConfig& co
 ExportSummary write_adapter(const ExportOptions& opt, const model::ModelConfig& config,
                             const lora::CheckedAdapter& checked,
                             const std::map<std::string, exporter::LoraFactors>& factors) {
+  if (checked.spec.use_dora) {
+    throw Error(checked.file->path() + ": a DoRA adapter (use_dora) has no GGUF adapter form " +
+                    "(llama.cpp applies plain LoRA pairs only); export the merged model instead " +
+                    "(export-gguf --adapter without --adapter-only, or output.gguf.adapter: false)",
+                ErrorKind::kUnsupported);
+  }
   ExportSummary summary;
   summary.arch = detail::architecture_of(config);
   // llama.cpp scales every pair by alpha / r (r = lora_b's ne[0]); alpha is

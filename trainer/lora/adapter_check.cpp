@@ -64,13 +64,19 @@ void check_factor(const io::TensorInfo& info, const AdaptedModule& m, bool is_a,
 std::string unexpected(const std::string& name, const std::set<std::string>& base_paths,
                        const std::vector<std::string>& base_list) {
   const std::string t = "tensor '" + printable(name) + "'";
-  const std::string a = ".lora_A.weight", b = ".lora_B.weight";
-  if (name.rfind(kPrefix, 0) != 0 || !(ends_with(name, a) || ends_with(name, b))) {
+  const std::string a = ".lora_A.weight", b = ".lora_B.weight", m = ".lora_magnitude_vector";
+  if (name.rfind(kPrefix, 0) != 0 ||
+      !(ends_with(name, a) || ends_with(name, b) || ends_with(name, m))) {
     return t + " is not a LoRA factor loratune reads (expected " + kPrefix +
-           "<module>.lora_A.weight / .lora_B.weight)";
+           "<module>.lora_A.weight / .lora_B.weight / .lora_magnitude_vector)";
   }
   const size_t p = std::string(kPrefix).size();
-  const std::string path = name.substr(p, name.size() - p - a.size());
+  const size_t suffix = ends_with(name, m) ? m.size() : a.size();
+  const std::string path = name.substr(p, name.size() - p - suffix);
+  if (ends_with(name, m) && base_paths.count(path)) {
+    return t + " is a DoRA magnitude, but use_dora is false in adapter_config.json " +
+           "(PEFT would ignore it)";
+  }
   if (base_paths.count(path)) {
     return t + " is for " + path + ", which target_modules does not select (PEFT would " +
            "not create a LoRA layer there)";
@@ -99,6 +105,18 @@ void check_adapter_tensors(const io::SafetensorsFile& file,
         continue;
       }
       check_factor(*info, m, is_a, config, problems);
+    }
+    if (!m.dora) continue;
+    const std::string name = kPrefix + m.path + ".lora_magnitude_vector";
+    expected.insert(name);
+    const io::TensorInfo* info = file.find(name);
+    if (info == nullptr) {
+      problems.push_back("tensor '" + name + "' is missing (use_dora is true in " + config + ")");
+    } else if (!at::isFloatingType(info->scalar_type) ||
+               info->shape != std::vector<int64_t>{m.out_features}) {
+      problems.push_back("tensor '" + name + "' is " + printable(info->dtype, 16) + " " +
+                         shape_str(info->shape) + "; a DoRA magnitude of " + m.path +
+                         " is floating point [" + std::to_string(m.out_features) + "]");
     }
   }
   std::set<std::string> base_paths;

@@ -13,6 +13,20 @@
 // Parameter names follow PEFT: the module "model.layers.0.self_attn.q_proj"
 // gains "model.layers.0.self_attn.q_proj.lora_A.weight" and ".lora_B.weight";
 // in adapter_model.safetensors they are prefixed with "base_model.model.".
+//
+// Variants (as PEFT implements them; docs/lora-variants.md):
+//   * DoRA (use_dora): a trainable magnitude m [out] ("lora_magnitude_vector")
+//     rescales each output row of W + s·B·A:
+//         y = m / ‖W + s·BA‖_row ⊙ (x W^T + s·B(A(x))) + b
+//     with the row norm detached from autograd; m starts as that norm, so a
+//     fresh DoRA adapter leaves the model unchanged too.
+//   * PiSSA / OLoRA init: A and B start from the top-r SVD (QR for OLoRA) of
+//     W, and the base weight becomes the residual W - s·B0·A0, so the model
+//     is unchanged at step 0. The adapter written to disk is then the
+//     equivalent plain LoRA of rank 2r against the original W
+//     ([A; A0], [B, -B0]), as PEFT's path_initial_model_for_weight_conversion
+//     writes it: it loads on the untouched base everywhere.
+//   * gaussian init: A ~ N(0, 1/r), B = 0.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -32,12 +46,25 @@
 
 namespace loratune::lora {
 
+// How a fresh adapter starts (lora.init; PEFT's init_lora_weights).
+enum class LoraInit {
+  kDefault,   // A Kaiming-uniform, B = 0 (init_lora_weights = true)
+  kGaussian,  // A ~ N(0, 1/r), B = 0 ("gaussian")
+  kPissa,     // top-r SVD of W; W becomes the residual ("pissa")
+  kOlora,     // QR of W; W becomes the residual ("olora")
+};
+
 // What a LoRA adapter is: the fields adapter_config.json records.
 struct LoraSpec {
   int64_t r = 8;
   double alpha = 16.0;
   double dropout = 0.0;
   bool use_rslora = false;
+  // DoRA: a trainable magnitude vector per adapted projection.
+  bool use_dora = false;
+  // How fresh adapters start; kPissa / kOlora also rewrite the base weights
+  // (rewrites_base). Adapters read from disk are never re-initialised.
+  LoraInit init = LoraInit::kDefault;
   // Module names matched as PEFT does (equal to the module path, or a suffix
   // after a '.'), or the single entry "all-linear": every projection inside
   // the decoder layers, never lm_head.
@@ -62,6 +89,19 @@ struct LoraSpec {
   std::vector<std::string> layers_pattern;
 };
 
+// Whether fresh adapters of `spec` replace their base weight by a residual
+// (PiSSA, OLoRA): such runs save the rank-2r plain-LoRA equivalent.
+bool rewrites_base(const LoraSpec& spec);
+
+// The spec of what save_adapter writes for `spec`: itself, or for an init
+// that rewrites the base the plain LoRA of rank 2r with the same scales
+// (alpha doubled, or times sqrt(2) with rsLoRA; rank and alpha patterns
+// likewise) and init kDefault.
+LoraSpec saved_spec(const LoraSpec& spec);
+
+// PEFT's name of an init in adapter_config.json / the config ("pissa").
+std::string init_name(LoraInit init);
+
 // The one place the LoRA scale is computed: alpha / r, or alpha / sqrt(r)
 // with rsLoRA.
 double lora_scale(double alpha, int64_t r, bool use_rslora);
@@ -84,7 +124,8 @@ struct AdaptedModule {
   int64_t out_features = 0;
   int64_t r = 0;
   double alpha = 0;
-  double scale = 0;  // lora_scale(alpha, r, use_rslora)
+  double scale = 0;   // lora_scale(alpha, r, use_rslora)
+  bool dora = false;  // has a magnitude vector (spec.use_dora)
 };
 
 // The projections among `linears` (a model's, in model order) that `spec`
@@ -102,37 +143,63 @@ std::vector<AdaptedModule> plan_lora(const LoraSpec& spec,
 // The projections of `model` as LinearShape (path, in, out), in model order.
 std::vector<model::LinearShape> linear_shapes_of(model::CausalLMImpl& model);
 
-// Attaches a fresh adapter (reset_parameters) per entry of `plan` to
-// `model`'s projection of that path. Throws Error when a path is not a
-// projection of `model` or already has an adapter.
+// Attaches a fresh adapter per entry of `plan` to `model`'s projection of
+// that path, initialised as spec.init says (PiSSA / OLoRA rewrite the
+// projection's weight) and with a DoRA magnitude when spec.use_dora. Throws
+// Error when a path is not a projection of `model` or already has an
+// adapter, or (kConfig) when PiSSA / OLoRA meet an NF4 weight or a rank
+// above min(in, out).
 void attach_lora(model::CausalLMImpl& model, const std::vector<AdaptedModule>& plan,
                  const LoraSpec& spec);
 
 // The adapter attached to one projection. Registers "lora_A" and "lora_B"
-// (each a model::Linear without bias, trainable, float32).
+// (each a model::Linear without bias, trainable, float32), and with DoRA the
+// parameter "lora_magnitude_vector" (float32 [out], trainable).
 class LoraLinearImpl : public model::LinearAdapter {
  public:
   LoraLinearImpl(int64_t in_features, int64_t out_features, int64_t r, double alpha, double dropout,
                  bool use_rslora, const c10::Device& device);
-  // x [..., in] -> s · B(A(dropout(x))) [..., out] in x's dtype.
+  // x [..., in] -> s · B(A(dropout(x))) [..., out] in x's dtype (plain LoRA).
   at::Tensor delta(const at::Tensor& x) override;
   // y + delta(x). When x, y and the adapter share a dtype, the term goes into
   // one GEMM, y + (s · A(dropout(x))) B^T, so no [..., out] product and sum
   // are made (s is applied on the [..., r] side: PEFT applies it after B,
   // which differs by rounding only, and not at all for a power-of-two s).
+  // With DoRA: y + (g - 1) ⊙ (y - b) + g ⊙ s·B(A(x)), g = m / ‖W + s·BA‖_row
+  // (norm detached), as PEFT's DoraLinearLayer; with dropout active in
+  // training, y - b is recomputed as dropout(x) W^T, again as PEFT.
   at::Tensor add_delta(const at::Tensor& x, const at::Tensor& y) override;
   // A ~ U(-1/sqrt(in), 1/sqrt(in)) from the default generator, B = 0.
   void reset_parameters();
+  // A ~ N(0, 1/r) from the default generator, B = 0 (PEFT's "gaussian").
+  void reset_gaussian();
+  // PiSSA / OLoRA: A, B from `w` [out, in] (any float dtype) as PEFT's
+  // pissa_init / olora_init compute them, kept also as the initial factors;
+  // returns the residual w - s·B·A in float32 for the caller to store as the
+  // projection's weight.
+  at::Tensor init_from_weight(const at::Tensor& w, LoraInit how);
+  // Adds the DoRA magnitude, m = ‖w + s·B·A‖ per output row (w [out, in]
+  // the base weight as the forward sees it). Call before the adapter is
+  // attached (LinearImpl::set_adapter registers it).
+  void enable_dora(const at::Tensor& w);
 
   model::Linear lora_A{nullptr};  // weight [r, in]
   model::Linear lora_B{nullptr};  // weight [out, r]
+  at::Tensor magnitude;           // [out] float32 with DoRA, else undefined
   int64_t r() const { return r_; }
   double scale() const { return scale_; }
+  bool dora() const { return magnitude.defined(); }
+  // The factors PiSSA / OLoRA started from (undefined otherwise).
+  const at::Tensor& init_A() const { return init_A_; }
+  const at::Tensor& init_B() const { return init_B_; }
 
  private:
+  at::Tensor dora_add(const at::Tensor& x, const at::Tensor& y);
+
   int64_t r_;
   double scale_;
   double dropout_;
+  at::Tensor init_A_, init_B_;
 };
 
 // Attaches a fresh LoRA adapter (reset_parameters) to every projection of
@@ -142,11 +209,18 @@ class LoraLinearImpl : public model::LinearAdapter {
 // an adapter.
 std::vector<std::string> inject_lora(model::CausalLMImpl& model, const LoraSpec& spec);
 
-// The adapter tensors of `model` under their PEFT file names
-// ("base_model.model.<path>.lora_A.weight"), in model order. Views, not copies.
+// The adapter parameters of `model` under their PEFT file names
+// ("base_model.model.<path>.lora_A.weight", ".lora_B.weight" and with DoRA
+// ".lora_magnitude_vector"), in model order: what the optimizer updates and
+// checkpoints hold. Views, not copies.
 std::vector<std::pair<std::string, at::Tensor>> adapter_tensors(model::CausalLMImpl& model);
 
-// Every trainable adapter parameter of `model` (A and B of each projection).
+// What save_adapter writes: adapter_tensors, except that an adapter started
+// by PiSSA / OLoRA is written as the equivalent plain LoRA on the original
+// weight, A' = [A; A0] [2r, in] and B' = [B, -B0] [out, 2r] (fresh tensors).
+std::vector<std::pair<std::string, at::Tensor>> saved_adapter_tensors(model::CausalLMImpl& model);
+
+// Every trainable adapter parameter of `model` (A, B and any magnitude).
 std::vector<at::Tensor> adapter_parameters(model::CausalLMImpl& model);
 
 }  // namespace loratune::lora

@@ -156,8 +156,8 @@ std::vector<AdaptedModule> attached_modules(model::CausalLMImpl& model) {
   for (auto& [path, linear] : model::linear_modules(model)) {
     auto lora = std::dynamic_pointer_cast<LoraLinearImpl>(linear->adapter());
     if (!lora) continue;
-    out.push_back(
-        {path, linear->in_features(), linear->out_features(), lora->r(), 0.0, lora->scale()});
+    out.push_back({path, linear->in_features(), linear->out_features(), lora->r(), 0.0,
+                   lora->scale(), lora->dora()});
   }
   return out;
 }
@@ -188,7 +188,6 @@ LoraSpec read_adapter_config(const std::string& dir) {
                     "' is not supported (only LORA)",
                 ErrorKind::kUnsupported);
   }
-  refuse_if_set(cfg, file, "use_dora", "DoRA");
   refuse_if_set(cfg, file, "modules_to_save", "modules_to_save (fully trained extra modules)");
   refuse_if_set(cfg, file, "fan_in_fan_out", "fan_in_fan_out (Conv1D layers)");
   refuse_if_set(cfg, file, "target_parameters", "target_parameters");
@@ -226,6 +225,10 @@ LoraSpec read_adapter_config(const std::string& dir) {
     spec.dropout = d->get<double>();
   } else {
     spec.dropout = 0.0;
+  }
+  if (const json* dora = present(cfg, "use_dora")) {
+    if (!dora->is_boolean()) bad_value(file, "use_dora", *dora, "true or false");
+    spec.use_dora = dora->get<bool>();
   }
   if (const json* rs = present(cfg, "use_rslora")) {
     if (!rs->is_boolean()) bad_value(file, "use_rslora", *rs, "true or false");
@@ -285,10 +288,11 @@ std::string adapter_config_json(const LoraSpec& spec) {
                           : spec.exclude_modules.empty() ? json(nullptr)
                                                          : json(spec.exclude_modules)},
       {"use_rslora", spec.use_rslora},
-      {"use_dora", false},
+      {"use_dora", spec.use_dora},
       {"bias", "none"},
       {"fan_in_fan_out", false},
-      {"init_lora_weights", true},
+      {"init_lora_weights",
+       spec.init == LoraInit::kDefault ? json(true) : json(init_name(spec.init))},
       {"inference_mode", true},
       {"modules_to_save", nullptr},
       {"layers_to_transform",
@@ -303,13 +307,14 @@ std::string adapter_config_json(const LoraSpec& spec) {
 
 void save_adapter(const std::string& dir, model::CausalLMImpl& model, const LoraSpec& spec,
                   bool overwrite) {
-  auto tensors = adapter_tensors(model);
+  auto tensors = saved_adapter_tensors(model);
   if (tensors.empty()) {
     throw Error("save_adapter " + dir + ": the model has no LoRA adapters", ErrorKind::kInternal);
   }
   io::AtomicDir out(dir, overwrite);
   io::save_file(tensors, (fs::path(out.path()) / kWeightsFile).string());
-  io::write_file_atomic((fs::path(out.path()) / kConfigFile).string(), adapter_config_json(spec));
+  io::write_file_atomic((fs::path(out.path()) / kConfigFile).string(),
+                        adapter_config_json(saved_spec(spec)));
   out.commit();
 }
 

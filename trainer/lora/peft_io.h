@@ -14,13 +14,13 @@
 
 namespace loratune::lora {
 
-// Parses DIR/adapter_config.json: r, lora_alpha, use_rslora, lora_dropout,
+// Parses DIR/adapter_config.json: r, lora_alpha, use_rslora, use_dora, lora_dropout,
 // target_modules (a list, "all-linear" or a regex string), exclude_modules,
 // layers_to_transform / layers_pattern, rank_pattern, alpha_pattern.
 // base_model_name_or_path is recorded, never checked. Errors name the file
 // and key: a missing file is kIo, malformed JSON or a value of the wrong
 // type or range kCorrupt, and what changes the computation in ways loratune
-// does not implement kUnsupported: a peft_type other than LORA, use_dora,
+// does not implement kUnsupported: a peft_type other than LORA,
 // bias other than "none", modules_to_save, fan_in_fan_out, lora_bias,
 // target_parameters, trainable_token_indices, layer_replication,
 // alora_invocation_tokens, use_qalora, and init_lora_weights variants that
@@ -40,7 +40,8 @@ struct CheckedAdapter {
 // against the base model whose projections are `linears`, so that what is
 // used is exactly what PEFT would load: every targeted module has
 // "base_model.model.<path>.lora_A.weight" [r, in] and ".lora_B.weight"
-// [out, r] with r from r / rank_pattern, floating point; no other tensor is
+// [out, r] with r from r / rank_pattern, floating point, and with use_dora
+// ".lora_magnitude_vector" [out]; no other tensor is
 // in the file (a factor for a module target_modules does not select, for a
 // module the base lacks, or any non-LoRA key). Every command that reads an
 // adapter (generate, eval, logits, merge, train's init_from) goes through
@@ -61,7 +62,8 @@ void check_adapter_tensors(const io::SafetensorsFile& file,
 // The adapter_config.json PEFT writes for `spec` (task_type CAUSAL_LM).
 std::string adapter_config_json(const LoraSpec& spec);
 
-// Writes `model`'s adapters and `spec` into DIR as PEFT does, atomically:
+// Writes `model`'s adapters (saved_adapter_tensors) and saved_spec(`spec`)
+// into DIR as PEFT does, atomically:
 // everything is written into a temp directory beside DIR and renamed into
 // place. An existing DIR is replaced only when `overwrite`.
 void save_adapter(const std::string& dir, model::CausalLMImpl& model, const LoraSpec& spec,

@@ -1,5 +1,7 @@
 // trainer/lora/targets.cpp — which projections get a LoRA layer, matched as
 // PEFT's check_target_module_exists (peft/tuners/tuners_utils.py) does.
+#include <ATen/core/grad_mode.h>
+
 #include <algorithm>
 #include <map>
 #include <regex>
@@ -111,7 +113,7 @@ std::vector<AdaptedModule> plan_lora(const LoraSpec& spec,
                   kind);
     }
     plan.push_back({lin.path, lin.in_features, lin.out_features, r, alpha,
-                    lora_scale(alpha, r, spec.use_rslora)});
+                    lora_scale(alpha, r, spec.use_rslora), spec.use_dora});
   }
   const bool all_linear = spec.target_modules.size() == 1 && spec.target_modules[0] == "all-linear";
   if (every_name_must_match && spec.target_regex.empty() && !all_linear) {
@@ -148,6 +150,7 @@ void attach_lora(model::CausalLMImpl& model, const std::vector<AdaptedModule>& p
                  const LoraSpec& spec) {
   std::map<std::string, std::shared_ptr<model::LinearImpl>> by_path;
   for (auto& [path, linear] : model::linear_modules(model)) by_path.emplace(path, linear);
+  std::vector<model::LinearImpl*> targets;
   for (const AdaptedModule& m : plan) {
     auto it = by_path.find(m.path);
     if (it == by_path.end()) {
@@ -155,9 +158,40 @@ void attach_lora(model::CausalLMImpl& model, const std::vector<AdaptedModule>& p
                   ErrorKind::kInternal);
     }
     model::LinearImpl& linear = *it->second;
-    linear.set_adapter(std::make_shared<LoraLinearImpl>(linear.in_features(), linear.out_features(),
-                                                        m.r, m.alpha, spec.dropout, spec.use_rslora,
-                                                        linear.weight.device()));
+    // Checked for every module before any weight is rewritten.
+    if (rewrites_base(spec)) {
+      const std::string how = "lora.init " + init_name(spec.init);
+      if (linear.nf4() != nullptr) {
+        throw Error(how + " rewrites the base weights, which an NF4 (QLoRA) base cannot " +
+                        "hold exactly; use lora.init default or gaussian with model.quantize nf4",
+                    ErrorKind::kConfig);
+      }
+      if (m.r > std::min(m.in_features, m.out_features)) {
+        throw Error(how + ": rank " + std::to_string(m.r) + " of " + m.path +
+                        " exceeds min(in, out) = " +
+                        std::to_string(std::min(m.in_features, m.out_features)) + " (lower lora.r)",
+                    ErrorKind::kConfig);
+      }
+    }
+    targets.push_back(&linear);
+  }
+  for (size_t i = 0; i < plan.size(); ++i) {
+    const AdaptedModule& m = plan[i];
+    model::LinearImpl& linear = *targets[i];
+    auto lora =
+        std::make_shared<LoraLinearImpl>(linear.in_features(), linear.out_features(), m.r, m.alpha,
+                                         spec.dropout, spec.use_rslora, linear.weight.device());
+    if (spec.init == LoraInit::kGaussian) lora->reset_gaussian();
+    if (rewrites_base(spec)) {
+      at::NoGradGuard no_grad;
+      // A fresh tensor replaces the weight's storage: the loaded weight may
+      // be a read-only view of the checkpoint's mapping.
+      linear.weight.set_data(lora->init_from_weight(linear.weight, spec.init)
+                                 .to(linear.weight.scalar_type())
+                                 .contiguous());
+    }
+    if (m.dora) lora->enable_dora(linear.dense_weight());
+    linear.set_adapter(std::move(lora));
   }
 }
 

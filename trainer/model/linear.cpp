@@ -26,6 +26,10 @@ at::Tensor LinearImpl::forward(const at::Tensor& x) {
   return y;
 }
 
+at::Tensor LinearImpl::dense_weight(at::ScalarType nf4_dtype) const {
+  return nf4_ ? dequantize_nf4(*nf4_, nf4_dtype) : weight;
+}
+
 void LinearImpl::set_nf4(Nf4Weight q) {
   if (q.shape != std::vector<int64_t>{out_features_, in_features_}) {
     throw Error("LinearImpl::set_nf4: NF4 weight of another shape", ErrorKind::kInternal);
@@ -69,6 +73,7 @@ void LinearImpl::set_adapter(std::shared_ptr<LinearAdapter> adapter) {
     register_buffer(item.key(), item.value());
   }
   adapter_ = std::move(adapter);
+  adapter_->owner_ = this;
   adapter_->train(is_training());  // the adapter follows its projection's mode from now on
 }
 

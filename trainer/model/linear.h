@@ -29,6 +29,8 @@
 
 namespace loratune::model {
 
+class LinearImpl;
+
 // What an adapter implements. delta(x) maps x [..., in] to [..., out] in x's
 // dtype; it runs inside the owning LinearImpl's forward.
 class LinearAdapter : public torch::nn::Module {
@@ -37,7 +39,15 @@ class LinearAdapter : public torch::nn::Module {
   // y + delta(x) for the base output y = x W^T + b [..., out]: what
   // LinearImpl::forward returns. An adapter may fuse the sum (LoRA adds its
   // term inside its last GEMM); the result equals y + delta(x) up to rounding.
+  // An adapter that reweights the base output (DoRA) returns its own sum.
   virtual at::Tensor add_delta(const at::Tensor& x, const at::Tensor& y) { return y + delta(x); }
+  // The projection this adapter is attached to (set by set_adapter; null
+  // before). It owns the adapter, so it outlives it.
+  const LinearImpl* owner() const { return owner_; }
+
+ private:
+  friend class LinearImpl;
+  const LinearImpl* owner_ = nullptr;
 };
 
 class LinearImpl : public torch::nn::Module {
@@ -70,6 +80,10 @@ class LinearImpl : public torch::nn::Module {
   // Module::to(device) that also moves the NF4 state.
   using torch::nn::Module::to;
   void to(torch::Device device, bool non_blocking = false) override;
+
+  // The base weight [out, in] as the forward multiplies by it: `weight`, or
+  // for NF4 its dequantization in `nf4_dtype` (a fresh tensor).
+  at::Tensor dense_weight(at::ScalarType nf4_dtype = at::kFloat) const;
 
   int64_t in_features() const { return in_features_; }
   int64_t out_features() const { return out_features_; }

@@ -2,6 +2,7 @@
 // metrics.jsonl}, written atomically with io::AtomicDir.
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Context.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/ops/isfinite.h>
 #include <ATen/ops/stack.h>
 #include <torch/cuda.h>
@@ -97,7 +98,11 @@ std::string save_checkpoint(const std::string& run_dir, model::CausalLMImpl& mod
 
     io::NamedTensors tensors;
     const std::vector<std::string> names = param_names(model, opt);
+    // adapter/ holds what a user loads (for PiSSA / OLoRA the rank-2r plain
+    // LoRA); resuming needs the parameters themselves, kept here then.
+    const bool raw_params = lora::rewrites_base(spec);
     for (size_t i = 0; i < names.size(); ++i) {
+      if (raw_params) tensors.emplace_back(names[i], opt.params()[i]);
       tensors.emplace_back(names[i] + ".exp_avg", opt.exp_avg()[i]);
       tensors.emplace_back(names[i] + ".exp_avg_sq", opt.exp_avg_sq()[i]);
       tensors.emplace_back(names[i] + ".step", opt.steps()[i]);
@@ -138,9 +143,12 @@ std::string latest_checkpoint(const std::string& run_dir) {
 }
 
 TrainState load_checkpoint(const std::string& ckpt_dir, model::CausalLMImpl& model, AdamW& opt) {
-  lora::load_adapter_weights(ckpt_dir + "/adapter", model);
   auto file = io::SafetensorsFile::open(ckpt_dir + "/optimizer.safetensors");
   const std::vector<std::string> names = param_names(model, opt);
+  // A run whose init rewrote the base keeps its parameters beside the
+  // optimizer state (save_checkpoint); others read them from adapter/.
+  const bool raw_params = !names.empty() && file->contains(names[0]);
+  if (!raw_params) lora::load_adapter_weights(ckpt_dir + "/adapter", model);
   auto copy_into = [&](const std::string& name, at::Tensor& dst) {
     if (!file->contains(name)) throw Error(file->path() + ": missing tensor '" + name + "'");
     at::Tensor src = file->tensor(name);
@@ -150,6 +158,11 @@ TrainState load_checkpoint(const std::string& ckpt_dir, model::CausalLMImpl& mod
     dst.copy_(src);
   };
   for (size_t i = 0; i < names.size(); ++i) {
+    if (raw_params) {
+      at::NoGradGuard no_grad;
+      at::Tensor p = opt.params()[i];
+      copy_into(names[i], p);
+    }
     copy_into(names[i] + ".exp_avg", opt.exp_avg()[i]);
     copy_into(names[i] + ".exp_avg_sq", opt.exp_avg_sq()[i]);
     copy_into(names[i] + ".step", opt.steps()[i]);

@@ -13,8 +13,13 @@ Trainer::Trainer(model::CausalLMImpl& model, const config::TrainLoopConfig& cfg,
                  int64_t total_steps)
     : model_(model),
       cfg_(cfg),
-      opt_(lora::adapter_parameters(model), cfg.optimizer),
-      sched_(cfg.scheduler, cfg.optimizer.lr, total_steps) {}
+      opt_(lora::adapter_parameters(model), cfg.optimizer,
+           adapter_param_groups(lora::adapter_tensors(model), cfg.optimizer)),
+      sched_(cfg.scheduler, cfg.optimizer.lr, total_steps) {
+  // LambdaLR: each group's lr is its own base lr times the common lambda.
+  for (const ParamGroup& g : opt_.groups())
+    group_sched_.emplace_back(cfg.scheduler, g.lr, total_steps);
+}
 
 StepResult Trainer::step(const std::vector<MicroBatch>& micro) {
   if (micro.empty()) throw Error("train step: no micro-batches");
@@ -46,7 +51,8 @@ StepResult Trainer::step(const std::vector<MicroBatch>& micro) {
                     .logical_not()
                     .to(at::kFloat);
   r.lr = sched_.lr_at(step_);
-  opt_.step(r.lr, r.found_inf);
+  for (const LrSchedule& s : group_sched_) r.group_lrs.push_back(s.lr_at(step_));
+  opt_.step(r.group_lrs, r.found_inf);
   opt_.zero_grad();
   ++step_;
   return r;

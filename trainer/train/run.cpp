@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <sstream>
 
 #include "trainer/io/error.h"
 #include "trainer/io/file_util.h"
@@ -47,12 +48,50 @@ at::ScalarType to_scalar_type(config::DType d) {
   return at::kFloat;
 }
 
+// 16 -> "16", 0.5 -> "0.5" (the shortest form of a config number).
+std::string format_number(double v) {
+  std::ostringstream out;
+  out << v;
+  return out.str();
+}
+
+// ", with DoRA, init pissa, LoRA+ ratio 16" (what differs from plain LoRA), or "".
+std::string adapter_variants(const config::TrainConfig& cfg) {
+  std::vector<std::string> parts;
+  if (cfg.lora.use_rslora) parts.push_back("rsLoRA");
+  if (cfg.lora.use_dora) parts.push_back("DoRA");
+  if (cfg.lora.init != config::LoraInit::kDefault) {
+    parts.push_back("init " + config::to_string(cfg.lora.init));
+  }
+  if (cfg.train.optimizer.loraplus_lr_ratio) {
+    parts.push_back("LoRA+ ratio " + format_number(*cfg.train.optimizer.loraplus_lr_ratio));
+  }
+  std::string out;
+  for (const std::string& p : parts) out += (out.empty() ? ", with " : ", ") + p;
+  return out;
+}
+
 lora::LoraSpec spec_of(const config::TrainConfig& cfg) {
   lora::LoraSpec s;
   s.r = cfg.lora.r;
   s.alpha = cfg.lora.alpha;
   s.dropout = cfg.lora.dropout;
   s.use_rslora = cfg.lora.use_rslora;
+  s.use_dora = cfg.lora.use_dora;
+  switch (cfg.lora.init) {
+    case config::LoraInit::kDefault:
+      s.init = lora::LoraInit::kDefault;
+      break;
+    case config::LoraInit::kGaussian:
+      s.init = lora::LoraInit::kGaussian;
+      break;
+    case config::LoraInit::kPissa:
+      s.init = lora::LoraInit::kPissa;
+      break;
+    case config::LoraInit::kOlora:
+      s.init = lora::LoraInit::kOlora;
+      break;
+  }
   s.target_modules = cfg.lora.target_modules;
   s.base_model_name_or_path = cfg.model.path;
   return s;
@@ -339,7 +378,7 @@ RunResult run_training(const config::TrainConfig& cfg, const RunOptions& opts) {
   model::CausalLM model = model::load_model(model_dir, load);
   const c10::Device device = model->device();
   const lora::LoraSpec spec = spec_of(cfg);
-  lora::inject_lora(*model, spec);
+  const std::vector<std::string> adapted = lora::inject_lora(*model, spec);
   if (!cfg.lora.init_from.empty()) lora::load_adapter_weights(cfg.lora.init_from, *model);
 
   // No tokenizer files: pre-tokenized data only (pad id from config.json).
@@ -385,6 +424,9 @@ RunResult run_training(const config::TrainConfig& cfg, const RunOptions& opts) {
                    " (" + std::to_string(prepared.train.size()) + " examples, " +
                    std::to_string(val.size()) + " validation batches)" +
                    (resume_from.empty() ? "" : ", resumed from " + resume_from));
+  progress.message("loratune: LoRA r=" + std::to_string(spec.r) +
+                   " alpha=" + format_number(spec.alpha) + " on " + std::to_string(adapted.size()) +
+                   " projections" + adapter_variants(cfg));
   DeviceTimer timer(device);
   reset_peak_memory(device);
   Logger logger;

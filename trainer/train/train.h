@@ -8,7 +8,9 @@
 //     num_items_in_batch fix), so accumulation gives the same gradient as one
 //     big batch;
 //   * AdamW with decoupled weight decay (p *= 1 - lr*wd) over the adapter
-//     parameters only, through at::_fused_adamw_ (CPU and CUDA);
+//     parameters only, through at::_fused_adamw_ (CPU and CUDA); with LoRA+
+//     (train.optimizer.loraplus_lr_ratio) in PEFT's create_loraplus_optimizer
+//     param groups;
 //   * clipping as torch.nn.utils.clip_grad_norm_ (foreach norms, coefficient
 //     max_norm / (norm + 1e-6) clamped to 1), returning the pre-clip norm;
 //   * lr at optimizer step k (0-based) = lr * lambda(k) with transformers'
@@ -27,6 +29,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -106,24 +109,62 @@ int64_t warmup_steps(const config::SchedulerConfig& cfg, int64_t total_steps);
 
 // ---- optimizer (optimizer.cpp) -------------------------------------------------
 
-// AdamW over a fixed list of float32 parameters; state tensors live beside
-// them (same device and dtype; step counters float32 scalars per parameter,
-// as torch.optim.AdamW(fused=True) keeps them).
+// One parameter group of AdamW, as a torch.optim param_groups entry: which
+// of the optimizer's parameters it holds, its lr before the schedule (the
+// LambdaLR base_lr) and its weight decay.
+struct ParamGroup {
+  std::vector<size_t> params;  // indices into AdamW::params()
+  double lr = 0;
+  double weight_decay = 0;
+};
+
+// The AdamW groups of the adapter parameters `named` (lora::adapter_tensors:
+// PEFT names, in AdamW's parameter order) under `cfg`. Without
+// cfg.loraplus_lr_ratio: one group of all, lr and weight_decay. With it, as
+// PEFT's create_loraplus_optimizer(model, AdamW, lr=lr, loraplus_lr_ratio=
+// ratio, loraplus_weight_decay=weight_decay) groups them, empty groups left
+// out, in its order:
+//   A         every other parameter (lora_A):          lr,         weight_decay
+//   B         name contains "lora_B", or 1-D (a DoRA
+//             magnitude), unless named *bias*:           lr * ratio, weight_decay
+//   B no-decay the same, named *bias*:                  lr * ratio, 0
+// (PEFT also leaves parameters inside nn.LayerNorm modules undecayed and
+// gives LoRA embedding layers their own group; adapters here sit on linear
+// projections only, so neither case arises.)
+std::vector<ParamGroup> adapter_param_groups(
+    const std::vector<std::pair<std::string, at::Tensor>>& named,
+    const config::OptimizerConfig& cfg);
+
+// AdamW over a fixed list of float32 parameters in param groups; state
+// tensors live beside them (same device and dtype; step counters float32
+// scalars per parameter, as torch.optim.AdamW(fused=True) keeps them). The
+// state is per parameter in params() order whatever the groups.
 class AdamW {
  public:
+  // One group: every parameter, cfg.lr and cfg.weight_decay.
   AdamW(std::vector<at::Tensor> params, const config::OptimizerConfig& cfg);
-  // One update with `lr` from the parameters' .grad. When `found_inf` (a
-  // 0-dim float32 tensor, 1 = skip) is defined and 1, nothing changes.
+  // `groups` must hold every parameter exactly once (throws Error otherwise);
+  // empty groups are dropped.
+  AdamW(std::vector<at::Tensor> params, const config::OptimizerConfig& cfg,
+        std::vector<ParamGroup> groups);
+  // One update from the parameters' .grad, group g with lr lrs[g] (one per
+  // group: one at::_fused_adamw_ call each, as torch.optim.AdamW(fused=True)
+  // steps each param group). When `found_inf` (a 0-dim float32 tensor,
+  // 1 = skip) is defined and 1, nothing changes.
+  void step(const std::vector<double>& lrs, const at::Tensor& found_inf = {});
+  // The same for an optimizer of one group; throws Error with several.
   void step(double lr, const at::Tensor& found_inf = {});
   // Zeroes every .grad in place (allocating zero grads the first time).
   void zero_grad();
   const std::vector<at::Tensor>& params() const { return params_; }
+  const std::vector<ParamGroup>& groups() const { return groups_; }
   std::vector<at::Tensor>& exp_avg() { return exp_avg_; }
   std::vector<at::Tensor>& exp_avg_sq() { return exp_avg_sq_; }
   std::vector<at::Tensor>& steps() { return steps_; }
 
  private:
   std::vector<at::Tensor> params_, exp_avg_, exp_avg_sq_, steps_;
+  std::vector<ParamGroup> groups_;
   config::OptimizerConfig cfg_;
 };
 
@@ -135,17 +176,21 @@ at::Tensor clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm
 // ---- one optimizer step (loop.cpp) ------------------------------------------
 
 struct StepResult {
-  at::Tensor loss;       // 0-dim float32 on device: the step's mean token loss
-  at::Tensor grad_norm;  // 0-dim float32 on device: pre-clip norm
-  at::Tensor found_inf;  // 0-dim float32 on device: 1 when the step was skipped
-  double lr = 0;
+  at::Tensor loss;                // 0-dim float32 on device: the step's mean token loss
+  at::Tensor grad_norm;           // 0-dim float32 on device: pre-clip norm
+  at::Tensor found_inf;           // 0-dim float32 on device: 1 when the step was skipped
+  double lr = 0;                  // the scheduled lr (train.optimizer.lr's group)
+  std::vector<double> group_lrs;  // the lr of each AdamW group (groups() order)
   int64_t target_tokens = 0;
   int64_t tokens = 0;
 };
 
 // Owns the optimizer and schedule for `model`'s adapter parameters and runs
-// optimizer steps on micro-batches the caller supplies. Does not sync the
-// host with the device.
+// optimizer steps on micro-batches the caller supplies. The AdamW groups are
+// adapter_param_groups(lora::adapter_tensors(model), cfg.optimizer); each
+// group's lr at step k is its lr times the schedule's lambda(k), as
+// transformers' LambdaLR scales every param group. Does not sync the host
+// with the device.
 class Trainer {
  public:
   Trainer(model::CausalLMImpl& model, const config::TrainLoopConfig& cfg, int64_t total_steps);
@@ -162,6 +207,7 @@ class Trainer {
   config::TrainLoopConfig cfg_;
   AdamW opt_;
   LrSchedule sched_;
+  std::vector<LrSchedule> group_sched_;  // one per opt_.groups(), peak = the group's lr
   int64_t step_ = 0;
 };
 
