@@ -18,6 +18,7 @@
 
 #include "train_test_util.h"
 #include "trainer/io/safetensors.h"
+#include "trainer/lora/peft_io.h"
 
 namespace fs = std::filesystem;
 using namespace loratune;
@@ -375,6 +376,73 @@ TEST(TrainCli, MergeAtTheEndWritesAModelCardWithTheFinalLosses) {
   EXPECT_NEAR(value_after("- final training loss: "), train_loss, 1e-5 * train_loss);
   EXPECT_NEAR(value_after("- final validation loss: "), val_loss, 1e-5 * val_loss);
   EXPECT_NE(card.find("| train.jsonl | "), std::string::npos) << card;
+}
+
+// DoRA, PiSSA and OLoRA through `loratune train`: a run stopped and resumed
+// ends bitwise where an unbroken one does, and the run's merged model gives
+// the logits of the original base with the run's adapter applied unmerged
+// (for PiSSA / OLoRA the saved rank-2r adapter, on the untouched base).
+TEST(TrainCli, LoraVariantsResumeBitwiseAndMergeEqualsAdapterOnTheOriginalBase) {
+  const std::string base = test::ref_train_dir() + "/tokmodel";
+  auto logits = [&](const std::string& args, const std::string& out) {
+    auto r = test::run(test::quote(test::loratune_bin()) + " logits " + args +
+                       " --ids \"3 17 5 9 24 11 2 30\" --out " + test::quote(out) + " 2>&1");
+    EXPECT_EQ(r.status, 0) << r.out;
+    return io::SafetensorsFile::open(out)->tensor("logits").clone();
+  };
+  struct Variant {
+    std::string tag, overrides, card;
+    int64_t saved_r;
+  };
+  for (const Variant& v :
+       {Variant{"dora", "lora.use_dora=true", "| DoRA | yes", 4},
+        Variant{"pissa", "lora.init=pissa", "| DoRA | no", 8},
+        Variant{"olora", "lora.init=olora lora.use_rslora=true", "| DoRA | no", 8}}) {
+    SCOPED_TRACE(v.tag);
+    RunDir full = make_run("variant_full_" + v.tag, 6);
+    auto rf = train(full, v.overrides + " output.merge=true");
+    ASSERT_EQ(rf.status, 0) << rf.out;
+    RunDir part = make_run("variant_part_" + v.tag, 6);
+    auto r1 = train(part, v.overrides + " --stop-after-step 3");
+    ASSERT_EQ(r1.status, 143) << r1.out;
+    auto r2 = train(part, v.overrides + " --resume");
+    ASSERT_EQ(r2.status, 0) << r2.out;
+    EXPECT_EQ(losses(part), losses(full));
+    expect_same_adapter(full, part);
+
+    const lora::LoraSpec saved = lora::read_adapter_config(full.dir + "/adapter");
+    EXPECT_EQ(saved.r, v.saved_r);
+    EXPECT_EQ(saved.init, lora::LoraInit::kDefault);
+    EXPECT_NE(test::read_file(full.dir + "/merged/README.md").find(v.card), std::string::npos);
+    const std::string tmp = test::make_temp_dir("variant_logits_" + v.tag);
+    const at::Tensor merged = logits("--model " + test::quote(full.dir + "/merged"), tmp + "/m");
+    const at::Tensor unmerged =
+        logits("--model " + test::quote(base) + " --adapter " + test::quote(full.dir + "/adapter"),
+               tmp + "/u");
+    const at::Tensor plain = logits("--model " + test::quote(base), tmp + "/b");
+    EXPECT_LE((merged - unmerged).abs().max().item<double>(), 1e-4);
+    EXPECT_GT((unmerged - plain).abs().max().item<double>(), 1e-3) << "the adapter learned nothing";
+  }
+}
+
+// `loratune eval CONFIG` of a QLoRA run evaluates the model the run trained
+// (its NF4 base plus the adapter): the loss of the run's last validation.
+TEST(TrainCli, EvalOfAQloraRunConfigGivesTheRunsValidationLoss) {
+  RunDir r = make_run("train_qlora_eval", 4);
+  const std::string data = test::ref_train_dir() + "/llama-rope3-tied/train.jsonl";
+  const std::string val = "data.val_fraction=0 data.validation=[" + data + "]";
+  auto res = train(r, "model.quantize=nf4 " + val);
+  ASSERT_EQ(res.status, 0) << res.out;
+  const double run_loss = losses(r, "val").back().second;
+  auto eval_loss = [&](const std::string& overrides) {
+    auto ev = test::run(test::quote(test::loratune_bin()) + " eval " + test::quote(r.config) + " " +
+                        overrides + " --json 2>&1");
+    EXPECT_EQ(ev.status, 0) << ev.out;
+    return nlohmann::json::parse(ev.out.substr(ev.out.find('{'))).at("loss").get<double>();
+  };
+  EXPECT_NEAR(eval_loss("model.quantize=nf4 " + val), run_loss, 1e-5 * run_loss);
+  // The same adapter on the float base is another model.
+  EXPECT_GT(std::abs(eval_loss(val) - run_loss), 1e-4 * run_loss);
 }
 
 }  // namespace

@@ -101,6 +101,7 @@ void run_eval(const EvalOptions& o) {
   if (const std::string problem = config::device_problem(o.device); !problem.empty()) {
     throw Error("--device: " + problem);
   }
+  model::QuantizeOptions quantize;
   config::DataConfig data_cfg;
   // The bounds of data.max_seq_len and train.micro_batch_size in a config.
   data_cfg.max_seq_len = int_option("--max-seq-len", o.max_seq_len, 2, int64_t{1} << 24);
@@ -117,6 +118,11 @@ void run_eval(const EvalOptions& o) {
     model_dir = cfg.model.path;
     device = cfg.device;
     dtype = model::parse_dtype(config::to_string(cfg.model.dtype));
+    // The model the run trained: a QLoRA run's base is NF4 here too, so the
+    // loss is the one its validation steps reported.
+    if (cfg.model.quantize == config::Quantize::kNf4) {
+      quantize = {model::Quantization::kNf4, cfg.model.double_quant};
+    }
     data_cfg = cfg.data;
     if (o.data.empty()) {
       data_cfg.train = cfg.data.validation.empty() ? cfg.data.train : cfg.data.validation;
@@ -137,7 +143,7 @@ void run_eval(const EvalOptions& o) {
   if (!o.chat_template.empty()) data_cfg.chat_template = o.chat_template;
   if (device == "auto") device = torch::cuda::is_available() ? "cuda:0" : "cpu";
 
-  model::CausalLM m = model::load_model(model_dir, {dtype, device});
+  model::CausalLM m = model::load_model(model_dir, {dtype, device, quantize});
   const std::vector<train::MicroBatch> batches = eval_batches(*m, model_dir, data_cfg, batch);
   if (o.compare_base) {
     // Check the adapter against the model before spending a pass on the base.
@@ -171,7 +177,9 @@ void add_eval_command(CLI::App& app) {
   auto o = std::make_shared<EvalOptions>();
   CLI::App* sub = app.add_subcommand(
       "eval", "Loss, perplexity and target-token count of a model (+ LoRA adapter) on a file.");
-  sub->add_option("config", o->config, "YAML training config (optional)");
+  sub->add_option("config", o->config,
+                  "YAML training config (optional): its model (with model.quantize), "
+                  "validation data and output.dir/adapter");
   sub->add_option("overrides", o->overrides, "key=value overrides of the config");
   sub->add_option("--model", o->model,
                   "Hugging Face model directory or .gguf file (without a config)");
