@@ -37,28 +37,20 @@ _BASE = dict(
     eos_token_id=2,
 )
 
-# variant name -> (model_type, config overrides)
-VARIANTS = {
-    "llama-rope3-tied": ("llama", dict(
-        tie_word_embeddings=True,
-        rope_theta=500000.0,
-        # original_max_position_embeddings small enough that the scaling changes
-        # some frequencies, smooths others and leaves the rest (head_dim 16).
-        rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
-                          high_freq_factor=4.0, original_max_position_embeddings=64),
-    )),
-    "llama-bias": ("llama", dict(attention_bias=True, mlp_bias=True, rms_norm_eps=1e-5)),
-    "mistral-window": ("mistral", dict(sliding_window=64, rope_theta=1000000.0)),
-    "qwen2": ("qwen2", dict(rope_theta=1000000.0, tie_word_embeddings=False)),
-    # Layer 0 full attention, layers 1.. sliding (i >= max_window_layers).
-    "qwen2-window": ("qwen2", dict(use_sliding_window=True, sliding_window=48,
-                                   max_window_layers=1)),
-    # head_dim 32 != hidden / heads = 16.
-    "qwen3": ("qwen3", dict(head_dim=32, rope_theta=1000000.0, attention_bias=False)),
-}
-# variant name -> max_shard_size: variants saved as several shards plus an index.
-SHARDED = {"llama-bias-sharded": "300KB"}
-VARIANTS["llama-bias-sharded"] = VARIANTS["llama-bias"]
+# The test variants: tests/variants.json, the one manifest the C++ tests read
+# too. variant name -> (model_type, config overrides); SHARDED: variant ->
+# max_shard_size for the variants saved as several shards plus an index.
+MANIFEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "variants.json")
+with open(MANIFEST) as _f:
+    _VARIANTS_JSON = json.load(_f)["variants"]
+VARIANTS = {name: (v["model_type"], v["config"]) for name, v in _VARIANTS_JSON.items()}
+SHARDED = {name: v["shard_size"] for name, v in _VARIANTS_JSON.items() if v.get("shard_size")}
+
+
+def variants_tagged(tag):
+    """The manifest's variants carrying `tag` (e.g. "train"), sorted."""
+    return sorted(name for name, v in _VARIANTS_JSON.items() if tag in v.get("tags", []))
+
 
 # A ~1 GB float32 llama for the load benchmark (about 262M parameters).
 SIZES = {
@@ -102,7 +94,9 @@ def build(model_type, overrides, seed, randomize_small):
                 if name.endswith(".bias"):
                     p.copy_(torch.randn(p.shape, generator=gen) * std)
                 elif "norm" in name:
-                    p.copy_(1.0 + torch.randn(p.shape, generator=gen) * std)
+                    # Gemma's norms scale by (1 + weight): keep the scale near 1 there too.
+                    offset = 0.0 if model_type.startswith("gemma") else 1.0
+                    p.copy_(offset + torch.randn(p.shape, generator=gen) * std)
     return model
 
 

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <nlohmann/json.hpp>
 
 #include <array>
 #include <cstdio>
@@ -51,6 +52,24 @@ std::string testdata_dir() {
 }
 std::string loratune_bin() {
   return env_or_throw("LORATUNE_BIN");
+}
+
+std::vector<std::string> variants(const std::string& tag) {
+  const std::string path = source_dir() + "/tests/variants.json";
+  std::ifstream f(path);
+  if (!f) throw std::runtime_error("cannot read " + path);
+  const nlohmann::json manifest = nlohmann::json::parse(f);
+  std::vector<std::string> names;
+  for (const auto& [name, v] : manifest.at("variants").items()) {
+    if (tag.empty()) {
+      names.push_back(name);
+      continue;
+    }
+    for (const auto& t : v.value("tags", nlohmann::json::array())) {
+      if (t == tag) names.push_back(name);
+    }
+  }
+  return names;  // nlohmann's object keys are sorted
 }
 
 std::string quote(const std::string& s) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace loratune::test {
 
@@ -17,6 +18,11 @@ struct RunResult {
   int status = -1;  // exit code, or 128+signal
   std::string out;  // stdout and stderr interleaved
 };
+
+// The tiny test variants of tests/variants.json (the manifest the fixture
+// scripts read too), sorted; with `tag`, only those carrying it ("decode",
+// "packing", "train").
+std::vector<std::string> variants(const std::string& tag = "");
 
 // Runs `cmd` through /bin/sh -c and captures its output.
 RunResult run(const std::string& cmd);

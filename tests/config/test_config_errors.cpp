@@ -344,7 +344,7 @@ TEST(ConfigErrors, EachBadConfigFailsWithOneLineNamingFileLineKeyAndSuggestion) 
       if (const size_t at = s.find('@'); at != std::string::npos) s.replace(at, 1, path);
       expect.push_back(s);
     }
-    expect_error([&] { load_config(path, bad.overrides); }, expect);
+    expect_error([&] { load_train_config(path, bad.overrides); }, expect);
   }
 }
 
@@ -355,9 +355,9 @@ TEST(ConfigErrors, StringSourceIsNamedLikeAFile) {
 
 TEST(ConfigErrors, MissingFileIsNamedAndIsAFileSystemError) {
   const std::string path = test::make_temp_dir("config-missing") + "/nope.yaml";
-  expect_error([&] { load_config(path, {}); }, {path + ": cannot open config file"});
+  expect_error([&] { load_train_config(path, {}); }, {path + ": cannot open config file"});
   try {
-    load_config(path, {});
+    load_train_config(path, {});
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kIo);
   }
@@ -365,7 +365,7 @@ TEST(ConfigErrors, MissingFileIsNamedAndIsAFileSystemError) {
 
 TEST(ConfigErrors, DirectoryIsNotAConfig) {
   const std::string dir = test::make_temp_dir("config-dir");
-  expect_error([&] { load_config(dir, {}); }, {dir + ": is a directory"});
+  expect_error([&] { load_train_config(dir, {}); }, {dir + ": is a directory"});
 }
 
 TEST(ConfigErrors, BadValuesAreConfigErrors) {
@@ -388,7 +388,7 @@ TEST(ConfigErrors, ChatTemplateProblemIsSharedWithTheCommandLine) {
 TEST(ConfigErrors, EmptyFileNamesTheFirstMissingRequiredKey) {
   const std::string path = test::make_temp_dir("config-empty") + "/empty.yaml";
   test::write_file(path, "# nothing here\n");
-  expect_error([&] { load_config(path, {}); }, {path + ": model.path: required"});
+  expect_error([&] { load_train_config(path, {}); }, {path + ": model.path: required"});
 }
 
 }  // namespace

@@ -93,14 +93,14 @@ TEST(LoraPlusConfig, BadValuesAreOneLineErrorsNamingTheKey) {
     SCOPED_TRACE(c.name);
     const std::string path = dir + "/" + c.name + ".yaml";
     test::write_file(path, with_ratio(c.value));
-    const std::string msg = error_of([&] { load_config(path, {}); });
+    const std::string msg = error_of([&] { load_train_config(path, {}); });
     EXPECT_EQ(msg, path + ":9: train.optimizer.loraplus_lr_ratio: " + c.expect);
   }
   // A plain "nan" (not YAML's .nan) fails too, naming the key.
   const std::string path = dir + "/plain_nan.yaml";
   test::write_file(path, with_ratio("nan"));
   EXPECT_EQ(error_of([&] {
-              load_config(path, {});
+              load_train_config(path, {});
             }).rfind(path + ":9: train.optimizer.loraplus_lr_ratio: ", 0),
             0u);
   // Overrides are named as their origin.

@@ -13,13 +13,7 @@ namespace fs = std::filesystem;
 namespace loratune::test {
 
 const std::vector<std::string>& tiny_variants() {
-  static const std::vector<std::string> v = {"llama-bias",
-                                             "llama-bias-sharded",
-                                             "llama-rope3-tied",
-                                             "mistral-window",
-                                             "qwen2",
-                                             "qwen2-window",
-                                             "qwen3"};
+  static const std::vector<std::string> v = variants();
   return v;
 }
 

@@ -2,6 +2,8 @@
 // rules, and errors that name the file, key and supported values.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include <nlohmann/json.hpp>
 
 #include "trainer/io/error.h"
@@ -141,13 +143,61 @@ TEST(Config, Qwen3HeadDimAndQkNorm) {
   EXPECT_TRUE(c.q_bias && c.k_bias && c.v_bias && c.o_bias);
 }
 
+// Phi-3: fused projections, longrope read from its older "su" name with the
+// attention factor transformers derives, partial rotary; Gemma: the
+// structural fields its family file resolves.
+TEST(Config, Phi3LongropeAndGemmaFields) {
+  json j = base("phi3");
+  j["max_position_embeddings"] = 4096;
+  j["original_max_position_embeddings"] = 256;
+  j["partial_rotary_factor"] = 0.75;  // head_dim 16 -> 12 rotated dims
+  j["rope_scaling"] = {
+      {"type", "su"}, {"short_factor", {1, 1, 1, 1, 1, 1}}, {"long_factor", {1, 2, 3, 4, 5, 6}}};
+  ModelConfig c = parse_config(j, "dir/config.json");
+  EXPECT_TRUE(c.fused_qkv && c.fused_gate_up);
+  EXPECT_EQ(c.rope.type, "longrope");
+  EXPECT_EQ(c.rotary_dim(), 12);
+  EXPECT_EQ(c.rope.original_max_position_embeddings, 256);
+  EXPECT_NEAR(c.rope.attention_factor, std::sqrt(1 + std::log(16.0) / std::log(256.0)), 1e-12);
+  j["rope_scaling"]["long_factor"] = {1, 2, 3};
+  EXPECT_NE(error_of(j).find("long_factor\": has 3 entries; rotated head dims / 2 = 6"),
+            std::string::npos)
+      << error_of(j);
+
+  json g = base("gemma2");
+  g["num_hidden_layers"] = 4;
+  c = parse_config(g, "dir/config.json");
+  EXPECT_TRUE(c.norm_unit_offset && c.sandwich_norms);
+  EXPECT_EQ(c.hidden_act, "gelu_pytorch_tanh");
+  EXPECT_DOUBLE_EQ(c.embed_scale, 8.0);        // sqrt(64)
+  EXPECT_DOUBLE_EQ(c.attn_scale, 1.0 / 16.0);  // query_pre_attn_scalar 256
+  EXPECT_DOUBLE_EQ(c.attn_softcap, 50.0);
+  EXPECT_DOUBLE_EQ(c.final_softcap, 30.0);
+  EXPECT_EQ(c.layer_window, (std::vector<int64_t>{4096, 0, 4096, 0}));
+
+  json g3 = base("gemma3_text");
+  g3["num_hidden_layers"] = 6;
+  c = parse_config(g3, "dir/config.json");
+  EXPECT_TRUE(c.qk_norm);
+  EXPECT_DOUBLE_EQ(c.final_softcap, 0.0);
+  EXPECT_EQ(c.layer_sliding, (std::vector<bool>{true, true, true, true, true, false}));
+  EXPECT_DOUBLE_EQ(c.rope.theta, 1e6);
+  ASSERT_TRUE(c.rope_local.has_value());
+  EXPECT_DOUBLE_EQ(c.rope_local->theta, 1e4);
+
+  g3["model_type"] = "gemma3";
+  g3["text_config"] = json::object();
+  EXPECT_NE(error_of(g3).find("multimodal Gemma 3"), std::string::npos) << error_of(g3);
+}
+
 TEST(ConfigErrors, UnknownModelTypeNamesTheSupportedOnes) {
   const std::string msg = error_of(base("lama"));
   EXPECT_NE(msg.find("dir/config.json"), std::string::npos) << msg;
   EXPECT_NE(msg.find("\"lama\""), std::string::npos) << msg;
-  EXPECT_NE(msg.find("llama, mistral, qwen2, qwen3"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("gemma2, gemma3_text, llama, mistral, phi3, qwen2, qwen3"), std::string::npos)
+      << msg;
   EXPECT_NE(msg.find("did you mean \"llama\""), std::string::npos) << msg;
-  EXPECT_NE(error_of(base("gemma2")).find("supported: llama"), std::string::npos);
+  EXPECT_NE(error_of(base("falcon")).find("supported: gemma2"), std::string::npos);
 }
 
 TEST(ConfigErrors, UnsupportedSettingsNameKeyAndValue) {

@@ -12,6 +12,7 @@
 
 #include <cstdio>
 
+#include "common/test_env.h"
 #include "model/model_test_util.h"
 #include "trainer/io/error.h"
 #include "trainer/model/loader.h"
@@ -82,9 +83,7 @@ TEST_P(Decode, SegmentIdsWithCacheAreRejected) {
   EXPECT_THROW(lm->forward(random_ids(lm->config().vocab_size, 4, 1), opt), Error);
 }
 
-INSTANTIATE_TEST_SUITE_P(Variants, Decode,
-                         ::testing::Values("llama-rope3-tied", "llama-bias", "mistral-window",
-                                           "qwen2-window", "qwen3"),
+INSTANTIATE_TEST_SUITE_P(Variants, Decode, ::testing::ValuesIn(test::variants("decode")),
                          [](const auto& info) {
                            std::string n = info.param;
                            for (char& ch : n) {

@@ -45,6 +45,17 @@ BUILTIN_TOKENIZER = {"llama2": "llama2", "llama3": "llama3_1", "gemma": "gemma3"
 NO_TOKENIZER_SPECIAL = {"mistral": {"bos_token": "<s>", "eos_token": "</s>"},
                         "phi3": {"bos_token": "<s>", "eos_token": "<|endoftext|>"}}
 
+# Phi-4's chat template (microsoft/phi-4 tokenizer_config.json): the ChatML
+# tokens with <|im_sep|> after the role, no newlines; used with "auto".
+PHI4 = ("{% for message in messages %}{% if (message['role'] == 'system') %}"
+        "{{'<|im_start|>system<|im_sep|>' + message['content'] + '<|im_end|>'}}"
+        "{% elif (message['role'] == 'user') %}"
+        "{{'<|im_start|>user<|im_sep|>' + message['content'] + '<|im_end|>'}}"
+        "{% elif (message['role'] == 'assistant') %}"
+        "{{'<|im_start|>assistant<|im_sep|>' + message['content'] + '<|im_end|>'}}"
+        "{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant<|im_sep|>' }}{% endif %}")
+
 CHATML_GENERATION = """{%- for message in messages %}
     {%- if message['role'] == 'assistant' %}
         {{- '<|im_start|>assistant\\n' }}
@@ -346,6 +357,7 @@ def main():
                                         "special": NO_TOKENIZER_SPECIAL.get(name)}
     templates["chatml_generation"] = {"source": CHATML_GENERATION, "tokenizer": "qwen3"}
     templates["llama31_tools"] = {"source": LLAMA31_TOOLS, "tokenizer": "llama3_1"}
+    templates["phi4"] = {"source": PHI4, "tokenizer": "qwen3"}
 
     result = {"templates": {}, "cases": []}
     for name, t in templates.items():

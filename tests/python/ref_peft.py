@@ -46,6 +46,10 @@ CASES = {
                             alpha_pattern={"layers.0.self_attn.k_proj": 3})),
     "mistral_mlp": ("mistral-window", ["gate_proj", "up_proj"], dict(r=2, lora_alpha=4)),
     "llama_bias": ("llama-bias", ["o_proj", "v_proj"], dict(r=8, lora_alpha=32)),
+    "gemma2_all_linear": ("gemma2", "all-linear", dict(r=4, lora_alpha=8)),
+    "gemma3_attn_mlp": ("gemma3", ["q_proj", "o_proj", "down_proj"], dict(r=8, lora_alpha=8)),
+    "phi3_fused": ("phi3", ["qkv_proj", "gate_up_proj"], dict(r=4, lora_alpha=16)),
+    "phi4mini_all_linear": ("phi3-longrope", "all-linear", dict(r=8, lora_alpha=16)),
 }
 
 

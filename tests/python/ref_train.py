@@ -2,7 +2,7 @@
 """Reference LoRA training runs (PEFT + a plain PyTorch loop), for tests/train.
 
     ref_train.py --models MODELS --out OUT
-For each variant in VARIANTS, in one process:
+For each variant tagged "train" in tests/variants.json, in one process:
   OUT/<variant>/init_adapter/   PEFT adapter (r=8, alpha=16, all-linear) with
                                 random A and B (PEFT would make B zero)
   OUT/<variant>/train.jsonl     pre-tokenized examples {"input_ids", "labels"}
@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import warnings
+import zlib
 
 import torch
 from transformers import (AutoModelForCausalLM, get_constant_schedule_with_warmup,
@@ -32,10 +33,11 @@ from peft import LoraConfig, get_peft_model
 
 from hf_train import accumulate, collate
 from word_tokenizer import write_word_tokenizer
+import variants
 
 warnings.filterwarnings("ignore")
 
-VARIANTS = ["llama-rope3-tied", "qwen2", "qwen3"]
+VARIANTS = variants.tagged("train")  # tests/variants.json
 STEPS, ACCUM, MICRO, WARMUP, LR, WD, CLIP = 16, 3, 2, 3, 1e-3, 0.01, 1.0
 
 
@@ -161,8 +163,8 @@ def main():
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     torch.set_num_threads(1)
-    for seed, v in enumerate(VARIANTS):
-        train_variant(a.models, a.out, v, seed)
+    for v in VARIANTS:
+        train_variant(a.models, a.out, v, zlib.crc32(v.encode()) % 1000)  # stable per variant
     schedules(a.out)
     tokenizer_model(a.models, a.out)
 

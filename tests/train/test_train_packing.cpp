@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "common/test_env.h"
 #include "train_test_util.h"
 #include "trainer/lora/lora.h"
 #include "trainer/model/loader.h"
@@ -183,9 +184,7 @@ TEST_P(Packing, PackedBatchGivesPerExampleLossesAndGradientsOfSeparateRuns) {
               GetParam().c_str(), worst_loss, worst_grad, params.size());
 }
 
-INSTANTIATE_TEST_SUITE_P(Variants, Packing,
-                         ::testing::Values("llama-rope3-tied", "mistral-window", "qwen2-window",
-                                           "qwen3"),
+INSTANTIATE_TEST_SUITE_P(Variants, Packing, ::testing::ValuesIn(test::variants("packing")),
                          [](const auto& info) {
                            std::string n = info.param;
                            for (char& ch : n) {

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <iostream>
 
+#include "common/test_env.h"
 #include "train_test_util.h"
 #include "trainer/io/safetensors.h"
 #include "trainer/lora/lora.h"
@@ -32,8 +33,7 @@ TEST_P(TrainParity, StepLossesAndFinalAdapterMatchPeft) {
             << e.grad_norm << ", final adapter " << e.adapter << "\n";
 }
 
-INSTANTIATE_TEST_SUITE_P(Variants, TrainParity,
-                         ::testing::Values("llama-rope3-tied", "qwen2", "qwen3"),
+INSTANTIATE_TEST_SUITE_P(Variants, TrainParity, ::testing::ValuesIn(test::variants("train")),
                          [](const auto& info) {
                            std::string n = info.param;
                            std::replace(n.begin(), n.end(), '-', '_');

@@ -1,9 +1,11 @@
 // Pieces of the training loop: loss shifting and counting, clipping, AdamW
 // against the torch.optim.AdamW formula, skipped non-finite steps, and
 // activation checkpointing (same gradients with dropout on, less memory).
+#include <ATen/Context.h>
 #include <ATen/ops/abs.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cross_entropy_loss.h>
+#include <ATen/ops/linear.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/randint.h>
 #include <ATen/ops/randn.h>
@@ -42,6 +44,34 @@ TEST(Loss, ShiftsLabelsAndIgnoresMinus100) {
     }
   }
   EXPECT_NEAR(got.item<double>(), want, 1e-5);
+}
+
+// The fused projection + loss applies the model's output head (weight and
+// final soft-cap) exactly as CausalLM::logits + token_loss_sum do: the same
+// sum and the same gradient w.r.t. the hidden states; a soft-cap that bites
+// changes both, so dropping it could not pass.
+TEST(Loss, FusedLossAppliesTheOutputHeadSoftcap) {
+  at::manual_seed(5);
+  at::Tensor labels = at::tensor({5, -100, 3, 7, 9, -100, 2, 1, 4, 10}, at::kLong).view({2, 5});
+  const int64_t targets = train::count_target_tokens(labels);
+  at::Tensor weight = at::randn({11, 8}) * 2;  // [V,D], logits of a few units
+  for (const double cap : {0.0, 1.5}) {
+    SCOPED_TRACE(cap);
+    const model::OutputHead head{weight, cap};
+    at::Tensor h1 = at::randn({2, 5, 8}, at::kFloat).requires_grad_(true);  // [B,T,D]
+    at::Tensor h2 = h1.detach().clone().requires_grad_(true);
+    at::Tensor fused = train::linear_loss_sum(h1, head, labels, targets);
+    at::Tensor plain = train::token_loss_sum(head.transform(at::linear(h2, weight)), labels);
+    fused.backward();
+    plain.backward();
+    EXPECT_NEAR(fused.item<double>(), plain.item<double>(), 1e-5);
+    EXPECT_LE((h1.grad() - h2.grad()).abs().max().item<double>(),
+              1e-6 * (1 + h2.grad().abs().max().item<double>() * 10));
+    if (cap > 0) {
+      at::Tensor uncapped = train::token_loss_sum(at::linear(h2.detach(), weight), labels);
+      EXPECT_GT(std::abs(uncapped.item<double>() - fused.item<double>()), 1e-2);
+    }
+  }
 }
 
 TEST(Optimizer, ClipGradNormReturnsPreClipNormAndClips) {
@@ -177,7 +207,8 @@ TEST(ActivationCheckpoint, SameGradientsWithDropoutAndLessMemory) {
 // forward_checkpointed builds the same inputs as DecoderModelImpl::forward:
 // equal logits with padding, with packing, and with a sliding window.
 TEST(ActivationCheckpoint, ForwardEqualsModelForward) {
-  for (const std::string variant : {"llama-rope3-tied", "qwen2-window", "qwen3"}) {
+  for (const std::string variant :
+       {"llama-rope3-tied", "qwen2-window", "qwen3", "gemma2", "gemma3"}) {
     SCOPED_TRACE(variant);
     model::CausalLM m = model::load_model(test::tiny_model(variant));
     at::Tensor ids = at::randint(3, m->config().vocab_size, {2, 40}, at::kLong);

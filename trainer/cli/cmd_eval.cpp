@@ -114,7 +114,7 @@ void run_eval(const EvalOptions& o) {
   }
   if (!o.config.empty()) {
     if (!o.model.empty()) throw Error("eval: give a config or --model, not both");
-    config::TrainConfig cfg = config::load_config(o.config, o.overrides);
+    config::TrainConfig cfg = config::load_train_config(o.config, o.overrides);
     model_dir = cfg.model.path;
     device = cfg.device;
     dtype = model::parse_dtype(config::to_string(cfg.model.dtype));

@@ -162,7 +162,7 @@ void train_and_merge(const TrainOptions& o, const config::TrainConfig& cfg) {
 
 void run_train(const TrainOptions& o) {
   namespace fs = std::filesystem;
-  config::TrainConfig cfg = config::load_config(o.config, o.overrides);
+  config::TrainConfig cfg = config::load_train_config(o.config, o.overrides);
   refuse_output_over_inputs("output.dir", cfg.output.dir, inputs_of(cfg));
   // One writer per run directory, for the whole run and its merge. A run that
   // fails before writing anything leaves no directory it created behind.

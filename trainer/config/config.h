@@ -20,7 +20,7 @@
 // configs/x.yaml` run from the repository root works unchanged.
 //
 // The training loop consumes these structs; it relies on validate() having
-// accepted them (load_config and config_from_yaml_string always validate).
+// accepted them (load_train_config and config_from_yaml_string always validate).
 #pragma once
 
 #include <cstdint>
@@ -65,7 +65,7 @@ std::string chat_template_problem(const std::string& name);
 // you mean 'cuda'?)". Shared with the --device options of eval and generate.
 std::string device_problem(const std::string& device);
 
-struct ModelConfig {
+struct ModelSection {
   // model.path: a Hugging Face model directory (config.json, *.safetensors,
   // tokenizer files). Required.
   std::string path;
@@ -286,7 +286,7 @@ struct OutputConfig {
 };
 
 struct TrainConfig {
-  ModelConfig model;
+  ModelSection model;
   // device: auto (cuda:0 if available, else cpu) | cpu | cuda | cuda:N.
   // Default auto.
   std::string device = "auto";
@@ -315,9 +315,10 @@ inline bool operator!=(const TrainConfig& a, const TrainConfig& b) {
 // file, kConfig for everything else) for a missing/unreadable file, YAML syntax
 // errors (file:line:column), unknown or duplicate keys, wrong types, bad
 // override syntax and everything validate() rejects.
-TrainConfig load_config(const std::string& yaml_path, const std::vector<std::string>& overrides);
+TrainConfig load_train_config(const std::string& yaml_path,
+                              const std::vector<std::string>& overrides);
 
-// As load_config, from YAML text; `source_name` stands for the file in errors.
+// As load_train_config, from YAML text; `source_name` stands for the file in errors.
 TrainConfig config_from_yaml_string(const std::string& yaml,
                                     const std::vector<std::string>& overrides = {},
                                     const std::string& source_name = "<string>");

@@ -368,7 +368,8 @@ TrainConfig parse_document(const std::string& text, const std::string& name,
 
 }  // namespace
 
-TrainConfig load_config(const std::string& yaml_path, const std::vector<std::string>& overrides) {
+TrainConfig load_train_config(const std::string& yaml_path,
+                              const std::vector<std::string>& overrides) {
   std::error_code ec;
   if (std::filesystem::is_directory(yaml_path, ec)) {
     throw Error(yaml_path + ": is a directory, expected a YAML config file", ErrorKind::kIo);

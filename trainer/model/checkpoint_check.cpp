@@ -27,8 +27,8 @@ struct Param {
 
 // The parameters in CausalLM's registration order (model.cpp, layers.cpp,
 // attention.cpp): embed_tokens; per layer self_attn (q, k, v, o, q_norm,
-// k_norm), mlp (gate, up, down), input_layernorm, post_attention_layernorm;
-// norm; lm_head.
+// k_norm), mlp (gate, up, down), input_layernorm, post_attention_layernorm,
+// pre/post_feedforward_layernorm (sandwich_norms); norm; lm_head.
 std::vector<Param> parameters(const ModelConfig& c) {
   const std::string heads = "num_attention_heads * head_dim (" +
                             std::to_string(c.num_attention_heads) + " * " +
@@ -49,19 +49,33 @@ std::vector<Param> parameters(const ModelConfig& c) {
   out.push_back({"model.embed_tokens.weight", {c.vocab_size, c.hidden_size}, {V, D}, false});
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
-    linear(p + "self_attn.q_proj", c.hidden_size, D, c.q_dim(), heads, c.q_bias);
-    linear(p + "self_attn.k_proj", c.hidden_size, D, c.kv_dim(), kv_heads, c.k_bias);
-    linear(p + "self_attn.v_proj", c.hidden_size, D, c.kv_dim(), kv_heads, c.v_bias);
+    if (c.fused_qkv) {
+      linear(p + "self_attn.qkv_proj", c.hidden_size, D, c.q_dim() + 2 * c.kv_dim(),
+             "(num_attention_heads + 2 * num_key_value_heads) * head_dim", c.q_bias);
+    } else {
+      linear(p + "self_attn.q_proj", c.hidden_size, D, c.q_dim(), heads, c.q_bias);
+      linear(p + "self_attn.k_proj", c.hidden_size, D, c.kv_dim(), kv_heads, c.k_bias);
+      linear(p + "self_attn.v_proj", c.hidden_size, D, c.kv_dim(), kv_heads, c.v_bias);
+    }
     linear(p + "self_attn.o_proj", c.q_dim(), heads, c.hidden_size, D, c.o_bias);
     if (c.qk_norm) {
       norm(p + "self_attn.q_norm", c.head_dim, "head_dim");
       norm(p + "self_attn.k_norm", c.head_dim, "head_dim");
     }
-    linear(p + "mlp.gate_proj", c.hidden_size, D, c.intermediate_size, I, c.mlp_bias);
-    linear(p + "mlp.up_proj", c.hidden_size, D, c.intermediate_size, I, c.mlp_bias);
+    if (c.fused_gate_up) {
+      linear(p + "mlp.gate_up_proj", c.hidden_size, D, 2 * c.intermediate_size,
+             "2 * intermediate_size", c.mlp_bias);
+    } else {
+      linear(p + "mlp.gate_proj", c.hidden_size, D, c.intermediate_size, I, c.mlp_bias);
+      linear(p + "mlp.up_proj", c.hidden_size, D, c.intermediate_size, I, c.mlp_bias);
+    }
     linear(p + "mlp.down_proj", c.intermediate_size, I, c.hidden_size, D, c.mlp_bias);
     norm(p + "input_layernorm", c.hidden_size, D);
     norm(p + "post_attention_layernorm", c.hidden_size, D);
+    if (c.sandwich_norms) {
+      norm(p + "pre_feedforward_layernorm", c.hidden_size, D);
+      norm(p + "post_feedforward_layernorm", c.hidden_size, D);
+    }
   }
   norm("model.norm", c.hidden_size, D);
   if (!c.tie_word_embeddings) {

@@ -3,6 +3,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <filesystem>
 
 #include "trainer/io/error.h"
@@ -10,31 +11,47 @@
 #include "trainer/model/family.h"
 
 namespace loratune::model {
-namespace {
 
 using nlohmann::json;
 
-// The rope sub-object: 4.x "rope_scaling" wins over 5.x "rope_parameters" when
-// both are non-null, as transformers' convert_rope_params_to_dict does.
-RopeConfig parse_rope(const json& root, const ConfigJson& j, int64_t max_pos) {
+RopeConfig parse_rope(const ConfigJson& j, int64_t max_pos, const std::string& layer_type) {
   static const json kEmpty = json::object();
+  const json& root = j.root();
+  // 4.x "rope_scaling" wins over 5.x "rope_parameters" when both are
+  // non-null, as transformers' convert_rope_params_to_dict does.
   const json* params = &kEmpty;
   std::string key = "rope_parameters";
   for (const char* k : {"rope_scaling", "rope_parameters"}) {
     auto it = root.find(k);
     if (it != root.end() && !it->is_null()) {
-      if (!it->is_object()) j.fail(k, "must be an object, got " + it->dump());
+      if (!it->is_object()) j.fail(k, "must be an object, got " + printable(it->dump(), 80));
       params = &*it;
       key = k;
       break;
     }
   }
-  for (const char* nested : {"full_attention", "sliding_attention"}) {
-    if (params->contains(nested)) {
+  const bool nested = params->contains("full_attention") || params->contains("sliding_attention");
+  if (nested) {
+    if (layer_type.empty()) {
       j.fail(key,
-             "per-layer-type rope parameters (\"" + std::string(nested) + "\") are not supported",
+             "per-layer-type rope parameters (\"full_attention\", \"sliding_attention\") "
+             "are not supported for model_type \"" +
+                 printable(j.get_string("model_type"), 40) + "\"",
              ErrorKind::kUnsupported);
     }
+    auto it = params->find(layer_type);
+    key += "." + layer_type;
+    if (it == params->end() || it->is_null()) {
+      params = &kEmpty;
+    } else if (!it->is_object()) {
+      j.fail(key, "must be an object, got " + printable(it->dump(), 80));
+    } else {
+      params = &*it;
+    }
+  } else if (layer_type == "sliding_attention") {
+    // 4.x spelling: rope_scaling belongs to the global layers; the local
+    // ones use plain RoPE with rope_local_base_freq (transformers' Gemma 3).
+    params = &kEmpty;
   }
   const json defaults = json::object();
   ConfigJson p(*params, defaults, j.source());
@@ -43,6 +60,8 @@ RopeConfig parse_rope(const json& root, const ConfigJson& j, int64_t max_pos) {
   RopeConfig r;
   if (params->contains("rope_theta")) {
     r.theta = p.get_double("rope_theta");
+  } else if (layer_type == "sliding_attention") {
+    r.theta = j.get_double("rope_local_base_freq");
   } else if (!j.is_null_or_absent("rope_theta")) {
     r.theta = j.get_double("rope_theta");
   }
@@ -51,13 +70,47 @@ RopeConfig parse_rope(const json& root, const ConfigJson& j, int64_t max_pos) {
   } else if (!p.is_null_or_absent("type")) {
     r.type = p.get_string("type");
   }
+  // Phi-3 checkpoints name longrope "su" (and some "yarn"); transformers'
+  // Phi3Config reads both as longrope.
+  if (r.type == "su" || (r.type == "yarn" && root.value("model_type", "") == "phi3")) {
+    r.type = "longrope";
+  }
   for (const json* src : {params, &root}) {
     auto it = src->find("partial_rotary_factor");
-    if (it != src->end() && !it->is_null() && (!it->is_number() || it->get<double>() != 1.0)) {
-      j.fail("partial_rotary_factor", "only 1.0 is supported, got " + it->dump(),
-             ErrorKind::kUnsupported);
+    if (it == src->end() || it->is_null()) continue;
+    if (!it->is_number() || !(it->get<double>() > 0) || it->get<double>() > 1) {
+      j.fail("partial_rotary_factor", "must be in (0, 1], got " + printable(it->dump(), 40));
     }
+    r.partial_rotary_factor = it->get<double>();
+    break;
   }
+  // A top-level original_max_position_embeddings takes priority (transformers
+  // standardize_rope_params), then the rope dict's, then max_position_embeddings.
+  auto original_max = [&] {
+    int64_t v = max_pos;
+    if (!j.is_null_or_absent("original_max_position_embeddings")) {
+      v = j.get_int("original_max_position_embeddings");
+    } else if (!p.is_null_or_absent("original_max_position_embeddings")) {
+      v = p.get_int("original_max_position_embeddings");
+    }
+    if (v <= 0) j.fail("original_max_position_embeddings", "must be positive");
+    return v;
+  };
+  auto factors = [&](const char* name) {
+    const json* f = p.find(name);
+    if (f == nullptr || f->is_null()) j.fail(sub(name), "is required for rope_type \"longrope\"");
+    if (!f->is_array() || f->empty() || f->size() > 8192) {
+      j.fail(sub(name), "must be a list of head_dim / 2 positive numbers");
+    }
+    std::vector<double> out;
+    for (const auto& x : *f) {
+      if (!x.is_number() || !(x.get<double>() > 0) || !std::isfinite(x.get<double>())) {
+        j.fail(sub(name), "must be a list of positive numbers, got " + printable(x.dump(), 40));
+      }
+      out.push_back(x.get<double>());
+    }
+    return out;
+  };
   auto need = [&](const char* name) {
     if (p.is_null_or_absent(name)) {
       j.fail(sub(name), "is required for rope_type \"" + r.type + "\"");
@@ -75,25 +128,36 @@ RopeConfig parse_rope(const json& root, const ConfigJson& j, int64_t max_pos) {
     if (r.high_freq_factor == r.low_freq_factor) {
       j.fail(sub("high_freq_factor"), "must differ from low_freq_factor");
     }
-    // A top-level original_max_position_embeddings takes priority (transformers
-    // standardize_rope_params), then the rope dict's, then max_position_embeddings.
-    if (!j.is_null_or_absent("original_max_position_embeddings")) {
-      r.original_max_position_embeddings = j.get_int("original_max_position_embeddings");
-    } else if (!p.is_null_or_absent("original_max_position_embeddings")) {
-      r.original_max_position_embeddings = p.get_int("original_max_position_embeddings");
+    r.original_max_position_embeddings = original_max();
+  } else if (r.type == "longrope") {
+    r.short_factor = factors("short_factor");
+    r.long_factor = factors("long_factor");
+    r.original_max_position_embeddings = original_max();
+    // transformers: factor = max_position_embeddings / original when absent;
+    // attention_factor = sqrt(1 + ln factor / ln original) when absent (1 if factor <= 1).
+    const double orig = static_cast<double>(r.original_max_position_embeddings);
+    const double f = p.is_null_or_absent("factor") ? static_cast<double>(max_pos) / orig
+                                                   : p.get_double("factor");
+    if (!p.is_null_or_absent("attention_factor")) {
+      r.attention_factor = p.get_double("attention_factor");
     } else {
-      r.original_max_position_embeddings = max_pos;
+      r.attention_factor = f <= 1.0 ? 1.0 : std::sqrt(1 + std::log(f) / std::log(orig));
+    }
+    if (!(r.attention_factor > 0) || !std::isfinite(r.attention_factor)) {
+      j.fail(sub("attention_factor"), "must be positive");
     }
   } else {
-    std::string msg =
-        "rope_type \"" + r.type + "\" is not supported (supported: default, linear, llama3)";
-    std::string near = closest_match(r.type, {"default", "linear", "llama3"});
+    std::string msg = "rope_type \"" + printable(r.type, 40) +
+                      "\" is not supported (supported: default, linear, llama3, longrope)";
+    std::string near = closest_match(r.type, {"default", "linear", "llama3", "longrope"});
     if (!near.empty()) msg += "; did you mean \"" + near + "\"?";
     j.fail(key, msg, ErrorKind::kUnsupported);
   }
   if (r.theta <= 0) j.fail("rope_theta", "must be positive");
   return r;
 }
+
+namespace {
 
 // Hard caps on the sizes config.json gives, far above any released model of
 // these families (Llama 3.1 405B: hidden 16384, intermediate 53248, 126
@@ -205,6 +269,14 @@ ModelConfig parse_config(const json& root, const std::string& source) {
   if (mt == root.end() || !mt->is_string()) {
     throw Error(source + ": key \"model_type\" is required (a string)", ErrorKind::kCorrupt);
   }
+  if (*mt == "gemma3" && root.contains("text_config")) {
+    throw Error(source +
+                    ": model_type \"gemma3\" is the multimodal Gemma 3 "
+                    "(Gemma3ForConditionalGeneration, text + vision); loratune loads text-only "
+                    "checkpoints: use a \"gemma3_text\" one (Gemma3ForCausalLM, e.g. "
+                    "gemma-3-1b-it, or the language model saved on its own)",
+                ErrorKind::kUnsupported);
+  }
   const FamilySpec& family = find_family(mt->get<std::string>(), source);
   ConfigJson j(root, family.defaults, source);
 
@@ -244,13 +316,39 @@ ModelConfig parse_config(const json& root, const std::string& source) {
   c.rms_norm_eps = j.get_double("rms_norm_eps");
   c.tie_word_embeddings = j.get_bool("tie_word_embeddings");
 
-  c.hidden_act = j.get_string("hidden_act");
+  const std::string act_key = family.activation_key;
+  c.hidden_act = j.get_string(act_key);
   if (c.hidden_act == "swish") c.hidden_act = "silu";  // the same function in transformers
-  if (c.hidden_act != "silu") {
-    j.fail("hidden_act", "\"" + c.hidden_act + "\" is not supported (supported: silu)",
+  if (c.hidden_act != "silu" && c.hidden_act != "gelu_pytorch_tanh") {
+    std::string msg = "\"" + printable(c.hidden_act, 40) +
+                      "\" is not supported (supported: silu, gelu_pytorch_tanh)";
+    const std::string near = closest_match(c.hidden_act, {"silu", "gelu_pytorch_tanh"});
+    if (!near.empty()) msg += "; did you mean \"" + near + "\"?";
+    j.fail(act_key, msg, ErrorKind::kUnsupported);
+  }
+  c.rope =
+      parse_rope(j, c.max_position_embeddings, family.rope_per_layer_type ? "full_attention" : "");
+  if (c.rope.partial_rotary_factor != 1.0 && !family.partial_rotary) {
+    j.fail("partial_rotary_factor",
+           "only 1.0 is supported for model_type \"" + c.model_type + "\", got " +
+               std::to_string(c.rope.partial_rotary_factor),
            ErrorKind::kUnsupported);
   }
-  c.rope = parse_rope(root, j, c.max_position_embeddings);
+  const int64_t rot = c.rotary_dim();
+  if (rot <= 0 || rot % 2 != 0) {
+    j.fail("partial_rotary_factor", "head_dim " + std::to_string(c.head_dim) + " x " +
+                                        std::to_string(c.rope.partial_rotary_factor) +
+                                        " must give a positive even number of rotated dims");
+  }
+  if (c.rope.type == "longrope") {
+    for (const auto* f : {&c.rope.short_factor, &c.rope.long_factor}) {
+      if (static_cast<int64_t>(f->size()) != rot / 2) {
+        j.fail(std::string(f == &c.rope.short_factor ? "short_factor" : "long_factor"),
+               "has " + std::to_string(f->size()) +
+                   " entries; rotated head dims / 2 = " + std::to_string(rot / 2));
+      }
+    }
+  }
 
   for (const char* k : {"dtype", "torch_dtype"}) {
     if (!j.is_null_or_absent(k)) {
@@ -278,6 +376,9 @@ ModelConfig parse_config(const json& root, const std::string& source) {
                     std::to_string(c.layer_window.size()) + " layer windows for " +
                     std::to_string(c.num_hidden_layers) + " layers",
                 ErrorKind::kInternal);
+  }
+  if (c.layer_sliding.empty()) {
+    for (int64_t w : c.layer_window) c.layer_sliding.push_back(w > 0);
   }
   return c;
 }

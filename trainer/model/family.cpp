@@ -10,7 +10,9 @@ namespace loratune::model {
 
 const std::vector<FamilySpec>& all_families() {
   static const std::vector<FamilySpec> table = [] {
-    std::vector<FamilySpec> t = {llama_family(), mistral_family(), qwen2_family(), qwen3_family()};
+    std::vector<FamilySpec> t = {llama_family(), mistral_family(), qwen2_family(),
+                                 qwen3_family(), gemma2_family(),  gemma3_text_family(),
+                                 phi3_family()};
     std::sort(t.begin(), t.end(),
               [](const FamilySpec& a, const FamilySpec& b) { return a.model_type < b.model_type; });
     return t;
@@ -38,35 +40,62 @@ const FamilySpec& find_family(const std::string& model_type, const std::string& 
   throw Error(msg, ErrorKind::kUnsupported);
 }
 
+namespace {
+
+// "layer_types": one "full_attention" / "sliding_attention" per layer.
+void read_layer_types(const ConfigJson& j, ModelConfig& c, const nlohmann::json& types,
+                      int64_t window) {
+  if (!types.is_array() || static_cast<int64_t>(types.size()) != c.num_hidden_layers) {
+    j.fail("layer_types", "must be a list of num_hidden_layers (" +
+                              std::to_string(c.num_hidden_layers) + ") strings");
+  }
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    const auto& t = types[i];
+    c.layer_sliding[i] = t == "sliding_attention";
+    if (t == "sliding_attention") {
+      c.layer_window[i] = window;
+    } else if (t != "full_attention") {
+      j.fail("layer_types",
+             "entry " + std::to_string(i) + " is " + printable(t.dump(), 60) +
+                 "; supported: \"full_attention\", \"sliding_attention\"",
+             ErrorKind::kUnsupported);
+    }
+  }
+}
+
+}  // namespace
+
+void resolve_layer_types(const ConfigJson& j, ModelConfig& c, int64_t window, int64_t pattern) {
+  c.layer_window.assign(c.num_hidden_layers, 0);
+  c.layer_sliding.assign(c.num_hidden_layers, false);
+  const nlohmann::json* types = j.find("layer_types");
+  if (types != nullptr && !types->is_null()) {
+    read_layer_types(j, c, *types, window);
+    return;
+  }
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    c.layer_sliding[i] = (i + 1) % pattern != 0;
+    if (c.layer_sliding[i]) c.layer_window[i] = window;
+  }
+}
+
 void resolve_qwen_windows(const ConfigJson& j, ModelConfig& c) {
   c.layer_window.assign(c.num_hidden_layers, 0);
+  c.layer_sliding.assign(c.num_hidden_layers, false);
   const bool use = j.find("use_sliding_window") != nullptr && j.get_bool("use_sliding_window");
   if (!use || j.is_null_or_absent("sliding_window")) return;
   const int64_t window = j.get_int("sliding_window");
   if (window <= 0) j.fail("sliding_window", "must be positive, got " + std::to_string(window));
   const nlohmann::json* types = j.find("layer_types");
   if (types != nullptr && !types->is_null()) {
-    if (!types->is_array() || static_cast<int64_t>(types->size()) != c.num_hidden_layers) {
-      j.fail("layer_types", "must be a list of num_hidden_layers (" +
-                                std::to_string(c.num_hidden_layers) + ") strings");
-    }
-    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-      const auto& t = (*types)[i];
-      if (t == "sliding_attention") {
-        c.layer_window[i] = window;
-      } else if (t != "full_attention") {
-        j.fail("layer_types",
-               "entry " + std::to_string(i) + " is " + t.dump() +
-                   "; supported: \"full_attention\", \"sliding_attention\"",
-               ErrorKind::kUnsupported);
-      }
-    }
+    read_layer_types(j, c, *types, window);
     return;
   }
   const int64_t first = j.get_int("max_window_layers");
   // transformers: layer i slides when i >= max_window_layers (a negative value: all).
   for (int64_t i = std::max<int64_t>(first, 0); i < c.num_hidden_layers; ++i) {
     c.layer_window[i] = window;
+    c.layer_sliding[i] = true;
   }
 }
 

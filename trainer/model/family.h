@@ -42,6 +42,7 @@ class ConfigJson {
   [[noreturn]] void fail(const std::string& key, const std::string& what,
                          ErrorKind kind = ErrorKind::kCorrupt) const;
   const std::string& source() const { return source_; }
+  const nlohmann::json& root() const { return j_; }  // the config.json object itself
 
  private:
   const nlohmann::json& j_;
@@ -62,6 +63,15 @@ struct FamilySpec {
   // decoder's parameter names are the Hugging Face names). Used only by the
   // loader, at the load boundary.
   std::string (*checkpoint_name)(const std::string& param_name) = nullptr;
+  // The config.json key of the MLP activation ("hidden_activation" in Gemma).
+  std::string activation_key = "hidden_act";
+  // RoPE parameters may be given per layer type (5.x "rope_parameters":
+  // {"full_attention": {...}, "sliding_attention": {...}}): `rope` is read
+  // from "full_attention" and resolve() reads the rest (Gemma 3).
+  bool rope_per_layer_type = false;
+  // partial_rotary_factor < 1 is honoured (Phi-3); other families refuse it,
+  // as their transformers attention rotates whole heads.
+  bool partial_rotary = false;
 };
 
 // The families, one per file under trainer/model/families/.
@@ -69,12 +79,27 @@ FamilySpec llama_family();
 FamilySpec mistral_family();
 FamilySpec qwen2_family();
 FamilySpec qwen3_family();
+FamilySpec gemma2_family();
+FamilySpec gemma3_text_family();
+FamilySpec phi3_family();
 
 // All registered families, sorted by model_type.
 const std::vector<FamilySpec>& all_families();
 // The family of `model_type`; throws Error naming `source`, the value, the
 // supported types and the closest one.
 const FamilySpec& find_family(const std::string& model_type, const std::string& source);
+
+// The RoPE of one layer type from config.json (4.x "rope_theta" +
+// "rope_scaling", or 5.x "rope_parameters", flat or per layer type).
+// layer_type "" refuses per-layer-type parameters; "sliding_attention"
+// falls back to "rope_local_base_freq" for its theta. max_pos is the default
+// original_max_position_embeddings (llama3 scaling).
+RopeConfig parse_rope(const ConfigJson& j, int64_t max_pos, const std::string& layer_type = "");
+
+// Per-layer sliding windows from "layer_types" ("sliding_attention" layers
+// get `window`, "full_attention" ones 0), or when absent the pattern: layer i
+// slides unless (i + 1) % pattern == 0. window 0: no layer slides (Gemma).
+void resolve_layer_types(const ConfigJson& j, ModelConfig& c, int64_t window, int64_t pattern);
 
 // Shared rule of qwen2/qwen3 (transformers 5.x): sliding_window applies only
 // with use_sliding_window; per-layer choice from "layer_types" when present,

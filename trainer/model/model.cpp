@@ -3,6 +3,8 @@
 
 #include <ATen/ops/arange.h>
 #include <ATen/ops/linear.h>
+#include <ATen/ops/scalar_tensor.h>
+#include <ATen/ops/tanh.h>
 
 #include <map>
 #include <sstream>
@@ -65,15 +67,18 @@ AttentionMask build_mask(int64_t window, int64_t B, int64_t T, int64_t past,
 
 DecoderModelImpl::DecoderModelImpl(const ModelConfig& c, const at::TensorOptions& options)
     : config_(c), rotary_(c, options.device()) {
+  if (c.rope_local) rotary_local_.emplace(*c.rope_local, c.head_dim, options.device());
   embed_tokens = register_module("embed_tokens", Embedding(c.vocab_size, c.hidden_size, options));
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) layers->push_back(DecoderLayer(c, l, options));
-  norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps, options));
+  norm =
+      register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps, options, c.norm_unit_offset));
 }
 
 void DecoderModelImpl::to(torch::Device device, bool non_blocking) {
   torch::nn::Module::to(device, non_blocking);
   rotary_ = Rotary(config_, device);
+  if (config_.rope_local) rotary_local_.emplace(*config_.rope_local, config_.head_dim, device);
 }
 
 at::Tensor DecoderModelImpl::forward(const at::Tensor& input_ids, const ForwardOptions& opt) {
@@ -109,8 +114,16 @@ at::Tensor DecoderModelImpl::forward(const at::Tensor& input_ids, const ForwardO
   if (opt.segment_ids.defined()) dev_opt.segment_ids = opt.segment_ids.to(device);
 
   at::Tensor x = embed_tokens->forward(input_ids.to(device));  // [B,T,D]
+  if (config_.embed_scale != 1.0) {
+    // The factor is rounded to the model dtype first, as transformers does.
+    x = x * at::scalar_tensor(config_.embed_scale, x.options().dtype(at::kFloat))
+                .to(x.scalar_type());  // [B,T,D]
+  }
   LayerContext ctx;
   std::tie(ctx.cos, ctx.sin) = rotary_.cos_sin(pos, x.scalar_type());  // [B,T,Dh]
+  if (rotary_local_) {
+    std::tie(ctx.cos_local, ctx.sin_local) = rotary_local_->cos_sin(pos, x.scalar_type());
+  }
   ctx.cache = opt.cache;
   ctx.past = past;
 
@@ -119,7 +132,11 @@ at::Tensor DecoderModelImpl::forward(const at::Tensor& input_ids, const ForwardO
     const int64_t w = config_.layer_window[l];
     auto it = masks.find(w);
     if (it == masks.end()) it = masks.emplace(w, build_mask(w, B, T, past, dev_opt, device)).first;
-    x = layers->at<DecoderLayerImpl>(l).forward(x, ctx, it->second);  // [B,T,D]
+    if (opt.run_layer) {
+      x = opt.run_layer(layers->ptr<DecoderLayerImpl>(l), x, ctx, it->second);  // [B,T,D]
+    } else {
+      x = layers->at<DecoderLayerImpl>(l).forward(x, ctx, it->second);  // [B,T,D]
+    }
   }
   if (opt.cache != nullptr) opt.cache->length = S;
   return norm->forward(x);  // [B,T,D]
@@ -139,8 +156,19 @@ at::Tensor CausalLMImpl::hidden_states(const at::Tensor& input_ids, const Forwar
 }
 
 at::Tensor CausalLMImpl::logits(const at::Tensor& hidden) {
-  if (lm_head) return lm_head->forward(hidden);            // [..., V]
-  return at::linear(hidden, model->embed_tokens->weight);  // [..., V]
+  const OutputHead head = output_head();
+  // lm_head->forward, not head.weight: an adapter on lm_head applies here.
+  return head.transform(lm_head ? lm_head->forward(hidden)
+                                : at::linear(hidden, head.weight));  // [..., V]
+}
+
+OutputHead CausalLMImpl::output_head() const {
+  return OutputHead{lm_head_weight(), config_.final_softcap};
+}
+
+at::Tensor OutputHead::transform(const at::Tensor& z) const {
+  if (final_softcap <= 0) return z;
+  return at::tanh(z / final_softcap) * final_softcap;  // [..., V]
 }
 
 at::Tensor CausalLMImpl::forward(const at::Tensor& input_ids, const ForwardOptions& opt) {

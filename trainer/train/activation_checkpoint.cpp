@@ -13,10 +13,9 @@
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 
-#include <ATen/ops/arange.h>
-
-#include <map>
+#include <memory>
 #include <mutex>
+#include <vector>
 
 #include "trainer/io/error.h"
 #include "trainer/train/train.h"
@@ -117,36 +116,6 @@ at::Tensor checkpointed(const Fn& fn, const at::Tensor& x, const std::vector<at:
 
 namespace loratune::train {
 
-namespace {
-
-// The attention mask of DecoderModelImpl::forward (model.cpp build_mask) for
-// a call without KV cache: causal, within `window` keys when > 0, within a
-// segment when packed, and not onto padding (a padded query sees itself).
-model::AttentionMask build_mask(int64_t window, int64_t B, int64_t T,
-                                const model::ForwardOptions& opt, const c10::Device& device) {
-  const bool window_active = window > 0 && T > window;
-  if (!opt.attention_mask.defined() && !opt.segment_ids.defined() && !window_active) {
-    return {at::Tensor(), /*is_causal=*/true};
-  }
-  auto idx = at::TensorOptions().dtype(at::kLong).device(device);
-  at::Tensor q = at::arange(0, T, idx).unsqueeze(1);  // [T,1]
-  at::Tensor k = at::arange(0, T, idx).unsqueeze(0);  // [1,T]
-  at::Tensor m = k <= q;                              // [T,T]
-  if (window > 0) m = m & (k > q - window);
-  m = m.view({1, 1, T, T});
-  if (opt.segment_ids.defined()) {
-    const at::Tensor seg = opt.segment_ids.to(device);            // [B,T]
-    m = m & (seg.unsqueeze(2) == seg.unsqueeze(1)).unsqueeze(1);  // [B,1,T,T]
-  }
-  if (opt.attention_mask.defined()) {
-    m = m & opt.attention_mask.to(device).to(at::kBool).view({B, 1, 1, T});  // [B,1,T,T]
-  }
-  m = m | (k == q).view({1, 1, T, T});
-  return {m, false};
-}
-
-}  // namespace
-
 at::Tensor forward_checkpointed(model::CausalLMImpl& m, const at::Tensor& input_ids,
                                 const model::ForwardOptions& opt) {
   return m.logits(hidden_states_checkpointed(m, input_ids, opt));  // [B,T,V]
@@ -155,36 +124,19 @@ at::Tensor forward_checkpointed(model::CausalLMImpl& m, const at::Tensor& input_
 at::Tensor hidden_states_checkpointed(model::CausalLMImpl& m, const at::Tensor& input_ids,
                                       const model::ForwardOptions& opt) {
   if (opt.cache != nullptr) throw Error("hidden_states_checkpointed: no KV cache in training");
-  if (input_ids.dim() != 2) throw Error("hidden_states_checkpointed: input_ids must be [B,T]");
-  const auto& cfg = m.config();
-  auto* dec = m.model.get();
-  const c10::Device device = m.device();
-  const int64_t B = input_ids.size(0), T = input_ids.size(1);
-  at::Tensor pos = opt.position_ids.defined()
-                       ? opt.position_ids.to(device)
-                       : at::arange(T, at::TensorOptions().dtype(at::kLong).device(device))
-                             .unsqueeze(0)
-                             .expand({B, T});                       // [B,T]
-  at::Tensor x = dec->embed_tokens->forward(input_ids.to(device));  // [B,T,D]
-  model::Rotary rotary(cfg, device);
-  model::LayerContext ctx;
-  std::tie(ctx.cos, ctx.sin) = rotary.cos_sin(pos, x.scalar_type());  // [B,T,Dh]
-  std::map<int64_t, model::AttentionMask> masks;
-  for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
-    const int64_t w = cfg.layer_window[l];
-    auto it = masks.find(w);
-    if (it == masks.end()) it = masks.emplace(w, build_mask(w, B, T, opt, device)).first;
-    auto layer = dec->layers->ptr<model::DecoderLayerImpl>(l);
-    std::vector<at::Tensor> params;
+  // The model's own forward pass, each layer run through `checkpointed`.
+  model::ForwardOptions o = opt;
+  o.run_layer = [](const std::shared_ptr<model::DecoderLayerImpl>& layer, const at::Tensor& x,
+                   const model::LayerContext& ctx, const model::AttentionMask& mask) {
+    std::vector<at::Tensor> params;  // the layer's LoRA parameters
     for (const at::Tensor& p : layer->parameters()) {
       if (p.requires_grad()) params.push_back(p);
     }
-    const model::AttentionMask mask = it->second;
-    // Captured by value: backward calls it after this function returned.
+    // Captured by value: backward calls it after the forward returned.
     auto fn = [layer, ctx, mask](const at::Tensor& h) { return layer->forward(h, ctx, mask); };
-    x = checkpointed(fn, x, params);  // [B,T,D]
-  }
-  return dec->norm->forward(x);  // [B,T,D]
+    return checkpointed(fn, x, params);  // [B,T,D]
+  };
+  return m.hidden_states(input_ids, o);  // [B,T,D]
 }
 
 }  // namespace loratune::train

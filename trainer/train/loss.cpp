@@ -117,7 +117,7 @@ at::Tensor micro_batch_loss_sum(model::CausalLMImpl& model, const MicroBatch& mb
   // The fused projection + loss needs a plain frozen lm_head (an adapter on
   // lm_head goes through the logits).
   if ((!model.lm_head || !model.lm_head->adapter()) && !model.lm_head_weight().requires_grad()) {
-    return linear_loss_sum(hidden, model.lm_head_weight(), mb.labels, mb.target_tokens);
+    return linear_loss_sum(hidden, model.output_head(), mb.labels, mb.target_tokens);
   }
   return token_loss_sum(model.logits(hidden), mb.labels);  // logits [B,T,V]
 }

@@ -70,14 +70,16 @@ int64_t count_target_tokens(const at::Tensor& labels);
 // labels [B,T] (ignore -100): a 0-dim float32 tensor on the logits' device.
 at::Tensor token_loss_sum(const at::Tensor& logits, const at::Tensor& labels);
 
-// The same sum from the final hidden states [B,T,D] and the output
-// projection's weight [V,D] (frozen): hidden[:, :-1] predicts labels[:, 1:],
+// The same sum from the final hidden states [B,T,D] and the model's output
+// head (frozen weight [V,D] and its logit transform, e.g. Gemma 2's final
+// soft-cap: the same description CausalLM::logits applies): hidden[:, :-1]
+// predicts labels[:, 1:],
 // and only the `target_tokens` rows (labels[:, 1:] != -100, the caller's
 // count; no device sync) are projected, in chunks of tokens, so the [N,V]
 // logits and their gradient never exist whole. With autograd on, the
 // gradient w.r.t. hidden is formed in the forward pass (the loss is a sum)
 // and backward scales it. A 0-dim float32 tensor on hidden's device.
-at::Tensor linear_loss_sum(const at::Tensor& hidden, const at::Tensor& weight,
+at::Tensor linear_loss_sum(const at::Tensor& hidden, const model::OutputHead& head,
                            const at::Tensor& labels, int64_t target_tokens);
 
 // forward + loss sum for one micro-batch (linear_loss_sum, or token_loss_sum
@@ -239,9 +241,9 @@ at::Tensor checkpointed(const std::function<at::Tensor(const at::Tensor&)>& fn, 
                         const std::vector<at::Tensor>& params);
 
 // model.forward(input_ids, opt) (no KV cache) with every decoder layer
-// checkpointed: logits [B,T,V]. The per-call inputs (embeddings, RoPE tables,
-// attention masks) are built as DecoderModelImpl::forward builds them; a test
-// checks the logits equal model.forward's.
+// checkpointed: logits [B,T,V]. It is the model's own forward pass with
+// ForwardOptions::run_layer wrapping each layer in `checkpointed`, so the
+// two cannot diverge.
 at::Tensor forward_checkpointed(model::CausalLMImpl& model, const at::Tensor& input_ids,
                                 const model::ForwardOptions& opt);
 // The same before lm_head: the final normed hidden states [B,T,D].
