@@ -1,8 +1,11 @@
-// run_training: model + adapters + data + Trainer + run directory.
+// run_training: the run directory policy (open_run_dir), then a TrainingRun
+// in three phases.
 //
-// setup() order: check the run directory; seed; load the model; inject LoRA
-// (then lora.init_from); prepare the data; build the Trainer; on resume
-// restore the newest checkpoint; write config.yaml; loop.
+// Setup (the constructor), in order: seed; load the model; inject LoRA (then
+// lora.init_from); prepare the data; build the Trainer; on resume restore the
+// newest checkpoint; write config.yaml. loop(): the steps, logging through
+// StepLogger (metrics.cpp), checkpoints, evaluations, stops. finish(): the
+// final evaluation, the summary line and the adapter.
 #include <ATen/Context.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/stack.h>
@@ -236,92 +239,6 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
-// Host copies of StepResults, taken at log points only: the one place the
-// step loop waits for the device.
-struct Logger {
-  MetricsLog* log = nullptr;
-  Progress* progress = nullptr;
-  DeviceTimer* timer = nullptr;  // device time of the steps since the last flush
-  c10::Device device{c10::kCPU};
-  int64_t max_bad_steps = 1;
-  int64_t bad_run = 0;  // consecutive skipped steps so far
-  std::vector<std::pair<int64_t, StepResult>> pending;
-  double window_start_s = 0;
-  int64_t window_tokens = 0;
-  bool window_open = false;  // the timer is running
-
-  // Starts timing the next window (before its first step is queued).
-  void open_window() {
-    if (window_open) return;
-    timer->start();
-    window_open = true;
-  }
-
-  // Syncs once for the pending steps and writes them. Returns false when the
-  // run has reached max_bad_steps consecutive skipped steps. On CUDA the
-  // records also hold the window's device time per step (CUDA events) and
-  // the caching allocator's memory.
-  bool flush(double elapsed_s, int64_t tokens_seen) {
-    if (pending.empty()) return true;
-    const double dt = std::max(1e-9, elapsed_s - window_start_s);
-    const double tps = static_cast<double>(window_tokens) / dt;
-    timer->stop();
-    window_open = false;
-    const bool on_events = timer->uses_events();
-    const double step_ms = timer->elapsed_ms() / static_cast<double>(pending.size());
-    const std::optional<MemoryStats> mem = memory_stats(device);
-    // [steps,3] (loss, grad_norm, found_inf) in one device-to-host copy.
-    std::vector<at::Tensor> rows;
-    for (auto& [step, r] : pending) {
-      rows.push_back(at::stack({r.loss, r.grad_norm, r.found_inf.to(r.loss.scalar_type())}));
-    }
-    const at::Tensor host = at::stack(rows).to(at::kCPU, at::kDouble);
-    const double* v = host.data_ptr<double>();
-    bool ok = true;
-    double last_loss = 0, last_norm = 0;
-    for (size_t i = 0; i < pending.size(); ++i) {
-      const auto& [step, r] = pending[i];
-      const double loss = v[3 * i], norm = v[3 * i + 1];
-      const bool skipped = v[3 * i + 2] != 0.0;
-      last_loss = loss;
-      last_norm = norm;
-      nlohmann::ordered_json j;
-      j["step"] = step;
-      j["split"] = "train";
-      j["loss"] = loss;
-      j["lr"] = r.lr;
-      j["grad_norm"] = norm;
-      j["tokens"] = r.tokens;
-      j["tokens_per_s"] = tps;
-      j["elapsed_s"] = elapsed_s;
-      if (on_events) j["step_ms"] = step_ms;
-      if (mem) {
-        j["mem_allocated_gib"] = static_cast<double>(mem->allocated) / kGiB;
-        j["mem_peak_gib"] = static_cast<double>(mem->peak_allocated) / kGiB;
-      }
-      if (skipped) j["skipped"] = true;
-      log->write(j);
-      if (skipped) {
-        ++bad_run;
-        progress->message("loratune: warning: step " + std::to_string(step) +
-                          ": non-finite loss or gradient (loss " + std::to_string(loss) +
-                          ", grad_norm " + std::to_string(norm) + "); update skipped (" +
-                          std::to_string(bad_run) + " in a row)");
-        if (bad_run >= max_bad_steps) ok = false;
-      } else {
-        bad_run = 0;
-      }
-    }
-    const auto& last = pending.back();
-    progress->update(last.first, last_loss, last.second.lr, tps, elapsed_s, last_norm);
-    pending.clear();
-    window_start_s = elapsed_s;
-    window_tokens = 0;
-    (void)tokens_seen;
-    return ok;
-  }
-};
-
 // "loratune: 20 steps, 81920 tokens in 12.3 s (6660 tokens/s)", on CUDA with
 // "; peak GPU memory 17.2 GiB allocated, 18.0 GiB reserved".
 std::string run_summary(int64_t steps, int64_t tokens, double seconds, const c10::Device& device) {
@@ -339,168 +256,199 @@ std::string run_summary(int64_t steps, int64_t tokens, double seconds, const c10
   return line;
 }
 
-}  // namespace
-
-RunResult run_training(const config::TrainConfig& cfg, const RunOptions& opts) {
-  if (cfg.train.mixed_precision != config::MixedPrecision::kNone) {
-    // Refused rather than ignored: no autocast path exists yet.
-    throw Error("train.mixed_precision=" + config::to_string(cfg.train.mixed_precision) +
-                " is not supported yet; use model.dtype=bfloat16 (bf16 base weights, float32 "
-                "LoRA weights) with train.mixed_precision=none");
+// The run directory policy: refuses to clobber other runs (prepare_run_dir)
+// and names the checkpoint a resume continues from ("" for a fresh run).
+std::string open_run_dir(const config::TrainConfig& cfg, bool resume) {
+  prepare_run_dir(cfg, resume);
+  if (!resume) return "";
+  std::string from = latest_checkpoint(cfg.output.dir);
+  if (from.empty()) {
+    throw Error("--resume: no complete checkpoint under '" + cfg.output.dir + "/checkpoints'");
   }
-  prepare_run_dir(cfg, opts.resume);
-  const std::string run_dir = cfg.output.dir;
-  std::string resume_from;
-  if (opts.resume) {
-    resume_from = latest_checkpoint(run_dir);
-    if (resume_from.empty()) {
-      throw Error("--resume: no complete checkpoint under '" + run_dir + "/checkpoints'");
-    }
-  }
+  return from;
+}
 
+// One training run in three phases: the constructor sets everything up
+// (model, adapters, data, Trainer, restored state, config.yaml), loop() runs
+// the steps until the end or a stop, finish() evaluates and writes the adapter.
+class TrainingRun {
+ public:
+  TrainingRun(const config::TrainConfig& cfg, const RunOptions& opts, std::string resume_from);
+  // Runs the remaining steps. A stop (signal, stop_after_step) writes a
+  // checkpoint and returns with stopped_by_signal set.
+  RunResult loop();
+  // After loop() ran every step: final evaluation, summary, adapter.
+  void finish(RunResult& result);
+
+ private:
+  double elapsed() const { return elapsed0_ + seconds_since(t0_); }
+  void checkpoint(RunResult& result);
+  void run_eval(int64_t step);
+
+  const config::TrainConfig& cfg_;
+  const RunOptions& opts_;
+  const std::string run_dir_;
+  const std::string resume_from_;
+  const std::string model_dir_;  // model.path on disk (a .gguf's import when resolved)
+  model::CausalLM model_{nullptr};
+  lora::LoraSpec spec_;
+  std::vector<std::string> adapted_;
+  std::unique_ptr<data::DataLoader> loader_;
+  std::vector<MicroBatch> val_;
+  size_t train_examples_ = 0;
+  int64_t total_ = 0;
+  std::unique_ptr<Trainer> trainer_;
+  TrainState state_;
+  std::unique_ptr<MetricsLog> metrics_;  // from loop() on
+  std::unique_ptr<Progress> progress_;
+  std::chrono::steady_clock::time_point t0_;
+  double elapsed0_ = 0;
+  int64_t first_step_ = 0, tokens0_ = 0;
+};
+
+TrainingRun::TrainingRun(const config::TrainConfig& cfg, const RunOptions& opts,
+                         std::string resume_from)
+    : cfg_(cfg),
+      opts_(opts),
+      run_dir_(cfg.output.dir),
+      resume_from_(std::move(resume_from)),
+      model_dir_(opts.model_dir.empty() ? cfg.model.path : opts.model_dir) {
   // Checked before any weight is read: a sequence longer than the model's
   // positions would train positions it never learned.
-  // What model.path names on disk: the directory itself, or a .gguf file's
-  // import (the caller resolved it; the adapter still names model.path).
-  const std::string& model_dir = opts.model_dir.empty() ? cfg.model.path : opts.model_dir;
-  const int64_t max_pos = model::load_config(model_dir).max_position_embeddings;
+  const int64_t max_pos = model::load_config(model_dir_).max_position_embeddings;
   if (cfg.data.max_seq_len > max_pos) {
     throw Error("data.max_seq_len=" + std::to_string(cfg.data.max_seq_len) +
                 " exceeds the model's max_position_embeddings (" + std::to_string(max_pos) + ", " +
-                model_dir + "/config.json)");
+                model_dir_ + "/config.json)");
   }
   at::manual_seed(static_cast<uint64_t>(cfg.seed));
-  const std::string device_name = resolve_device(cfg.device);
-  model::LoadOptions load{to_scalar_type(cfg.model.dtype), device_name};
+  model::LoadOptions load{to_scalar_type(cfg.model.dtype), resolve_device(cfg.device)};
   if (cfg.model.quantize == config::Quantize::kNf4) {
     load.quantize = {model::Quantization::kNf4, cfg.model.double_quant};  // QLoRA
   }
-  model::CausalLM model = model::load_model(model_dir, load);
-  const c10::Device device = model->device();
-  const lora::LoraSpec spec = spec_of(cfg);
-  const std::vector<std::string> adapted = lora::inject_lora(*model, spec);
-  if (!cfg.lora.init_from.empty()) lora::load_adapter_weights(cfg.lora.init_from, *model);
+  model_ = model::load_model(model_dir_, load);
+  const c10::Device device = model_->device();
+  spec_ = spec_of(cfg);
+  adapted_ = lora::inject_lora(*model_, spec_);
+  if (!cfg.lora.init_from.empty()) lora::load_adapter_weights(cfg.lora.init_from, *model_);
 
   // No tokenizer files: pre-tokenized data only (pad id from config.json).
-  auto tok = data::load_tokenizer_if_present(model_dir);
+  auto tok = data::load_tokenizer_if_present(model_dir_);
   data::PreparedData prepared =
-      data::prepare_data(cfg.data, static_cast<uint64_t>(cfg.seed), tok.get(), model_dir);
-  const int32_t pad_id = data::pad_id_for_model(tok.get(), model_dir);
-  check_token_ids(prepared.train, model->config().vocab_size, "data.train", model_dir);
-  check_token_ids(prepared.validation, model->config().vocab_size, "validation", model_dir);
-  data::DataLoader loader(
+      data::prepare_data(cfg.data, static_cast<uint64_t>(cfg.seed), tok.get(), model_dir_);
+  const int32_t pad_id = data::pad_id_for_model(tok.get(), model_dir_);
+  check_token_ids(prepared.train, model_->config().vocab_size, "data.train", model_dir_);
+  check_token_ids(prepared.validation, model_->config().vocab_size, "validation", model_dir_);
+  loader_ = std::make_unique<data::DataLoader>(
       data::make_sequences(prepared.train, cfg.data.max_seq_len, cfg.data.packing),
       cfg.train.micro_batch_size, pad_id, static_cast<uint64_t>(cfg.seed), cfg.data.shuffle);
-  const std::vector<MicroBatch> val = eval_batches(prepared.validation, cfg, pad_id, device);
+  val_ = eval_batches(prepared.validation, cfg, pad_id, device);
+  train_examples_ = prepared.train.size();
 
   const int64_t accum = cfg.train.gradient_accumulation_steps;
-  const int64_t total =
-      cfg.train.max_steps > 0
-          ? cfg.train.max_steps
-          : std::max<int64_t>(1,
-                              (cfg.train.epochs * loader.batches_per_epoch() + accum - 1) / accum);
-  Trainer trainer(*model, cfg.train, total);
+  total_ = cfg.train.max_steps > 0
+               ? cfg.train.max_steps
+               : std::max<int64_t>(
+                     1, (cfg.train.epochs * loader_->batches_per_epoch() + accum - 1) / accum);
+  trainer_ = std::make_unique<Trainer>(*model_, cfg.train, total_);
 
-  TrainState state;
-  state.total_steps = total;
-  if (!resume_from.empty()) {
-    state = load_checkpoint(resume_from, *model, trainer.optimizer());
-    if (state.total_steps != total) {
-      throw Error(resume_from + ": checkpoint of a run of " + std::to_string(state.total_steps) +
-                  " steps, but this config gives " + std::to_string(total));
+  state_.total_steps = total_;
+  if (!resume_from_.empty()) {
+    state_ = load_checkpoint(resume_from_, *model_, trainer_->optimizer());
+    if (state_.total_steps != total_) {
+      throw Error(resume_from_ + ": checkpoint of a run of " + std::to_string(state_.total_steps) +
+                  " steps, but this config gives " + std::to_string(total_));
     }
-    loader.seek(state.data_position);
-    trainer.set_step_count(state.step);
+    loader_->seek(state_.data_position);
+    trainer_->set_step_count(state_.step);
     // metrics.jsonl continues from what the checkpoint had seen.
-    const fs::path m = fs::path(resume_from) / "metrics.jsonl";
-    io::write_file_atomic(run_dir + "/metrics.jsonl", fs::exists(m) ? io::read_file(m) : "");
+    const fs::path m = fs::path(resume_from_) / "metrics.jsonl";
+    io::write_file_atomic(run_dir_ + "/metrics.jsonl", fs::exists(m) ? io::read_file(m) : "");
   }
-  io::write_file_atomic(run_dir + "/config.yaml",
-                        resolved_config_text(cfg, run_dir, resume_from, state.step, opts));
+  io::write_file_atomic(run_dir_ + "/config.yaml",
+                        resolved_config_text(cfg, run_dir_, resume_from_, state_.step, opts));
+}
 
-  MetricsLog metrics(run_dir + "/metrics.jsonl");
-  Progress progress(total, opts.plain_progress);
-  progress.message("loratune: training " + std::to_string(total) + " steps on " + device.str() +
-                   " (" + std::to_string(prepared.train.size()) + " examples, " +
-                   std::to_string(val.size()) + " validation batches)" +
-                   (resume_from.empty() ? "" : ", resumed from " + resume_from));
-  progress.message("loratune: LoRA r=" + std::to_string(spec.r) +
-                   " alpha=" + format_number(spec.alpha) + " on " + std::to_string(adapted.size()) +
-                   " projections" + adapter_variants(cfg));
+void TrainingRun::checkpoint(RunResult& result) {
+  state_.step = trainer_->step_count();
+  state_.data_position = loader_->position();
+  state_.elapsed_s = elapsed();
+  result.checkpoint = save_checkpoint(run_dir_, *model_, spec_, trainer_->optimizer(), state_,
+                                      cfg_.train.keep_checkpoints);
+}
+
+void TrainingRun::run_eval(int64_t step) {
+  EvalResult e = evaluate(*model_, val_);
+  nlohmann::ordered_json j;
+  j["step"] = step;
+  j["split"] = "val";
+  j["loss"] = e.loss;
+  j["perplexity"] = e.perplexity;
+  metrics_->write(j);
+  progress_->message("step " + std::to_string(step) + " validation loss " + std::to_string(e.loss) +
+                     " perplexity " + std::to_string(e.perplexity));
+}
+
+RunResult TrainingRun::loop() {
+  const c10::Device device = model_->device();
+  metrics_ = std::make_unique<MetricsLog>(run_dir_ + "/metrics.jsonl");
+  progress_ = std::make_unique<Progress>(total_, opts_.plain_progress);
+  Progress& progress = *progress_;
+  progress.message("loratune: training " + std::to_string(total_) + " steps on " + device.str() +
+                   " (" + std::to_string(train_examples_) + " examples, " +
+                   std::to_string(val_.size()) + " validation batches)" +
+                   (resume_from_.empty() ? "" : ", resumed from " + resume_from_));
+  progress.message("loratune: LoRA r=" + std::to_string(spec_.r) +
+                   " alpha=" + format_number(spec_.alpha) + " on " +
+                   std::to_string(adapted_.size()) + " projections" + adapter_variants(cfg_));
   DeviceTimer timer(device);
   reset_peak_memory(device);
-  Logger logger;
-  logger.log = &metrics;
-  logger.progress = &progress;
-  logger.timer = &timer;
-  logger.device = device;
-  logger.max_bad_steps = cfg.train.max_bad_steps;
-  const auto t0 = std::chrono::steady_clock::now();
-  const double elapsed0 = state.elapsed_s;
-  logger.window_start_s = elapsed0;
-  auto elapsed = [&] { return elapsed0 + seconds_since(t0); };
+  t0_ = std::chrono::steady_clock::now();
+  elapsed0_ = state_.elapsed_s;
+  StepLogger logger(*metrics_, progress, timer, device, cfg_.train.max_bad_steps, elapsed0_);
+  first_step_ = trainer_->step_count();
+  tokens0_ = state_.tokens_seen;
 
   RunResult result;
-  auto checkpoint = [&](int64_t keep) {
-    state.step = trainer.step_count();
-    state.data_position = loader.position();
-    state.elapsed_s = elapsed();
-    result.checkpoint = save_checkpoint(run_dir, *model, spec, trainer.optimizer(), state, keep);
-  };
-  auto run_eval = [&](int64_t step) {
-    EvalResult e = evaluate(*model, val);
-    nlohmann::ordered_json j;
-    j["step"] = step;
-    j["split"] = "val";
-    j["loss"] = e.loss;
-    j["perplexity"] = e.perplexity;
-    metrics.write(j);
-    progress.message("step " + std::to_string(step) + " validation loss " + std::to_string(e.loss) +
-                     " perplexity " + std::to_string(e.perplexity));
-  };
-
-  const int64_t first_step = trainer.step_count();
-  const int64_t tokens0 = state.tokens_seen;
-  while (trainer.step_count() < total) {
+  const int64_t accum = cfg_.train.gradient_accumulation_steps;
+  while (trainer_->step_count() < total_) {
     logger.open_window();
     std::vector<MicroBatch> micro;
     for (int64_t a = 0; a < accum; ++a) {
-      micro.push_back(to_micro_batch(loader.next(), device, cfg.data.packing));
+      micro.push_back(to_micro_batch(loader_->next(), device, cfg_.data.packing));
     }
-    StepResult r = trainer.step(micro);
-    const int64_t step = trainer.step_count();
-    state.tokens_seen += r.tokens;
-    logger.window_tokens += r.tokens;
-    logger.pending.emplace_back(step, std::move(r));
+    StepResult r = trainer_->step(micro);
+    const int64_t step = trainer_->step_count();
+    state_.tokens_seen += r.tokens;
+    logger.add(step, std::move(r));
 
-    int stop = opts.stop_signal != nullptr ? opts.stop_signal->load() : 0;
-    if (stop == 0 && opts.stop_after_step > 0 && step >= opts.stop_after_step) stop = SIGTERM;
-    const bool save_now = cfg.train.save_every > 0 && step % cfg.train.save_every == 0;
-    if (step % cfg.train.log_every == 0 || step == total || save_now || stop != 0) {
-      const bool ok = logger.flush(elapsed(), state.tokens_seen);
-      const bool finite = adapter_is_finite(*model);
-      if (!finite) {
+    int stop = opts_.stop_signal != nullptr ? opts_.stop_signal->load() : 0;
+    if (stop == 0 && opts_.stop_after_step > 0 && step >= opts_.stop_after_step) stop = SIGTERM;
+    const bool save_now = cfg_.train.save_every > 0 && step % cfg_.train.save_every == 0;
+    if (step % cfg_.train.log_every == 0 || step == total_ || save_now || stop != 0) {
+      const bool ok = logger.flush(elapsed());
+      if (!adapter_is_finite(*model_)) {
         progress.finish();
-        throw diverged(step, run_dir);
+        throw diverged(step, run_dir_);
       }
       if (!ok) {
-        checkpoint(cfg.train.keep_checkpoints);
+        checkpoint(result);
         progress.finish();
-        throw Error("training aborted: " + std::to_string(logger.bad_run) +
+        throw Error("training aborted: " + std::to_string(logger.bad_run()) +
                         " consecutive steps with a non-finite loss or gradient "
                         "(train.max_bad_steps=" +
-                        std::to_string(cfg.train.max_bad_steps) + "); checkpoint written to " +
+                        std::to_string(cfg_.train.max_bad_steps) + "); checkpoint written to " +
                         result.checkpoint,
                     ErrorKind::kData);
       }
     }
-    if (!val.empty() && cfg.train.eval_every > 0 && step % cfg.train.eval_every == 0 &&
-        step != total) {
+    if (!val_.empty() && cfg_.train.eval_every > 0 && step % cfg_.train.eval_every == 0 &&
+        step != total_) {
       run_eval(step);
     }
-    if (save_now && step != total) checkpoint(cfg.train.keep_checkpoints);
-    if (stop != 0 && step != total) {
-      if (!save_now) checkpoint(cfg.train.keep_checkpoints);
+    if (save_now && step != total_) checkpoint(result);
+    if (stop != 0 && step != total_) {
+      if (!save_now) checkpoint(result);
       progress.message("loratune: stopped by signal " + std::to_string(stop) + " after step " +
                        std::to_string(step) + "; checkpoint " + result.checkpoint +
                        " (continue with --resume)");
@@ -510,17 +458,37 @@ RunResult run_training(const config::TrainConfig& cfg, const RunOptions& opts) {
       return result;
     }
   }
-  if (!adapter_is_finite(*model)) {
-    progress.finish();
-    throw diverged(trainer.step_count(), run_dir);
+  result.steps_done = trainer_->step_count();
+  return result;
+}
+
+void TrainingRun::finish(RunResult& result) {
+  if (!adapter_is_finite(*model_)) {
+    progress_->finish();
+    throw diverged(trainer_->step_count(), run_dir_);
   }
-  if (!val.empty()) run_eval(trainer.step_count());
-  progress.finish();
-  progress.message(run_summary(trainer.step_count() - first_step, state.tokens_seen - tokens0,
-                               seconds_since(t0), device));
-  lora::save_adapter(run_dir + "/adapter", *model, spec, /*overwrite=*/false);
-  progress.message("loratune: adapter written to " + run_dir + "/adapter");
-  result.steps_done = trainer.step_count();
+  if (!val_.empty()) run_eval(trainer_->step_count());
+  progress_->finish();
+  progress_->message(run_summary(trainer_->step_count() - first_step_,
+                                 state_.tokens_seen - tokens0_, seconds_since(t0_),
+                                 model_->device()));
+  lora::save_adapter(run_dir_ + "/adapter", *model_, spec_, /*overwrite=*/false);
+  progress_->message("loratune: adapter written to " + run_dir_ + "/adapter");
+  result.steps_done = trainer_->step_count();
+}
+
+}  // namespace
+
+RunResult run_training(const config::TrainConfig& cfg, const RunOptions& opts) {
+  if (cfg.train.mixed_precision != config::MixedPrecision::kNone) {
+    // Refused rather than ignored: no autocast path exists yet.
+    throw Error("train.mixed_precision=" + config::to_string(cfg.train.mixed_precision) +
+                " is not supported yet; use model.dtype=bfloat16 (bf16 base weights, float32 "
+                "LoRA weights) with train.mixed_precision=none");
+  }
+  TrainingRun run(cfg, opts, open_run_dir(cfg, opts.resume));
+  RunResult result = run.loop();
+  if (result.stopped_by_signal == 0) run.finish(result);
   return result;
 }
 

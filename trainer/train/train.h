@@ -45,6 +45,8 @@ class Tokenizer;
 
 namespace loratune::train {
 
+class DeviceTimer;  // device.h
+
 // ---- loss (loss.cpp) --------------------------------------------------------
 
 // One micro-batch on the model's device. All [B,T] int64; attention_mask
@@ -252,6 +254,8 @@ at::Tensor hidden_states_checkpointed(model::CausalLMImpl& model, const at::Tens
 
 // ---- metrics and progress (metrics.cpp, progress.cpp) ------------------------
 
+class Progress;
+
 // metrics.jsonl: one JSON object per line, appended and flushed per record.
 class MetricsLog {
  public:
@@ -271,6 +275,37 @@ struct FinalLosses {
   std::optional<double> val;
 };
 FinalLosses read_final_losses(const std::string& metrics_path);
+
+// The step records of metrics.jsonl and the progress line. Steps are queued
+// as device tensors and written at log points only: flush() is the one place
+// the step loop waits for the device (one device-to-host copy per flush).
+// It also counts consecutive skipped (non-finite) steps.
+class StepLogger {
+ public:
+  // elapsed0: the run's elapsed seconds when this process started (resume).
+  StepLogger(MetricsLog& log, Progress& progress, DeviceTimer& timer, const c10::Device& device,
+             int64_t max_bad_steps, double elapsed0);
+  // Starts timing a window of steps (before its first step is queued).
+  void open_window();
+  void add(int64_t step, StepResult r);
+  // Writes the queued steps; false when the run has reached max_bad_steps
+  // consecutive skipped steps. On CUDA the records also hold the window's
+  // device time per step (CUDA events) and the caching allocator's memory.
+  bool flush(double elapsed_s);
+  int64_t bad_run() const { return bad_run_; }  // consecutive skipped steps so far
+
+ private:
+  MetricsLog& log_;
+  Progress& progress_;
+  DeviceTimer& timer_;
+  c10::Device device_;
+  int64_t max_bad_steps_;
+  int64_t bad_run_ = 0;
+  std::vector<std::pair<int64_t, StepResult>> pending_;
+  double window_start_s_;
+  int64_t window_tokens_ = 0;
+  bool window_open_ = false;  // the timer is running
+};
 
 // A progress display on stderr: a \r-updated bar on a TTY, plain lines
 // otherwise (or when forced).
