@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <initializer_list>
+#include <map>
 #include <set>
 #include <string>
 
@@ -11,17 +13,6 @@
 
 namespace loratune::jinja {
 namespace {
-
-const std::set<std::string>& filter_names() {
-  static const std::set<std::string> k = {
-      "abs",    "attr",   "capitalize", "count",      "d",        "default", "dictsort",
-      "e",      "escape", "first",      "float",      "format",   "indent",  "int",
-      "items",  "join",   "last",       "length",     "list",     "lower",   "map",
-      "max",    "min",    "reject",     "rejectattr", "replace",  "reverse", "round",
-      "safe",   "select", "selectattr", "sort",       "string",   "sum",     "title",
-      "tojson", "trim",   "unique",     "upper",      "wordcount"};
-  return k;
-}
 
 const std::set<std::string>& test_names() {
   static const std::set<std::string> k = {
@@ -172,244 +163,286 @@ std::string html_escape(const std::string& s) {
   return out;
 }
 
+// Jinja2's filters, one table entry each: names -> implementation. The
+// function receives the name it was called by (some have two names).
+using Filter = Value (*)(const std::string& f, const Value& in, Args& a);
+
+const std::map<std::string, Filter>& filters() {
+  static const std::map<std::string, Filter> table = [] {
+    std::map<std::string, Filter> t;
+    auto add = [&t](std::initializer_list<const char*> names, Filter fn) {
+      for (const char* name : names) t[name] = fn;
+    };
+    add({"tojson"},
+        [](const std::string&, const Value& in, Args& a) -> Value { return tojson(in, a); });
+    add({"trim"}, [](const std::string&, const Value& in, Args& a) -> Value {
+      return Value(py_strip(to_str(in), a.get(0, "chars"), true, true));
+    });
+    add({"length", "count"},
+        [](const std::string&, const Value& in, Args&) -> Value { return Value(length(in)); });
+    add({"string"},
+        [](const std::string&, const Value& in, Args&) -> Value { return Value(to_str(in)); });
+    add({"safe"}, [](const std::string&, const Value& in, Args&) -> Value {
+      return in.is_string() ? in : Value(to_str(in));
+    });
+    add({"upper"}, [](const std::string&, const Value& in, Args&) -> Value {
+      return Value(py_upper(to_str(in)));
+    });
+    add({"lower"}, [](const std::string&, const Value& in, Args&) -> Value {
+      return Value(py_lower(to_str(in)));
+    });
+    add({"title"}, [](const std::string&, const Value& in, Args&) -> Value {
+      return Value(py_title(to_str(in)));
+    });
+    add({"capitalize"}, [](const std::string&, const Value& in, Args&) -> Value {
+      return Value(py_capitalize(to_str(in)));
+    });
+    add({"e", "escape"}, [](const std::string&, const Value& in, Args&) -> Value {
+      return Value(html_escape(to_str(in)));
+    });
+    add({"default", "d"}, [](const std::string&, const Value& in, Args& a) -> Value {
+      const Value* dflt = a.get(0, "default_value");
+      const Value* boolean = a.get(1, "boolean");
+      bool use = in.is_undefined() || (boolean && boolean->truthy() && !in.truthy());
+      return use ? (dflt ? *dflt : Value("")) : in;
+    });
+    add({"first", "last"}, [](const std::string& f, const Value& in, Args&) -> Value {
+      List items = iterate(in);
+      if (items.empty()) return Value::undefined("No " + f + " item, sequence was empty.");
+      return f == "first" ? items.front() : items.back();
+    });
+    add({"join"}, [](const std::string&, const Value& in, Args& a) -> Value {
+      const Value* sep = a.get(0, "d");
+      const Value* attr = a.get(1, "attribute");
+      const std::string sep_text = sep ? to_str(*sep) : "";
+      std::string out;
+      bool first = true;
+      for (const auto& e : iterate(in)) {
+        std::string piece = to_str(attr ? attr_path(e, to_str(*attr)) : e);
+        check_value_bytes(out.size() + (first ? 0 : sep_text.size()) + piece.size(), "join result");
+        if (!first) out += sep_text;
+        out += piece;
+        first = false;
+      }
+      return Value(out);
+    });
+    add({"items"}, [](const std::string&, const Value& in, Args& a) -> Value {
+      if (in.is_undefined()) return Value::list({});
+      if (!in.is_dict()) throw Failure{"items filter: expected a mapping, got " + in.type_name()};
+      Args none;
+      Value r;
+      call_method(in, "items", none, r);
+      return r;
+    });
+    add({"dictsort"}, [](const std::string&, const Value& in, Args& a) -> Value {
+      if (!in.is_dict()) throw Failure{"dictsort: expected a mapping, got " + in.type_name()};
+      List pairs;
+      for (const auto& [k, v] : in.dict_data().items) {
+        pairs.push_back(Value::list({Value(k), v}, Value::Flavor::kTuple));
+      }
+      std::stable_sort(pairs.begin(), pairs.end(), [](const Value& x, const Value& y) {
+        return py_lower(x.items()[0].str()) < py_lower(y.items()[0].str());
+      });
+      return Value::list(std::move(pairs));
+    });
+    add({"list"}, [](const std::string&, const Value& in, Args&) -> Value {
+      return Value::list(iterate(in));
+    });
+    add({"reverse"}, [](const std::string&, const Value& in, Args&) -> Value {
+      if (in.is_string()) {
+        std::u32string u = decode_utf8(in.str());
+        std::reverse(u.begin(), u.end());
+        return Value(encode_utf8(u));
+      }
+      List items = iterate(in);
+      std::reverse(items.begin(), items.end());
+      return Value::list(std::move(items));
+    });
+    add({"int"}, [](const std::string&, const Value& in, Args& a) -> Value {
+      const Value* dflt = a.get(0, "default");
+      if (in.is_string() || in.is_number() || in.kind() == Value::Kind::kBool) {
+        if (in.is_string()) {
+          std::string s = py_strip(in.str(), nullptr, true, true);
+          bool numeric = !s.empty() && s.find_first_not_of("+-0123456789._eE") == std::string::npos;
+          if (!numeric) return dflt ? *dflt : Value(int64_t{0});
+        }
+        return Value(to_int(in));
+      }
+      return dflt ? *dflt : Value(int64_t{0});
+    });
+    add({"float"}, [](const std::string&, const Value& in, Args& a) -> Value {
+      if (in.is_number()) return Value(in.as_double());
+      try {
+        return Value(std::stod(to_str(in)));
+      } catch (const std::exception&) {
+        const Value* dflt = a.get(0, "default");
+        return dflt ? *dflt : Value(0.0);
+      }
+    });
+    add({"abs"}, [](const std::string&, const Value& in, Args&) -> Value {
+      if (in.kind() == Value::Kind::kInt)
+        return Value(in.as_int() < 0 ? -in.as_int() : in.as_int());
+      if (in.is_number()) return Value(std::fabs(in.as_double()));
+      throw Failure{"bad operand type for abs(): '" + in.type_name() + "'"};
+    });
+    add({"round"}, [](const std::string&, const Value& in, Args& a) -> Value {
+      const Value* p = a.get(0, "precision");
+      double scale = std::pow(10.0, p ? static_cast<double>(p->as_int()) : 0.0);
+      return Value(std::nearbyint(in.as_double() * scale) / scale);
+    });
+    add({"replace"}, [](const std::string&, const Value& in, Args& a) -> Value {
+      const Value* from = a.get(0, "old");
+      const Value* to = a.get(1, "new");
+      const Value* count = a.get(2, "count");
+      if (!from || !to) throw Failure{"replace filter takes two arguments"};
+      return Value(
+          py_replace(to_str(in), to_str(*from), to_str(*to), count ? count->as_int() : -1));
+    });
+    add({"indent"}, [](const std::string&, const Value& in, Args& a) -> Value {
+      const Value* w = a.get(0, "width");
+      const Value* first = a.get(1, "first");
+      const Value* blank = a.get(2, "blank");
+      if (w && !w->is_string() && w->kind() != Value::Kind::kInt)
+        throw Failure{"indent filter: width must be an int or str"};
+      if (w && w->kind() == Value::Kind::kInt)
+        check_value_bytes(static_cast<size_t>(std::max<int64_t>(w->as_int(), 0)), "indent width");
+      std::string pad =
+          w && w->is_string()
+              ? w->str()
+              : std::string(w ? static_cast<size_t>(std::max<int64_t>(w->as_int(), 0)) : 4, ' ');
+      std::string s = to_str(in), out;
+      size_t pos = 0;
+      bool is_first = true;
+      while (true) {
+        size_t nl = s.find('\n', pos);
+        std::string line = s.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
+        bool add = (!is_first || (first && first->truthy())) &&
+                   (!line.empty() || (blank && blank->truthy()));
+        check_value_bytes(out.size() + (add ? pad.size() : 0) + line.size() + 1, "indent result");
+        if (add) out += pad;
+        out += line;
+        if (nl == std::string::npos) break;
+        out += '\n';
+        pos = nl + 1;
+        is_first = false;
+      }
+      return Value(out);
+    });
+    add({"format"}, [](const std::string&, const Value& in, Args& a) -> Value {
+      if (!in.is_string()) throw Failure{"format filter expects a string"};
+      const std::string& s = in.str();
+      std::string out;
+      size_t ai = 0;
+      for (size_t i = 0; i < s.size(); ++i) {
+        if (s[i] != '%') {
+          out += s[i];
+          continue;
+        }
+        if (i + 1 >= s.size()) throw Failure{"format: incomplete format"};
+        char c = s[++i];
+        if (c == '%') {
+          out += '%';
+          continue;
+        }
+        if (c != 's' && c != 'd')
+          throw Failure{std::string("format: unsupported conversion %") + c};
+        if (ai >= a.pos.size()) throw Failure{"format: not enough arguments for format string"};
+        std::string piece = c == 'd' ? std::to_string(to_int(a.pos[ai++])) : to_str(a.pos[ai++]);
+        check_value_bytes(out.size() + piece.size() + s.size(), "format result");
+        out += piece;
+      }
+      return Value(out);
+    });
+    add({"map"}, [](const std::string&, const Value& in, Args& a) -> Value {
+      List out;
+      const Value* attr = a.get(SIZE_MAX, "attribute");
+      for (const auto& e : iterate(in)) {
+        if (attr) {
+          Value v = attr_path(e, to_str(*attr));
+          const Value* dflt = a.get(SIZE_MAX, "default");
+          out.push_back(v.is_undefined() && dflt ? *dflt : v);
+        } else {
+          if (a.pos.empty() || !a.pos[0].is_string())
+            throw Failure{"map needs a filter name or attribute="};
+          Args fa = rest_args(a, 1);
+          out.push_back(apply_filter(a.pos[0].str(), e, fa));
+        }
+      }
+      return Value::list(std::move(out));
+    });
+    add({"select", "reject"}, [](const std::string& f, const Value& in, Args& a) -> Value {
+      return select_like(in, a, false, f == "select");
+    });
+    add({"selectattr", "rejectattr"}, [](const std::string& f, const Value& in, Args& a) -> Value {
+      return select_like(in, a, true, f == "selectattr");
+    });
+    add({"attr"}, [](const std::string&, const Value& in, Args& a) -> Value {
+      const Value* n = a.get(0, "name");
+      if (!n || !n->is_string()) throw Failure{"attr filter needs a name"};
+      return get_attr(in, n->str());
+    });
+    add({"sort"},
+        [](const std::string&, const Value& in, Args& a) -> Value { return sort_list(in, a); });
+    add({"unique"}, [](const std::string&, const Value& in, Args&) -> Value {
+      List out;
+      size_t work = 0;
+      for (const auto& e : iterate(in)) {
+        bool seen = false;
+        for (const auto& o : out) seen = seen || equals(o, e);
+        if (!seen) out.push_back(e);
+        if ((work += out.size()) > 100000) work = 0, check_render_time();  // quadratic
+      }
+      return Value::list(std::move(out));
+    });
+    add({"min", "max"}, [](const std::string& f, const Value& in, Args&) -> Value {
+      List items = iterate(in);
+      if (items.empty()) return Value::undefined("No aggregated item, sequence was empty.");
+      Value best = items[0];
+      for (const auto& e : items) {
+        int c = compare(e, best);
+        if (f == "min" ? c < 0 : c > 0) best = e;
+      }
+      return best;
+    });
+    add({"sum"}, [](const std::string&, const Value& in, Args& a) -> Value {
+      const Value* attr = a.get(SIZE_MAX, "attribute");
+      const Value* start = a.get(SIZE_MAX, "start");
+      bool is_float = false;
+      double fs = start ? start->as_double() : 0.0;
+      int64_t is = start && start->kind() == Value::Kind::kInt ? start->as_int() : 0;
+      for (const auto& e : iterate(in)) {
+        Value v = attr ? attr_path(e, to_str(*attr)) : e;
+        if (!v.is_number()) throw Failure{"sum: unsupported operand type '" + v.type_name() + "'"};
+        is_float = is_float || v.kind() == Value::Kind::kFloat;
+        fs += v.as_double();
+        if (v.kind() == Value::Kind::kInt) is += v.as_int();
+      }
+      return is_float ? Value(fs) : Value(is);
+    });
+    add({"wordcount"}, [](const std::string&, const Value& in, Args&) -> Value {
+      Args none;
+      Value parts;
+      call_method(Value(to_str(in)), "split", none, parts);
+      return Value(static_cast<int64_t>(parts.items().size()));
+    });
+    return t;
+  }();
+  return table;
+}
+
 }  // namespace
 
 bool is_known_filter(const std::string& name) {
-  return filter_names().count(name) > 0;
+  return filters().count(name) > 0;
 }
 bool is_known_test(const std::string& name) {
   return test_names().count(name) > 0;
 }
 
 Value apply_filter(const std::string& f, const Value& in, Args& a) {
-  auto arg = [&](size_t i, const char* n) { return a.get(i, n); };
-  auto need_str = [&]() -> std::string { return to_str(in); };
-  if (f == "tojson") return tojson(in, a);
-  if (f == "trim") return Value(py_strip(need_str(), arg(0, "chars"), true, true));
-  if (f == "length" || f == "count") return Value(length(in));
-  if (f == "string") return Value(to_str(in));
-  if (f == "safe") return in.is_string() ? in : Value(to_str(in));
-  if (f == "upper") return Value(py_upper(need_str()));
-  if (f == "lower") return Value(py_lower(need_str()));
-  if (f == "title") return Value(py_title(need_str()));
-  if (f == "capitalize") return Value(py_capitalize(need_str()));
-  if (f == "e" || f == "escape") return Value(html_escape(need_str()));
-  if (f == "default" || f == "d") {
-    const Value* dflt = arg(0, "default_value");
-    const Value* boolean = arg(1, "boolean");
-    bool use = in.is_undefined() || (boolean && boolean->truthy() && !in.truthy());
-    return use ? (dflt ? *dflt : Value("")) : in;
-  }
-  if (f == "first" || f == "last") {
-    List items = iterate(in);
-    if (items.empty()) return Value::undefined("No " + f + " item, sequence was empty.");
-    return f == "first" ? items.front() : items.back();
-  }
-  if (f == "join") {
-    const Value* sep = arg(0, "d");
-    const Value* attr = arg(1, "attribute");
-    const std::string sep_text = sep ? to_str(*sep) : "";
-    std::string out;
-    bool first = true;
-    for (const auto& e : iterate(in)) {
-      std::string piece = to_str(attr ? attr_path(e, to_str(*attr)) : e);
-      check_value_bytes(out.size() + (first ? 0 : sep_text.size()) + piece.size(), "join result");
-      if (!first) out += sep_text;
-      out += piece;
-      first = false;
-    }
-    return Value(out);
-  }
-  if (f == "items") {
-    if (in.is_undefined()) return Value::list({});
-    if (!in.is_dict()) throw Failure{"items filter: expected a mapping, got " + in.type_name()};
-    Args none;
-    Value r;
-    call_method(in, "items", none, r);
-    return r;
-  }
-  if (f == "dictsort") {
-    if (!in.is_dict()) throw Failure{"dictsort: expected a mapping, got " + in.type_name()};
-    List pairs;
-    for (const auto& [k, v] : in.dict_data().items) {
-      pairs.push_back(Value::list({Value(k), v}, Value::Flavor::kTuple));
-    }
-    std::stable_sort(pairs.begin(), pairs.end(), [](const Value& x, const Value& y) {
-      return py_lower(x.items()[0].str()) < py_lower(y.items()[0].str());
-    });
-    return Value::list(std::move(pairs));
-  }
-  if (f == "list") return Value::list(iterate(in));
-  if (f == "reverse") {
-    if (in.is_string()) {
-      std::u32string u = decode_utf8(in.str());
-      std::reverse(u.begin(), u.end());
-      return Value(encode_utf8(u));
-    }
-    List items = iterate(in);
-    std::reverse(items.begin(), items.end());
-    return Value::list(std::move(items));
-  }
-  if (f == "int") {
-    const Value* dflt = arg(0, "default");
-    if (in.is_string() || in.is_number() || in.kind() == Value::Kind::kBool) {
-      if (in.is_string()) {
-        std::string s = py_strip(in.str(), nullptr, true, true);
-        bool numeric = !s.empty() && s.find_first_not_of("+-0123456789._eE") == std::string::npos;
-        if (!numeric) return dflt ? *dflt : Value(int64_t{0});
-      }
-      return Value(to_int(in));
-    }
-    return dflt ? *dflt : Value(int64_t{0});
-  }
-  if (f == "float") {
-    if (in.is_number()) return Value(in.as_double());
-    try {
-      return Value(std::stod(to_str(in)));
-    } catch (const std::exception&) {
-      const Value* dflt = arg(0, "default");
-      return dflt ? *dflt : Value(0.0);
-    }
-  }
-  if (f == "abs") {
-    if (in.kind() == Value::Kind::kInt) return Value(in.as_int() < 0 ? -in.as_int() : in.as_int());
-    if (in.is_number()) return Value(std::fabs(in.as_double()));
-    throw Failure{"bad operand type for abs(): '" + in.type_name() + "'"};
-  }
-  if (f == "round") {
-    const Value* p = arg(0, "precision");
-    double scale = std::pow(10.0, p ? static_cast<double>(p->as_int()) : 0.0);
-    return Value(std::nearbyint(in.as_double() * scale) / scale);
-  }
-  if (f == "replace") {
-    const Value* from = arg(0, "old");
-    const Value* to = arg(1, "new");
-    const Value* count = arg(2, "count");
-    if (!from || !to) throw Failure{"replace filter takes two arguments"};
-    return Value(py_replace(need_str(), to_str(*from), to_str(*to), count ? count->as_int() : -1));
-  }
-  if (f == "indent") {
-    const Value* w = arg(0, "width");
-    const Value* first = arg(1, "first");
-    const Value* blank = arg(2, "blank");
-    if (w && !w->is_string() && w->kind() != Value::Kind::kInt)
-      throw Failure{"indent filter: width must be an int or str"};
-    if (w && w->kind() == Value::Kind::kInt)
-      check_value_bytes(static_cast<size_t>(std::max<int64_t>(w->as_int(), 0)), "indent width");
-    std::string pad =
-        w && w->is_string()
-            ? w->str()
-            : std::string(w ? static_cast<size_t>(std::max<int64_t>(w->as_int(), 0)) : 4, ' ');
-    std::string s = need_str(), out;
-    size_t pos = 0;
-    bool is_first = true;
-    while (true) {
-      size_t nl = s.find('\n', pos);
-      std::string line = s.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
-      bool add = (!is_first || (first && first->truthy())) &&
-                 (!line.empty() || (blank && blank->truthy()));
-      check_value_bytes(out.size() + (add ? pad.size() : 0) + line.size() + 1, "indent result");
-      if (add) out += pad;
-      out += line;
-      if (nl == std::string::npos) break;
-      out += '\n';
-      pos = nl + 1;
-      is_first = false;
-    }
-    return Value(out);
-  }
-  if (f == "format") {
-    if (!in.is_string()) throw Failure{"format filter expects a string"};
-    const std::string& s = in.str();
-    std::string out;
-    size_t ai = 0;
-    for (size_t i = 0; i < s.size(); ++i) {
-      if (s[i] != '%') {
-        out += s[i];
-        continue;
-      }
-      if (i + 1 >= s.size()) throw Failure{"format: incomplete format"};
-      char c = s[++i];
-      if (c == '%') {
-        out += '%';
-        continue;
-      }
-      if (c != 's' && c != 'd') throw Failure{std::string("format: unsupported conversion %") + c};
-      if (ai >= a.pos.size()) throw Failure{"format: not enough arguments for format string"};
-      std::string piece = c == 'd' ? std::to_string(to_int(a.pos[ai++])) : to_str(a.pos[ai++]);
-      check_value_bytes(out.size() + piece.size() + s.size(), "format result");
-      out += piece;
-    }
-    return Value(out);
-  }
-  if (f == "map") {
-    List out;
-    const Value* attr = a.get(SIZE_MAX, "attribute");
-    for (const auto& e : iterate(in)) {
-      if (attr) {
-        Value v = attr_path(e, to_str(*attr));
-        const Value* dflt = a.get(SIZE_MAX, "default");
-        out.push_back(v.is_undefined() && dflt ? *dflt : v);
-      } else {
-        if (a.pos.empty() || !a.pos[0].is_string())
-          throw Failure{"map needs a filter name or attribute="};
-        Args fa = rest_args(a, 1);
-        out.push_back(apply_filter(a.pos[0].str(), e, fa));
-      }
-    }
-    return Value::list(std::move(out));
-  }
-  if (f == "select" || f == "reject") return select_like(in, a, false, f == "select");
-  if (f == "selectattr" || f == "rejectattr") return select_like(in, a, true, f == "selectattr");
-  if (f == "attr") {
-    const Value* n = arg(0, "name");
-    if (!n || !n->is_string()) throw Failure{"attr filter needs a name"};
-    return get_attr(in, n->str());
-  }
-  if (f == "sort") return sort_list(in, a);
-  if (f == "unique") {
-    List out;
-    size_t work = 0;
-    for (const auto& e : iterate(in)) {
-      bool seen = false;
-      for (const auto& o : out) seen = seen || equals(o, e);
-      if (!seen) out.push_back(e);
-      if ((work += out.size()) > 100000) work = 0, check_render_time();  // quadratic
-    }
-    return Value::list(std::move(out));
-  }
-  if (f == "min" || f == "max") {
-    List items = iterate(in);
-    if (items.empty()) return Value::undefined("No aggregated item, sequence was empty.");
-    Value best = items[0];
-    for (const auto& e : items) {
-      int c = compare(e, best);
-      if (f == "min" ? c < 0 : c > 0) best = e;
-    }
-    return best;
-  }
-  if (f == "sum") {
-    const Value* attr = a.get(SIZE_MAX, "attribute");
-    const Value* start = a.get(SIZE_MAX, "start");
-    bool is_float = false;
-    double fs = start ? start->as_double() : 0.0;
-    int64_t is = start && start->kind() == Value::Kind::kInt ? start->as_int() : 0;
-    for (const auto& e : iterate(in)) {
-      Value v = attr ? attr_path(e, to_str(*attr)) : e;
-      if (!v.is_number()) throw Failure{"sum: unsupported operand type '" + v.type_name() + "'"};
-      is_float = is_float || v.kind() == Value::Kind::kFloat;
-      fs += v.as_double();
-      if (v.kind() == Value::Kind::kInt) is += v.as_int();
-    }
-    return is_float ? Value(fs) : Value(is);
-  }
-  if (f == "wordcount") {
-    Args none;
-    Value parts;
-    call_method(Value(need_str()), "split", none, parts);
-    return Value(static_cast<int64_t>(parts.items().size()));
-  }
-  throw Failure{"unknown filter '" + f + "'"};
+  auto it = filters().find(f);
+  if (it == filters().end()) throw Failure{"unknown filter '" + f + "'"};
+  return it->second(f, in, a);
 }
 
 bool apply_test(const std::string& t, const Value& v, Args& a) {
