@@ -7,8 +7,8 @@
 #include <cstdint>
 #include <string>
 
+#include "trainer/chat/chat_template.h"
 #include "trainer/io/error.h"
-#include "trainer/tokenizer/chat_template.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using loratune::chat::Json;

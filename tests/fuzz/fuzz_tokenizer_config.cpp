@@ -5,8 +5,8 @@
 #include <string>
 
 #include "tests/fuzz/fuzz_util.h"
+#include "trainer/chat/chat_template.h"
 #include "trainer/io/error.h"
-#include "trainer/tokenizer/chat_template.h"
 #include "trainer/tokenizer/tokenizer.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

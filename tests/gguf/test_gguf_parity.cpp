@@ -17,10 +17,10 @@
 #include <nlohmann/json.hpp>
 
 #include "common/test_env.h"
+#include "trainer/chat/chat_template.h"
 #include "trainer/gguf/gguf.h"
 #include "trainer/io/safetensors.h"
 #include "trainer/io/sha256.h"
-#include "trainer/tokenizer/chat_template.h"
 #include "trainer/tokenizer/tokenizer.h"
 
 using nlohmann::json;

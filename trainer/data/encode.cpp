@@ -5,10 +5,10 @@
 #include <string>
 #include <vector>
 
+#include "trainer/chat/chat_template.h"
 #include "trainer/data/data.h"
 #include "trainer/data/detail.h"
 #include "trainer/io/error.h"
-#include "trainer/tokenizer/chat_template.h"
 #include "trainer/tokenizer/tokenizer.h"
 
 namespace loratune::data {

@@ -1,4 +1,4 @@
-// trainer/tokenizer/jinja_eval.cpp — executes the syntax tree.
+// trainer/chat/jinja_eval.cpp — executes the syntax tree.
 //
 // Scoping follows jinja2: each for-loop iteration gets a fresh scope over the
 // enclosing ones (so a `set` inside a loop is gone at the next iteration —
@@ -9,9 +9,9 @@
 #include <string>
 #include <unordered_map>
 
+#include "trainer/chat/jinja.h"
+#include "trainer/chat/jinja_ast.h"
 #include "trainer/io/error.h"
-#include "trainer/tokenizer/jinja.h"
-#include "trainer/tokenizer/jinja_ast.h"
 
 namespace loratune::jinja {
 

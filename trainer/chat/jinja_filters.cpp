@@ -1,4 +1,4 @@
-// trainer/tokenizer/jinja_filters.cpp — Jinja2's built-in filters and tests
+// trainer/chat/jinja_filters.cpp — Jinja2's built-in filters and tests
 // that chat templates use, plus transformers' tojson override
 // (json.dumps(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)).
 #include <algorithm>
@@ -6,24 +6,12 @@
 #include <cstdlib>
 #include <initializer_list>
 #include <map>
-#include <set>
 #include <string>
 
-#include "trainer/tokenizer/jinja_ast.h"
+#include "trainer/chat/jinja_ast.h"
 
 namespace loratune::jinja {
 namespace {
-
-const std::set<std::string>& test_names() {
-  static const std::set<std::string> k = {
-      "boolean", "callable", "defined",  "divisibleby", "eq",          "equalto",
-      "even",    "false",    "float",    "ge",          "greaterthan", "gt",
-      "in",      "integer",  "iterable", "le",          "lessthan",    "lower",
-      "lt",      "mapping",  "ne",       "none",        "number",      "odd",
-      "sameas",  "sequence", "string",   "true",        "undefined",   "upper",
-      "==",      "!=",       "<",        "<=",          ">",           ">="};
-  return k;
-}
 
 int64_t to_int(const Value& v) {
   switch (v.kind()) {
@@ -430,13 +418,108 @@ const std::map<std::string, Filter>& filters() {
   return table;
 }
 
+// Jinja2's tests ("is defined", "is divisibleby 3", ...), one table entry
+// each: names -> implementation, called with the name it was used by.
+using Test = bool (*)(const std::string& t, const Value& v, Args& a);
+
+// The test's one argument ("is divisibleby 3"); a Failure naming the test when absent.
+const Value& test_arg(const std::string& t, const Args& a) {
+  if (a.pos.empty()) throw Failure{"test '" + t + "' needs an argument"};
+  return a.pos[0];
+}
+
+const std::map<std::string, Test>& tests() {
+  static const std::map<std::string, Test> table = [] {
+    using K = Value::Kind;
+    std::map<std::string, Test> t;
+    auto add = [&t](std::initializer_list<const char*> names, Test fn) {
+      for (const char* name : names) t[name] = fn;
+    };
+    add({"defined"},
+        [](const std::string&, const Value& v, Args&) -> bool { return !v.is_undefined(); });
+    add({"undefined"},
+        [](const std::string&, const Value& v, Args&) -> bool { return v.is_undefined(); });
+    add({"none"}, [](const std::string&, const Value& v, Args&) -> bool { return v.is_none(); });
+    add({"string"},
+        [](const std::string&, const Value& v, Args&) -> bool { return v.is_string(); });
+    add({"mapping"}, [](const std::string&, const Value& v, Args&) -> bool { return v.is_dict(); });
+    add({"boolean"},
+        [](const std::string&, const Value& v, Args&) -> bool { return v.kind() == K::kBool; });
+    add({"true"}, [](const std::string&, const Value& v, Args&) -> bool {
+      return v.kind() == K::kBool && v.as_bool();
+    });
+    add({"false"}, [](const std::string&, const Value& v, Args&) -> bool {
+      return v.kind() == K::kBool && !v.as_bool();
+    });
+    add({"integer"},
+        [](const std::string&, const Value& v, Args&) -> bool { return v.kind() == K::kInt; });
+    add({"float"},
+        [](const std::string&, const Value& v, Args&) -> bool { return v.kind() == K::kFloat; });
+    add({"number"}, [](const std::string&, const Value& v, Args&) -> bool {
+      return v.is_number() || v.kind() == K::kBool;
+    });
+    add({"callable"},
+        [](const std::string&, const Value& v, Args&) -> bool { return v.kind() == K::kCallable; });
+    add({"iterable"}, [](const std::string&, const Value& v, Args&) -> bool {
+      return v.is_string() || v.is_list() || v.is_dict() || v.is_undefined();
+    });
+    add({"sequence"}, [](const std::string&, const Value& v, Args&) -> bool {
+      return v.is_string() || v.is_list() || v.is_dict() || v.is_undefined();
+    });
+    add({"lower"}, [](const std::string&, const Value& v, Args&) -> bool {
+      return v.is_string() && py_lower(v.str()) == v.str();
+    });
+    add({"upper"}, [](const std::string&, const Value& v, Args&) -> bool {
+      return v.is_string() && py_upper(v.str()) == v.str();
+    });
+    add({"odd", "even"}, [](const std::string& t, const Value& v, Args&) -> bool {
+      if (v.kind() != K::kInt) throw Failure{"test '" + t + "' needs an integer"};
+      return (v.as_int() % 2 != 0) == (t == "odd");
+    });
+    add({"divisibleby"}, [](const std::string& t, const Value& v, Args& a) -> bool {
+      const Value& n = test_arg(t, a);
+      if (v.kind() != K::kInt || n.kind() != K::kInt || n.as_int() == 0)
+        throw Failure{"divisibleby needs integers"};
+      return v.as_int() % n.as_int() == 0;
+    });
+    add({"eq", "equalto", "=="}, [](const std::string& t, const Value& v, Args& a) -> bool {
+      return equals(v, test_arg(t, a));
+    });
+    add({"ne", "!="}, [](const std::string& t, const Value& v, Args& a) -> bool {
+      return !equals(v, test_arg(t, a));
+    });
+    add({"lt", "lessthan", "<"}, [](const std::string& t, const Value& v, Args& a) -> bool {
+      return compare(v, test_arg(t, a)) < 0;
+    });
+    add({"le", "<="}, [](const std::string& t, const Value& v, Args& a) -> bool {
+      return compare(v, test_arg(t, a)) <= 0;
+    });
+    add({"gt", "greaterthan", ">"}, [](const std::string& t, const Value& v, Args& a) -> bool {
+      return compare(v, test_arg(t, a)) > 0;
+    });
+    add({"ge", ">="}, [](const std::string& t, const Value& v, Args& a) -> bool {
+      return compare(v, test_arg(t, a)) >= 0;
+    });
+    add({"in"}, [](const std::string& t, const Value& v, Args& a) -> bool {
+      return contains(test_arg(t, a), v);
+    });
+    add({"sameas"}, [](const std::string& t, const Value& v, Args& a) -> bool {
+      const Value& o = test_arg(t, a);
+      if (v.identity() || o.identity()) return v.identity() == o.identity();
+      return v.kind() == o.kind() && equals(v, o);
+    });
+    return t;
+  }();
+  return table;
+}
+
 }  // namespace
 
 bool is_known_filter(const std::string& name) {
   return filters().count(name) > 0;
 }
 bool is_known_test(const std::string& name) {
-  return test_names().count(name) > 0;
+  return tests().count(name) > 0;
 }
 
 Value apply_filter(const std::string& f, const Value& in, Args& a) {
@@ -446,50 +529,9 @@ Value apply_filter(const std::string& f, const Value& in, Args& a) {
 }
 
 bool apply_test(const std::string& t, const Value& v, Args& a) {
-  using K = Value::Kind;
-  auto other = [&]() -> const Value& {
-    if (a.pos.empty()) throw Failure{"test '" + t + "' needs an argument"};
-    return a.pos[0];
-  };
-  if (t == "defined") return !v.is_undefined();
-  if (t == "undefined") return v.is_undefined();
-  if (t == "none") return v.is_none();
-  if (t == "string") return v.is_string();
-  if (t == "mapping") return v.is_dict();
-  if (t == "boolean") return v.kind() == K::kBool;
-  if (t == "true") return v.kind() == K::kBool && v.as_bool();
-  if (t == "false") return v.kind() == K::kBool && !v.as_bool();
-  if (t == "integer") return v.kind() == K::kInt;
-  if (t == "float") return v.kind() == K::kFloat;
-  if (t == "number") return v.is_number() || v.kind() == K::kBool;
-  if (t == "callable") return v.kind() == K::kCallable;
-  if (t == "iterable") return v.is_string() || v.is_list() || v.is_dict() || v.is_undefined();
-  if (t == "sequence") return v.is_string() || v.is_list() || v.is_dict() || v.is_undefined();
-  if (t == "lower") return v.is_string() && py_lower(v.str()) == v.str();
-  if (t == "upper") return v.is_string() && py_upper(v.str()) == v.str();
-  if (t == "odd" || t == "even") {
-    if (v.kind() != K::kInt) throw Failure{"test '" + t + "' needs an integer"};
-    return (v.as_int() % 2 != 0) == (t == "odd");
-  }
-  if (t == "divisibleby") {
-    const Value& n = other();
-    if (v.kind() != K::kInt || n.kind() != K::kInt || n.as_int() == 0)
-      throw Failure{"divisibleby needs integers"};
-    return v.as_int() % n.as_int() == 0;
-  }
-  if (t == "eq" || t == "equalto" || t == "==") return equals(v, other());
-  if (t == "ne" || t == "!=") return !equals(v, other());
-  if (t == "lt" || t == "lessthan" || t == "<") return compare(v, other()) < 0;
-  if (t == "le" || t == "<=") return compare(v, other()) <= 0;
-  if (t == "gt" || t == "greaterthan" || t == ">") return compare(v, other()) > 0;
-  if (t == "ge" || t == ">=") return compare(v, other()) >= 0;
-  if (t == "in") return contains(other(), v);
-  if (t == "sameas") {
-    const Value& o = other();
-    if (v.identity() || o.identity()) return v.identity() == o.identity();
-    return v.kind() == o.kind() && equals(v, o);
-  }
-  throw Failure{"unknown test '" + t + "'"};
+  auto it = tests().find(t);
+  if (it == tests().end()) throw Failure{"unknown test '" + t + "'"};
+  return it->second(t, v, a);
 }
 
 }  // namespace loratune::jinja

@@ -1,6 +1,6 @@
-// trainer/tokenizer/jinja_value.cpp — Value construction, Python str/repr,
+// trainer/chat/jinja_value.cpp — Value construction, Python str/repr,
 // comparisons and json.dumps formatting.
-#include "trainer/tokenizer/jinja_value.h"
+#include "trainer/chat/jinja_value.h"
 
 #include <algorithm>
 #include <cmath>

@@ -1,7 +1,7 @@
 // Chat templates are untrusted code: every hostile template below must be
 // refused quickly (< 1 s) with one kResource error that names the template
 // and the limit, never crash (stack overflow), allocate gigabytes or hang
-// (trainer/tokenizer/jinja_budgets.h). Plus the error kinds of ordinary
+// (trainer/chat/jinja_budgets.h). Plus the error kinds of ordinary
 // template errors, and the same refusal through `loratune tokenize --chat`.
 #include <gtest/gtest.h>
 
@@ -9,9 +9,9 @@
 #include <string>
 
 #include "common/test_env.h"
+#include "trainer/chat/chat_template.h"
+#include "trainer/chat/jinja.h"
 #include "trainer/io/error.h"
-#include "trainer/tokenizer/chat_template.h"
-#include "trainer/tokenizer/jinja.h"
 
 namespace {
 

@@ -1,12 +1,12 @@
-// trainer/tokenizer/jinja_budgets.cpp — the active render's budgets and
+// trainer/chat/jinja_budgets.cpp — the active render's budgets and
 // clock (thread-local, set by BudgetScope) and the size checks the value
 // helpers share.
-#include "trainer/tokenizer/jinja_budgets.h"
+#include "trainer/chat/jinja_budgets.h"
 
 #include <chrono>
 #include <cstdint>
 
-#include "trainer/tokenizer/jinja_value.h"
+#include "trainer/chat/jinja_value.h"
 
 namespace loratune::jinja {
 namespace {

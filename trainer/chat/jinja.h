@@ -1,4 +1,4 @@
-// trainer/tokenizer/jinja.h — a native Jinja2 subset, sized for chat templates.
+// trainer/chat/jinja.h — a native Jinja2 subset, sized for chat templates.
 //
 // Renders like transformers' chat-template environment
 // (utils/chat_template_utils.py): ImmutableSandboxedEnvironment with
@@ -32,7 +32,7 @@
 #include <string>
 #include <vector>
 
-#include "trainer/tokenizer/jinja_value.h"
+#include "trainer/chat/jinja_value.h"
 
 namespace loratune::jinja {
 

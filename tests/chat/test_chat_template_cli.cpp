@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "chat/chat_reference.h"
 #include "common/test_env.h"
-#include "tokenizer/chat_reference.h"
 
 namespace {
 

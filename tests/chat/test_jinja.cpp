@@ -1,4 +1,4 @@
-// Unit tests of the Jinja engine (trainer/tokenizer/jinja*.{h,cpp}).
+// Unit tests of the Jinja engine (trainer/chat/jinja*.{h,cpp}).
 //
 // Snippets are rendered by loratune and by transformers' own chat-template
 // environment (tests/python/ref_chat_jinja.py); outputs must be identical and
@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "common/test_env.h"
+#include "trainer/chat/jinja.h"
 #include "trainer/io/error.h"
-#include "trainer/tokenizer/jinja.h"
 
 namespace {
 

@@ -1,11 +1,11 @@
-// trainer/tokenizer/chat_encode.cpp — rendered conversation -> token ids and
+// trainer/chat/chat_encode.cpp — rendered conversation -> token ids and
 // assistant mask, with control-token sanitising (see chat_template.h).
 #include <algorithm>
 #include <string>
 #include <vector>
 
+#include "trainer/chat/chat_template.h"
 #include "trainer/io/error.h"
-#include "trainer/tokenizer/chat_template.h"
 #include "trainer/tokenizer/tokenizer.h"
 
 namespace loratune::chat {

@@ -1,4 +1,4 @@
-// trainer/tokenizer/chat_builtins.cpp — built-in chat templates for models
+// trainer/chat/chat_builtins.cpp — built-in chat templates for models
 // that ship none. Each is a verbatim copy of (a subset of) a real model's
 // tokenizer_config.json chat_template; see chat_template.h for which.
 #include <algorithm>
@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "trainer/chat/chat_template.h"
 #include "trainer/io/error.h"
-#include "trainer/tokenizer/chat_template.h"
 
 namespace loratune::chat {
 namespace {

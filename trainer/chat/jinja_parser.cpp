@@ -1,4 +1,4 @@
-// trainer/tokenizer/jinja_parser.cpp — tokens to the syntax tree, following
+// trainer/chat/jinja_parser.cpp — tokens to the syntax tree, following
 // jinja2.parser's grammar and operator precedence (filters bind tighter than
 // binary operators; "not" looser than comparisons).
 //
@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "trainer/chat/jinja_ast.h"
 #include "trainer/io/error.h"
-#include "trainer/tokenizer/jinja_ast.h"
 
 namespace loratune::jinja {
 namespace {

@@ -1,4 +1,4 @@
-// trainer/tokenizer/jinja_value.h — the values a chat template computes with.
+// trainer/chat/jinja_value.h — the values a chat template computes with.
 //
 // A Value mirrors what Jinja2 sees when transformers renders a chat template
 // from plain JSON data: undefined, None, bool, int, float, str, list, dict, a
@@ -28,8 +28,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "trainer/chat/jinja_budgets.h"
 #include "trainer/io/error.h"
-#include "trainer/tokenizer/jinja_budgets.h"
 
 namespace loratune::jinja {
 

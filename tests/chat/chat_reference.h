@@ -6,7 +6,7 @@
 #include <string>
 
 #include "common/test_env.h"
-#include "trainer/tokenizer/chat_template.h"
+#include "trainer/chat/chat_template.h"
 
 namespace loratune::test::chat {
 

@@ -1,10 +1,10 @@
-// trainer/tokenizer/jinja_methods.cpp — attribute/item access, slicing, len,
+// trainer/chat/jinja_methods.cpp — attribute/item access, slicing, len,
 // iteration and the Python str/dict/list methods chat templates call.
 #include <utf8proc.h>
 
 #include <string>
 
-#include "trainer/tokenizer/jinja_ast.h"
+#include "trainer/chat/jinja_ast.h"
 
 namespace loratune::jinja {
 namespace {

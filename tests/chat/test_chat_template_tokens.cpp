@@ -12,10 +12,10 @@
 #include <memory>
 #include <string>
 
+#include "chat/chat_reference.h"
 #include "common/test_env.h"
-#include "tokenizer/chat_reference.h"
+#include "trainer/chat/chat_template.h"
 #include "trainer/io/error.h"
-#include "trainer/tokenizer/chat_template.h"
 #include "trainer/tokenizer/tokenizer.h"
 
 namespace {

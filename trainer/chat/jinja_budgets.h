@@ -1,4 +1,4 @@
-// trainer/tokenizer/jinja_budgets.h — the work and memory a chat template may
+// trainer/chat/jinja_budgets.h — the work and memory a chat template may
 // use.
 //
 // Chat templates come from downloaded tokenizer_config.json files: they are

@@ -1,4 +1,4 @@
-// trainer/tokenizer/jinja_globals.cpp — arithmetic operators and the global
+// trainer/chat/jinja_globals.cpp — arithmetic operators and the global
 // functions of transformers' chat-template environment (raise_exception,
 // strftime_now, namespace, dict) plus jinja2's range.
 #include <cmath>
@@ -6,7 +6,7 @@
 #include <string>
 #include <unordered_map>
 
-#include "trainer/tokenizer/jinja_ast.h"
+#include "trainer/chat/jinja_ast.h"
 
 namespace loratune::jinja {
 namespace {

@@ -1,4 +1,4 @@
-// trainer/tokenizer/jinja_ast.h — tokens and syntax tree of the Jinja subset
+// trainer/chat/jinja_ast.h — tokens and syntax tree of the Jinja subset
 // (internal to the jinja_*.cpp files; the public entry point is jinja.h).
 //
 // Every token and node carries its 1-based template line so that errors read
@@ -11,7 +11,7 @@
 #include <utility>
 #include <vector>
 
-#include "trainer/tokenizer/jinja_value.h"
+#include "trainer/chat/jinja_value.h"
 
 namespace loratune::jinja {
 

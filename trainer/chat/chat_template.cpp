@@ -1,6 +1,6 @@
-// trainer/tokenizer/chat_template.cpp — conversation -> rendered text and
+// trainer/chat/chat_template.cpp — conversation -> rendered text and
 // assistant spans (see chat_template.h for the span construction).
-#include "trainer/tokenizer/chat_template.h"
+#include "trainer/chat/chat_template.h"
 
 #include <algorithm>
 #include <cstdio>

@@ -1,4 +1,4 @@
-// trainer/tokenizer/jinja_lexer.cpp — template source to tokens, with the
+// trainer/chat/jinja_lexer.cpp — template source to tokens, with the
 // whitespace rules of jinja2.lexer under trim_blocks=True, lstrip_blocks=True.
 #include <cctype>
 #include <cstdint>
@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "trainer/chat/jinja_ast.h"
 #include "trainer/io/error.h"
-#include "trainer/tokenizer/jinja_ast.h"
 
 namespace loratune::jinja {
 namespace {

@@ -1,4 +1,4 @@
-// trainer/tokenizer/chat_template.h — chat templates: conversation -> text
+// trainer/chat/chat_template.h — chat templates: conversation -> text
 // (+ assistant spans) -> token ids with an assistant mask.
 //
 // Rendering matches transformers' apply_chat_template(tokenize=False)
@@ -19,7 +19,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "trainer/tokenizer/jinja.h"
+#include "trainer/chat/jinja.h"
 
 namespace loratune::tokenizer {
 class Tokenizer;

