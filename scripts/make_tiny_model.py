@@ -16,6 +16,7 @@ missing bias or a swapped norm).
 Weights are never committed: write them under the build directory.
 """
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -177,7 +178,7 @@ def main(argv):
                     continue
         if os.path.isdir(out_dir):
             shutil.rmtree(out_dir)
-        model = build(mt, ov, seed, small)
+        model = build(mt, copy.deepcopy(ov), seed, small)  # transformers edits nested dicts
         write(model, out_dir, shard_size)
         for f in tok_files:  # verbatim, as the model's own files would be
             shutil.copy(f, out_dir)
