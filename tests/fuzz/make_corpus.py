@@ -119,6 +119,25 @@ def model_config_seeds():
               rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0})
     del v5["torch_dtype"]
     put(t, json.dumps(v5), "llama_5x_linear")
+    gemma2 = dict(base, architectures=["Gemma2ForCausalLM"], model_type="gemma2", head_dim=32,
+                  hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=24,
+                  sliding_window=16, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+                  layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=True)
+    put(t, json.dumps(gemma2, indent=2), "gemma2")
+    gemma3 = dict(base, architectures=["Gemma3ForCausalLM"], model_type="gemma3_text",
+                  head_dim=32, query_pre_attn_scalar=32, sliding_window=16,
+                  sliding_window_pattern=2, transformers_version="5.24.0",
+                  rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0,
+                                                      "rope_theta": 1e6},
+                                   "sliding_attention": {"rope_type": "default",
+                                                         "rope_theta": 1e4}})
+    put(t, json.dumps(gemma3, indent=2), "gemma3_text")
+    phi3 = dict(base, architectures=["Phi3ForCausalLM"], model_type="phi3",
+                partial_rotary_factor=0.75, original_max_position_embeddings=64,
+                rope_scaling={"type": "su", "short_factor": [1.0, 1.1, 1.3, 1.7, 2.2, 3.0],
+                              "long_factor": [1.0, 1.5, 3.0, 6.0, 12.0, 20.0]},
+                sliding_window=32)
+    put(t, json.dumps(phi3, indent=2), "phi3_longrope")
     put(t, json.dumps({"model_type": "gpt2"}), "unsupported")
 
 
