@@ -86,6 +86,32 @@ TEST(CliInspect, JsonDescribesShardsDtypesAndWindows) {
   EXPECT_GT(j["load"]["peak_rss_bytes"].get<int64_t>(), 0);
 }
 
+// The family's structure beyond the Llama block: Gemma 2's norms, GeGLU,
+// embedding scale and soft-caps; Phi-4-mini's fused projections, longrope
+// and partial rotary; Gemma 3's second RoPE.
+TEST(CliInspect, ShowsGemmaAndPhiStructure) {
+  RunResult r = run(quote(loratune_bin()) + " inspect " + quote(tiny_model_dir("gemma2")));
+  ASSERT_EQ(r.status, 0) << r.out;
+  for (const char* want :
+       {"GeGLU (gelu_pytorch_tanh)", "RMSNorm x (1 + w)", "four norms per layer", "embeddings x 8",
+        "scores soft-capped at 5", "logits soft-capped at 10"}) {
+    EXPECT_NE(r.out.find(want), std::string::npos) << want << "\n" << r.out;
+  }
+  r = run(quote(loratune_bin()) + " inspect " + quote(tiny_model_dir("phi3-longrope")));
+  ASSERT_EQ(r.status, 0) << r.out;
+  for (const char* want : {"longrope", "original context 64", "rotating 12 of 16 dims",
+                           "fused qkv_proj", "fused gate_up_proj"}) {
+    EXPECT_NE(r.out.find(want), std::string::npos) << want << "\n" << r.out;
+  }
+  r = run(quote(loratune_bin()) + " inspect --json " + quote(tiny_model_dir("gemma3")));
+  ASSERT_EQ(r.status, 0) << r.out;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["rope"]["type"], "linear");
+  EXPECT_EQ(j["rope_local"]["theta"].get<double>(), 10000.0);
+  EXPECT_TRUE(j["norms"]["sandwich"].get<bool>());
+  EXPECT_EQ(j["softcap"]["final"].get<double>(), 0.0);
+}
+
 TEST(CliInspect, MissingDirectoryIsOneLineError) {
   RunResult r = run(quote(loratune_bin()) + " inspect /nonexistent/model");
   EXPECT_EQ(r.status, 4) << r.out;  // ErrorKind::kIo: a missing file

@@ -10,11 +10,13 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
 #include <map>
 #include <memory>
+#include <sstream>
 #include <string>
 
 #include "trainer/cli/commands.h"
@@ -29,6 +31,13 @@
 
 namespace loratune::cli {
 namespace {
+
+// 5 -> "5", 0.5 -> "0.5": the shortest form of a config number.
+std::string format_number(double v) {
+  std::ostringstream out;
+  out << v;
+  return out.str();
+}
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -122,6 +131,24 @@ json describe(const InspectOptions& o) {
       {"config_checkpoint_problems", problems},
       {"quantization", nullptr},
   };
+  // The family's structural choices beyond the Llama block (family.h).
+  auto rope_json = [](const model::RopeConfig& r) {
+    json out = {{"type", r.type}, {"theta", r.theta}, {"factor", r.factor}};
+    if (r.type == "longrope") {
+      out["original_max_position_embeddings"] = r.original_max_position_embeddings;
+      out["attention_factor"] = r.attention_factor;
+    }
+    return out;
+  };
+  j["rope"] = rope_json(c.rope);
+  j["rope"]["rotary_dim"] = c.rotary_dim();
+  j["rope_local"] = c.rope_local ? rope_json(*c.rope_local) : json(nullptr);
+  j["activation"] = c.hidden_act;
+  j["norms"] = {{"unit_offset", c.norm_unit_offset}, {"sandwich", c.sandwich_norms}};
+  j["embed_scale"] = c.embed_scale;
+  j["attention_scale"] = c.attn_scale > 0 ? c.attn_scale : 1.0 / std::sqrt(double(c.head_dim));
+  j["softcap"] = {{"attention", c.attn_softcap}, {"final", c.final_softcap}};
+  j["fused"] = {{"qkv", c.fused_qkv}, {"gate_up", c.fused_gate_up}};
   if (c.bnb_nf4) {
     // A pre-quantized bitsandbytes checkpoint: which projections are 4-bit
     // is the checkpoint's say (the states themselves are checked by --load).
@@ -181,7 +208,20 @@ void print_text(const json& j) {
     << ", head_dim " << j["head_dim"] << "\n";
   o << "rope:        " << j["rope"]["type"].get<std::string>() << ", theta "
     << j["rope"]["theta"].get<double>();
-  if (j["rope"]["type"] != "default") o << ", factor " << j["rope"]["factor"].get<double>();
+  if (j["rope"]["type"] != "default" && j["rope"]["type"] != "longrope") {
+    o << ", factor " << j["rope"]["factor"].get<double>();
+  }
+  if (j["rope"]["type"] == "longrope") {
+    o << ", original context " << j["rope"]["original_max_position_embeddings"]
+      << ", attention factor " << j["rope"]["attention_factor"].get<double>();
+  }
+  if (j["rope"]["rotary_dim"] != j["head_dim"]) {
+    o << ", rotating " << j["rope"]["rotary_dim"] << " of " << j["head_dim"] << " dims";
+  }
+  if (const json& l = j["rope_local"]; !l.is_null()) {
+    o << "; sliding layers " << l["type"].get<std::string>() << ", theta "
+      << l["theta"].get<double>();
+  }
   o << "\n";
   o << "structure:   tied embeddings " << (j["tie_word_embeddings"].get<bool>() ? "yes" : "no")
     << ", qk-norm " << (j["qk_norm"].get<bool>() ? "yes" : "no") << ", biases";
@@ -190,13 +230,30 @@ void print_text(const json& j) {
     if (v.get<bool>()) o << " " << k, any = true;
   }
   if (!any) o << " none";
-  o << "\n";
-  o << "attention:   ";
-  if (j["sliding_windows"].empty()) o << "full causal";
-  for (const auto& w : j["sliding_windows"]) {
-    o << "sliding window " << w["window"] << " on layers " << w["layers"][0] << "-"
-      << w["layers"][1] << " ";
+  o << ", MLP "
+    << (j["activation"] == "gelu_pytorch_tanh" ? "GeGLU (gelu_pytorch_tanh)" : "SwiGLU");
+  if (j["fused"]["qkv"].get<bool>()) o << ", fused qkv_proj";
+  if (j["fused"]["gate_up"].get<bool>()) o << ", fused gate_up_proj";
+  if (j["norms"]["unit_offset"].get<bool>()) o << ", RMSNorm x (1 + w)";
+  if (j["norms"]["sandwich"].get<bool>()) o << ", four norms per layer";
+  if (j["embed_scale"].get<double>() != 1.0) {
+    o << ", embeddings x " << j["embed_scale"].get<double>();
   }
+  o << "\n";
+  std::vector<std::string> attn;
+  for (const auto& w : j["sliding_windows"]) {
+    attn.push_back("sliding window " + w["window"].dump() + " on layers " + w["layers"][0].dump() +
+                   "-" + w["layers"][1].dump());
+  }
+  if (attn.empty()) attn.push_back("full causal");
+  if (const double cap = j["softcap"]["attention"].get<double>(); cap > 0) {
+    attn.push_back("scores soft-capped at " + format_number(cap));
+  }
+  if (const double cap = j["softcap"]["final"].get<double>(); cap > 0) {
+    attn.push_back("logits soft-capped at " + format_number(cap));
+  }
+  o << "attention:   ";
+  for (size_t i = 0; i < attn.size(); ++i) o << (i ? ", " : "") << attn[i];
   o << "\n";
   o << "parameters:  " << j["parameters"] << " (checkpoint holds " << j["checkpoint_parameters"]
     << ", " << human_bytes(j["checkpoint_bytes"].get<double>()) << ")\n";
