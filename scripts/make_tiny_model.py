@@ -60,6 +60,13 @@ SIZES = {
         num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=4096,
         initializer_range=0.02, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
     )),
+    # 24 layers of 1.92M parameters (184 MB float32 in the decoder layers) with
+    # the test vocabulary: per-rank memory of train.shard_base (tests/dist).
+    "shard-184m": ("llama", dict(
+        vocab_size=1000, hidden_size=384, intermediate_size=1152, num_hidden_layers=24,
+        num_attention_heads=6, num_key_value_heads=6, max_position_embeddings=1024,
+        initializer_range=0.02, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+    )),
     # A ~58M-parameter float32 llama for the training benchmark (bench_train.py):
     # embeddings + untied lm_head 2 x 16.4M, 8 layers x 3.16M.
     "bench-58m": ("llama", dict(

@@ -60,6 +60,9 @@ train:
   max_steps: 500
   micro_batch_size: 4
   gradient_accumulation_steps: 8
+  global_batch: 64
+  dist_timeout_s: 120
+  shard_base: true
   optimizer:
     name: adamw
     lr: 3e-5
@@ -119,6 +122,9 @@ const std::vector<std::string> kAllKeys = {"model.path",
                                            "train.max_steps",
                                            "train.micro_batch_size",
                                            "train.gradient_accumulation_steps",
+                                           "train.global_batch",
+                                           "train.dist_timeout_s",
+                                           "train.shard_base",
                                            "train.optimizer.name",
                                            "train.optimizer.lr",
                                            "train.optimizer.betas",
@@ -205,6 +211,9 @@ TEST(ConfigDefaults, MinimalFileGetsDocumentedDefaults) {
   EXPECT_EQ(c.train.keep_checkpoints, 3);
   EXPECT_EQ(c.train.log_every, 1);
   EXPECT_EQ(c.train.max_bad_steps, 5);
+  EXPECT_FALSE(c.train.global_batch.has_value());
+  EXPECT_EQ(c.train.dist_timeout_s, 600);
+  EXPECT_FALSE(c.train.shard_base);
   EXPECT_EQ(c.output.dir, "runs/out");
   EXPECT_FALSE(c.output.merge);
   EXPECT_FALSE(c.output.merge_dtype.has_value());
@@ -240,6 +249,9 @@ TEST(ConfigParse, EveryKeyIsRead) {
   EXPECT_EQ(c.train.max_steps, 500);
   EXPECT_EQ(c.train.micro_batch_size, 4);
   EXPECT_EQ(c.train.gradient_accumulation_steps, 8);
+  EXPECT_EQ(c.train.global_batch, std::optional<int64_t>(64));
+  EXPECT_EQ(c.train.dist_timeout_s, 120);
+  EXPECT_TRUE(c.train.shard_base);
   EXPECT_EQ(c.train.optimizer.lr, 3e-5);  // "3e-5" without a '.' is a number here
   EXPECT_EQ(c.train.optimizer.beta1, 0.85);
   EXPECT_EQ(c.train.optimizer.beta2, 0.95);
@@ -359,7 +371,10 @@ TEST(ConfigToYaml, RoundTripsDefaultsEveryKeyAndOddValues) {
 
 TEST(ConfigEquality, EachFieldChangeIsSeen) {
   const TrainConfig base = config_from_yaml_string(kMinimal);
-  std::vector<TrainConfig> changed(8, base);
+  std::vector<TrainConfig> changed(11, base);
+  changed[8].train.global_batch = 32;
+  changed[9].train.dist_timeout_s = 60;
+  changed[10].train.shard_base = true;
   changed[0].lora.dropout = 0.0;
   changed[1].data.validation = {"v.jsonl"};
   changed[2].train.scheduler.warmup_steps = 0;

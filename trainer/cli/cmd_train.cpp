@@ -5,7 +5,10 @@
 // otherwise the code of the error's kind (trainer/io/error.h), e.g. 3 (data)
 // for an abort after train.max_bad_steps non-finite steps (a checkpoint is
 // written first). A second SIGINT/SIGTERM kills at once.
+#include <torch/cuda.h>
+
 #include <atomic>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -17,6 +20,7 @@
 #include "trainer/cli/commands.h"
 #include "trainer/cli/paths.h"
 #include "trainer/config/config.h"
+#include "trainer/dist/dist.h"
 #include "trainer/export/merge.h"
 #include "trainer/gguf/export.h"
 #include "trainer/gguf/gguf.h"
@@ -42,6 +46,7 @@ struct TrainOptions {
   bool plain = false;
   bool allow_config_change = false;
   int64_t stop_after_step = 0;
+  std::string crash_at;  // test hook "RANK:STEP" (RunOptions::crash_rank/crash_step)
 };
 
 // The inputs output.dir must stay clear of (paths.h). The config file is
@@ -120,8 +125,14 @@ void write_gguf_outputs(const config::TrainConfig& cfg) {
   }
 }
 
-void train_and_merge(const TrainOptions& o, const config::TrainConfig& cfg) {
+void train_and_merge(const TrainOptions& o, const config::TrainConfig& cfg, dist::Group* group) {
   train::RunOptions ro;
+  ro.group = group;
+  if (!o.crash_at.empty()) {
+    const size_t colon = o.crash_at.find(':');
+    ro.crash_rank = std::stoi(o.crash_at.substr(0, colon));
+    ro.crash_step = std::stoll(o.crash_at.substr(colon + 1));
+  }
   ro.resume = o.resume;
   ro.stop_signal = &g_stop_signal;
   ro.stop_after_step = o.stop_after_step;
@@ -136,6 +147,7 @@ void train_and_merge(const TrainOptions& o, const config::TrainConfig& cfg) {
   std::signal(SIGINT, SIG_DFL);
   std::signal(SIGTERM, SIG_DFL);
   if (r.stopped_by_signal != 0) throw CLI::RuntimeError(128 + r.stopped_by_signal);
+  if (group != nullptr && !group->is_main()) return;  // rank 0 writes the exports
   if (cfg.output.merge) {
     exporter::MergeOptions mo;
     mo.model_dir = ro.model_dir;
@@ -164,6 +176,19 @@ void run_train(const TrainOptions& o) {
   namespace fs = std::filesystem;
   config::TrainConfig cfg = config::load_train_config(o.config, o.overrides);
   refuse_output_over_inputs("output.dir", cfg.output.dir, inputs_of(cfg));
+  // Under torchrun: join the group; rank 0 alone owns output.dir (its lock,
+  // its clean-up), the others only train.
+  std::unique_ptr<dist::Group> group;
+  if (const std::optional<dist::LaunchEnv> env = dist::launch_env(); env && env->world_size > 1) {
+    // NCCL (when built) for a run on GPUs, Gloo on the CPU.
+    const bool cuda = cfg.device != "cpu" && torch::cuda::is_available();
+    group =
+        std::make_unique<dist::Group>(*env, std::chrono::seconds(cfg.train.dist_timeout_s), cuda);
+    if (!group->is_main()) {
+      train_and_merge(o, cfg, group.get());
+      return;
+    }
+  }
   // One writer per run directory, for the whole run and its merge. A run that
   // fails before writing anything leaves no directory it created behind.
   fs::path dir = fs::absolute(cfg.output.dir).lexically_normal();
@@ -182,7 +207,7 @@ void run_train(const TrainOptions& o) {
   std::optional<io::DirLock> lock;
   lock.emplace((dir / ".loratune.lock").string(), "output.dir '" + cfg.output.dir + "'");
   try {
-    train_and_merge(o, cfg);
+    train_and_merge(o, cfg, group.get());
   } catch (...) {
     lock.reset();
     if (!first_created.empty()) {
@@ -204,7 +229,9 @@ void add_train_command(CLI::App& app) {
       "Train a LoRA adapter as a YAML config says (see configs/). Writes OUTPUT_DIR/config.yaml, "
       "metrics.jsonl, checkpoints/step-N/ and adapter/ (PEFT format); with output.merge merged/, "
       "with output.gguf model.<type>.gguf + Modelfile (Ollama) and adapter.gguf. SIGINT/SIGTERM "
-      "write a checkpoint and exit 130/143; continue with --resume.");
+      "write a checkpoint and exit 130/143; continue with --resume. Data parallel: `torchrun "
+      "--nproc-per-node N --no-python loratune train CONFIG` (rank 0 writes; train.global_batch, "
+      "train.shard_base).");
   sub->add_option("config", o->config, "YAML config file")->required();
   sub->add_option("overrides", o->overrides, "key=value overrides, e.g. train.optimizer.lr=1e-4");
   sub->add_flag("--resume", o->resume,
@@ -215,6 +242,9 @@ void add_train_command(CLI::App& app) {
   sub->add_flag("--plain", o->plain, "plain log lines instead of a progress bar");
   // Test hook: behave as if SIGTERM arrived after step N.
   sub->add_option("--stop-after-step", o->stop_after_step)->group("");
+  // Test hook for torchrun restarts: rank RANK kills itself after step STEP
+  // (first attempt only), as a crashed node would.
+  sub->add_option("--test-crash-at", o->crash_at)->group("");
   sub->callback([o] { run_train(*o); });
 }
 

@@ -219,6 +219,26 @@ struct TrainLoopConfig {
   // train.gradient_accumulation_steps: micro-batches per optimizer step, in
   // [1, 1024] (a step's micro-batches are all staged before it runs). Default 1.
   int64_t gradient_accumulation_steps = 1;
+  // train.global_batch: sequences per optimizer step over all ranks of a
+  // distributed run (torchrun), in [1, 2^31); unset (null, the default) means
+  // micro_batch_size x gradient_accumulation_steps x world size. Set, each
+  // rank accumulates global_batch / (micro_batch_size x world size)
+  // micro-batches (which must divide exactly), so the same config trains the
+  // same way on any number of ranks and a checkpoint resumes on another
+  // world size; gradient_accumulation_steps must then be 1 or that quotient.
+  std::optional<int64_t> global_batch;
+  // train.dist_timeout_s: seconds a rank of a distributed run waits for the
+  // others (rendezvous, start-up, every collective) before it fails with an
+  // error naming the phase, in [10, 86400]. Default 600.
+  int64_t dist_timeout_s = 600;
+  // train.shard_base: in a distributed run, each rank keeps only 1/world of
+  // the decoder layers' frozen projection weights and gathers a layer from
+  // all ranks just before its forward pass (and again for its recomputation
+  // in backward), freeing it after; LoRA weights stay whole on every rank.
+  // Needs train.gradient_checkpointing (else every gathered layer would stay
+  // alive for backward) and a float base (not model.quantize nf4). A single
+  // process ignores it. Default false.
+  bool shard_base = false;
   OptimizerConfig optimizer;
   SchedulerConfig scheduler;
   // train.max_grad_norm: clip the global gradient L2 norm to this, >= 0;

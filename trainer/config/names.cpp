@@ -254,8 +254,10 @@ bool operator==(const TrainConfig& a, const TrainConfig& b) {
          // train
          ta.epochs == tb.epochs && ta.max_steps == tb.max_steps &&
          ta.micro_batch_size == tb.micro_batch_size &&
-         ta.gradient_accumulation_steps == tb.gradient_accumulation_steps && oa.name == ob.name &&
-         oa.lr == ob.lr && oa.beta1 == ob.beta1 && oa.beta2 == ob.beta2 && oa.eps == ob.eps &&
+         ta.gradient_accumulation_steps == tb.gradient_accumulation_steps &&
+         ta.global_batch == tb.global_batch && ta.dist_timeout_s == tb.dist_timeout_s &&
+         ta.shard_base == tb.shard_base && oa.name == ob.name && oa.lr == ob.lr &&
+         oa.beta1 == ob.beta1 && oa.beta2 == ob.beta2 && oa.eps == ob.eps &&
          oa.weight_decay == ob.weight_decay && oa.loraplus_lr_ratio == ob.loraplus_lr_ratio &&
          ta.scheduler.name == tb.scheduler.name &&
          ta.scheduler.warmup_steps == tb.scheduler.warmup_steps &&

@@ -204,6 +204,25 @@ void check_train(TrainConfig& cfg, const Checker& c) {
   }
   c.int_in_range("train.gradient_accumulation_steps", t.gradient_accumulation_steps, 1,
                  kMaxAccumulation);
+  if (t.global_batch) {
+    c.int_in_range("train.global_batch", *t.global_batch, 1, (int64_t{1} << 31) - 1);
+    if (*t.global_batch % t.micro_batch_size != 0) {
+      c.fail_at("train.global_batch", "train.global_batch (" + std::to_string(*t.global_batch) +
+                                          ") must be a multiple of train.micro_batch_size (" +
+                                          std::to_string(t.micro_batch_size) + ")");
+    }
+  }
+  c.int_in_range("train.dist_timeout_s", t.dist_timeout_s, 10, 86400);
+  if (t.shard_base && !t.gradient_checkpointing) {
+    c.fail("train.shard_base",
+           "needs train.gradient_checkpointing=true: without it every layer's gathered weights "
+           "stay alive for the backward pass and sharding saves nothing");
+  }
+  if (t.shard_base && cfg.model.quantize != Quantize::kNone) {
+    c.fail("train.shard_base",
+           "does not shard NF4 weights; set model.quantize=none or "
+           "train.shard_base=false");
+  }
   check_optimizer_and_schedule(cfg, c);
   c.non_negative("train.max_grad_norm", t.max_grad_norm);
   c.int_in_range("train.eval_every", t.eval_every, 0, kMaxSteps);

@@ -8,6 +8,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <map>
+#include <mutex>
 
 #include "trainer/io/error.h"
 
@@ -24,6 +26,13 @@ struct FdCloser {
 
 Error sys_error(const std::string& path, const char* what) {
   return Error(path + ": " + what + ": " + std::strerror(errno), ErrorKind::kIo);
+}
+
+// The live mappings by start address, for release_mapped().
+std::mutex g_live_mutex;
+std::map<uintptr_t, const MappedFile*>& live_mappings() {
+  static auto* live = new std::map<uintptr_t, const MappedFile*>();  // never destroyed
+  return *live;
 }
 
 }  // namespace
@@ -46,11 +55,30 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
       ::mmap(nullptr, m->size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd.fd, 0);
   if (p == MAP_FAILED) throw sys_error(path, "cannot mmap");
   m->data_ = static_cast<uint8_t*>(p);
+  std::lock_guard<std::mutex> lock(g_live_mutex);
+  live_mappings()[reinterpret_cast<uintptr_t>(m->data_)] = m.get();
   return m;
 }
 
 MappedFile::~MappedFile() {
-  if (data_ != nullptr) ::munmap(data_, size_);
+  if (data_ == nullptr) return;
+  {
+    std::lock_guard<std::mutex> lock(g_live_mutex);
+    live_mappings().erase(reinterpret_cast<uintptr_t>(data_));
+  }
+  ::munmap(data_, size_);
+}
+
+bool release_mapped(const void* data, size_t length) {
+  const uintptr_t p = reinterpret_cast<uintptr_t>(data);
+  std::lock_guard<std::mutex> lock(g_live_mutex);
+  auto it = live_mappings().upper_bound(p);  // the first mapping after p
+  if (it == live_mappings().begin()) return false;
+  --it;
+  const MappedFile& m = *it->second;
+  if (p >= it->first + m.size()) return false;
+  m.release(p - it->first, length);
+  return true;
 }
 
 void MappedFile::release(size_t offset, size_t length) const {

@@ -44,4 +44,11 @@ class MappedFile {
   size_t size_ = 0;
 };
 
+// MappedFile::release for memory given by address: when [data, data+length)
+// starts inside a live MappedFile, its whole pages are dropped (see release)
+// and true is returned; any other memory is left alone (false). For a caller
+// that holds a tensor but not its file, e.g. a weight that was loaded as a
+// view of the mapping and has been copied elsewhere.
+bool release_mapped(const void* data, size_t length);
+
 }  // namespace loratune::io

@@ -165,6 +165,7 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer,
 
 at::Tensor DecoderLayerImpl::forward(const at::Tensor& x, const LayerContext& ctx,
                                      const AttentionMask& mask) {
+  const std::shared_ptr<void> weights = weight_scope ? weight_scope(*this) : nullptr;
   at::Tensor a = self_attn->forward(input_layernorm->forward(x), ctx, mask);  // [B,T,D]
   if (!pre_feedforward_layernorm) {
     at::Tensor h = x + a;                                           // [B,T,D]

@@ -162,10 +162,18 @@ class MLPImpl : public torch::nn::Module {
 };
 TORCH_MODULE(MLP);
 
+// Makes a layer's base weights present for one forward call and returns what
+// takes them away again when destroyed (sharded base weights,
+// train/shard_base.cpp: gathered from every rank before, dropped after; a
+// backward recomputation of the layer calls it again).
+using WeightScope = std::function<std::shared_ptr<void>(DecoderLayerImpl& layer)>;
+
 class DecoderLayerImpl : public torch::nn::Module {
  public:
   DecoderLayerImpl(const ModelConfig& config, int64_t layer, const at::TensorOptions& options);
   at::Tensor forward(const at::Tensor& x, const LayerContext& ctx, const AttentionMask& mask);
+  // Empty: the weights are always present (the default).
+  WeightScope weight_scope;
   Attention self_attn{nullptr};
   MLP mlp{nullptr};
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};

@@ -125,6 +125,8 @@ std::string save_checkpoint(const std::string& run_dir, model::CausalLMImpl& mod
                            {"index", state.data_position.index}};
     js["tokens_seen"] = state.tokens_seen;
     js["elapsed_s"] = state.elapsed_s;
+    js["world_size"] = state.world_size;
+    js["sequences_per_step"] = state.sequences_per_step;
     const fs::path metrics = fs::path(run_dir) / "metrics.jsonl";
     if (fs::exists(metrics)) fs::copy_file(metrics, fs::path(dir.path()) / "metrics.jsonl");
     io::write_file_atomic(dir.path() + "/state.json", js.dump(2) + "\n");
@@ -192,6 +194,10 @@ TrainState load_checkpoint(const std::string& ckpt_dir, model::CausalLMImpl& mod
     st.data_position.index = js.at("data_position").at("index").get<int64_t>();
     st.tokens_seen = js.at("tokens_seen").get<int64_t>();
     st.elapsed_s = js.at("elapsed_s").get<double>();
+    if (js.contains("world_size")) st.world_size = js.at("world_size").get<int64_t>();
+    if (js.contains("sequences_per_step")) {
+      st.sequences_per_step = js.at("sequences_per_step").get<int64_t>();
+    }
   } catch (const nlohmann::json::exception& e) {
     throw Error(ckpt_dir + "/state.json: " + e.what());
   }

@@ -44,6 +44,14 @@ struct MemoryStats {
 // in builds without CUDA.
 std::optional<MemoryStats> memory_stats(const c10::Device& device);
 
+// This process's resident memory (VmRSS) and its peak since start (VmHWM),
+// in bytes, from /proc/self/status; zeros where that cannot be read.
+struct HostMemory {
+  int64_t rss = 0;
+  int64_t peak_rss = 0;
+};
+HostMemory host_memory();
+
 // Starts the peak counters of `device` again (no-op where there are none).
 void reset_peak_memory(const c10::Device& device);
 

@@ -1,35 +1,65 @@
-// One optimizer step: accumulation over micro-batches, clipping, AdamW.
+// One optimizer step: accumulation over micro-batches, the data-parallel
+// all-reduce, clipping, AdamW.
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/isfinite.h>
 #include <ATen/ops/logical_and.h>
 #include <ATen/ops/zeros.h>
 
+#include "trainer/dist/dist.h"
 #include "trainer/io/error.h"
 #include "trainer/train/train.h"
 
 namespace loratune::train {
 
 Trainer::Trainer(model::CausalLMImpl& model, const config::TrainLoopConfig& cfg,
-                 int64_t total_steps)
+                 int64_t total_steps, dist::Group* group)
     : model_(model),
       cfg_(cfg),
       opt_(lora::adapter_parameters(model), cfg.optimizer,
            adapter_param_groups(lora::adapter_tensors(model), cfg.optimizer)),
-      sched_(cfg.scheduler, cfg.optimizer.lr, total_steps) {
+      sched_(cfg.scheduler, cfg.optimizer.lr, total_steps),
+      group_(group) {
   // LambdaLR: each group's lr is its own base lr times the common lambda.
   for (const ParamGroup& g : opt_.groups())
     group_sched_.emplace_back(cfg.scheduler, g.lr, total_steps);
+  if (group_ == nullptr) return;
+  // The gradients as views into one buffer: backward accumulates into them in
+  // place, and a single all-reduce covers them all plus two scalars.
+  for (const at::Tensor& p : opt_.params()) {
+    if (p.scalar_type() != at::kFloat) {
+      throw Error("data parallel: adapter parameter of dtype " +
+                      std::string(c10::toString(p.scalar_type())) + " (float32 expected)",
+                  ErrorKind::kInternal);
+    }
+    grad_numel_ += p.numel();
+  }
+  flat_ = at::zeros({grad_numel_ + 2}, opt_.params()[0].options());
+  int64_t offset = 0;
+  for (const at::Tensor& p : opt_.params()) {
+    at::Tensor param = p;
+    param.mutable_grad() = flat_.narrow(0, offset, p.numel()).view(p.sizes());
+    offset += p.numel();
+  }
 }
 
 StepResult Trainer::step(const std::vector<MicroBatch>& micro) {
   if (micro.empty()) throw Error("train step: no micro-batches");
+  StepTotals totals;
+  for (const MicroBatch& mb : micro) {
+    totals.target_tokens += mb.target_tokens;
+    totals.tokens += mb.tokens;
+  }
+  return step(micro, totals);
+}
+
+StepResult Trainer::step(const std::vector<MicroBatch>& micro, const StepTotals& totals,
+                         bool stop_request) {
+  if (micro.empty() && group_ == nullptr) throw Error("train step: no micro-batches");
   StepResult r;
   // The denominator is the target count of the whole step, known before any
   // backward pass (host ints: the loader counted them, no device sync).
-  for (const MicroBatch& mb : micro) {
-    r.target_tokens += mb.target_tokens;
-    r.tokens += mb.tokens;
-  }
+  r.target_tokens = totals.target_tokens;
+  r.tokens = totals.tokens;
   if (r.target_tokens == 0) {
     throw Error("train step " + std::to_string(step_ + 1) + ": the batch holds no target tokens");
   }
@@ -43,6 +73,13 @@ StepResult Trainer::step(const std::vector<MicroBatch>& micro) {
         micro_batch_loss_sum(model_, mb, cfg_.gradient_checkpointing) / n;  // 0-dim float32
     loss.backward();
     loss_acc.add_(loss.detach());
+  }
+  if (group_ != nullptr) {
+    flat_[grad_numel_].copy_(loss_acc);
+    flat_[grad_numel_ + 1].fill_(stop_request ? 1.0 : 0.0);
+    group_->all_reduce_sum(flat_);
+    loss_acc = flat_[grad_numel_].clone();
+    r.stop_requests = flat_[grad_numel_ + 1].clone();
   }
   r.loss = loss_acc;
   r.grad_norm = clip_grad_norm(opt_.params(), cfg_.max_grad_norm);

@@ -11,11 +11,13 @@
 namespace loratune::train {
 
 MetricsLog::MetricsLog(std::string path) : path_(std::move(path)) {
+  if (path_.empty()) return;
   std::ofstream f(path_, std::ios::app);
   if (!f) throw Error(path_ + ": cannot open for appending", ErrorKind::kIo);
 }
 
 void MetricsLog::write(const nlohmann::ordered_json& record) {
+  if (path_.empty()) return;
   std::ofstream f(path_, std::ios::app);
   // Non-finite numbers are written as null (JSON has no NaN).
   f << record.dump() << '\n';

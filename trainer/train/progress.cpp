@@ -24,11 +24,12 @@ std::string hms(double s) {
 
 }  // namespace
 
-Progress::Progress(int64_t total_steps, bool force_plain)
-    : total_(total_steps), tty_(!force_plain && isatty(STDERR_FILENO) == 1) {}
+Progress::Progress(int64_t total_steps, bool force_plain, bool silent)
+    : total_(total_steps), tty_(!force_plain && isatty(STDERR_FILENO) == 1), silent_(silent) {}
 
 void Progress::update(int64_t step, double loss, double lr, double tokens_per_s, double elapsed_s,
                       double grad_norm) {
+  if (silent_) return;
   const double eta = step > 0 ? elapsed_s / step * static_cast<double>(total_ - step) : NAN;
   if (tty_) {
     constexpr int kWidth = 24;
@@ -50,6 +51,7 @@ void Progress::update(int64_t step, double loss, double lr, double tokens_per_s,
 }
 
 void Progress::message(const std::string& line) {
+  if (silent_) return;
   if (bar_shown_) std::fputs("\r\x1b[K", stderr);
   std::fprintf(stderr, "%s\n", line.c_str());
   bar_shown_ = false;

@@ -3,12 +3,19 @@
 //
 // Setup (the constructor), in order: seed; load the model; inject LoRA (then
 // lora.init_from); prepare the data; build the Trainer; on resume restore the
-// newest checkpoint; write config.yaml. loop(): the steps, logging through
-// StepLogger (metrics.cpp), checkpoints, evaluations, stops. finish(): the
-// final evaluation, the summary line and the adapter.
+// newest checkpoint; resolve config.yaml. loop(): write config.yaml, then the
+// steps, logging through StepLogger (metrics.cpp), checkpoints, evaluations,
+// stops. finish(): the final evaluation, the summary line and the adapter.
+//
+// A distributed run (RunOptions::group) runs the same phases on every rank:
+// rank 0 opens the run directory and shares the checkpoint to resume from;
+// each rank reads the step's micro-batches and keeps its share (Trainer
+// all-reduces the gradients); rank 0 alone writes. Setup ends with every rank
+// learning whether any failed, so one bad rank gives one clear error.
 #include <ATen/Context.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/stack.h>
+#include <ATen/ops/zeros.h>
 #include <torch/cuda.h>
 
 #include <algorithm>
@@ -20,6 +27,7 @@
 #include <memory>
 #include <sstream>
 
+#include "trainer/dist/dist.h"
 #include "trainer/io/error.h"
 #include "trainer/io/file_util.h"
 #include "trainer/lora/peft_io.h"
@@ -34,9 +42,54 @@ namespace loratune::train {
 
 namespace {
 
-std::string resolve_device(const std::string& d) {
-  if (d == "auto") return torch::cuda::is_available() ? "cuda:0" : "cpu";
+// The device of this process: `device` from the config, where a
+// distributed run's ranks on one node take one GPU each (cuda:LOCAL_RANK).
+std::string resolve_device(const std::string& d, const dist::Group* group) {
+  const int local = group != nullptr ? group->env().local_rank : 0;
+  if (d == "auto") {
+    return torch::cuda::is_available() ? "cuda:" + std::to_string(local) : "cpu";
+  }
+  if (group == nullptr || d == "cpu") return d;
+  if (d == "cuda") return "cuda:" + std::to_string(local);
+  if (group->env().local_world_size > 1) {
+    throw Error("device=" + d + " under torchrun with " +
+                std::to_string(group->env().local_world_size) +
+                " ranks on this node would put them all on one GPU; set device=auto or cuda "
+                "(rank i of a node takes cuda:LOCAL_RANK)");
+  }
   return d;
+}
+
+// Micro-batches each rank accumulates per optimizer step: the config's
+// gradient_accumulation_steps, or what train.global_batch gives on `world`
+// ranks.
+int64_t accumulation_per_rank(const config::TrainLoopConfig& t, int world) {
+  if (!t.global_batch) return t.gradient_accumulation_steps;
+  const int64_t per = t.micro_batch_size * world;
+  const int64_t gb = *t.global_batch;
+  if (gb % per != 0) {
+    const int64_t below = gb / per * per;
+    throw Error("train.global_batch=" + std::to_string(gb) +
+                " is not a multiple of train.micro_batch_size (" +
+                std::to_string(t.micro_batch_size) + ") x " + std::to_string(world) +
+                " ranks = " + std::to_string(per) + "; the nearest valid values are " +
+                (below > 0 ? std::to_string(below) + " and " : std::string()) +
+                std::to_string(below + per));
+  }
+  const int64_t accum = gb / per;
+  if (t.gradient_accumulation_steps != 1 && t.gradient_accumulation_steps != accum) {
+    throw Error("train.global_batch=" + std::to_string(gb) + " gives " + std::to_string(accum) +
+                " micro-batches per rank on " + std::to_string(world) +
+                " rank(s), but train.gradient_accumulation_steps=" +
+                std::to_string(t.gradient_accumulation_steps) +
+                "; set only one of them (global_batch keeps the step the same on any number "
+                "of ranks)");
+  }
+  if (accum > 1024) {
+    throw Error("train.global_batch=" + std::to_string(gb) + " needs " + std::to_string(accum) +
+                " micro-batches per rank (at most 1024); raise train.micro_batch_size");
+  }
+  return accum;
 }
 
 at::ScalarType to_scalar_type(config::DType d) {
@@ -102,6 +155,15 @@ lora::LoraSpec spec_of(const config::TrainConfig& cfg) {
 
 constexpr const char* kRunLockName = ".loratune.lock";
 
+// Everything a run writes (output.merge, output.gguf included).
+void remove_run_files(const fs::path& out) {
+  for (const char* name :
+       {"adapter", "checkpoints", "metrics.jsonl", "config.yaml", "merged", "model.f32.gguf",
+        "model.f16.gguf", "model.bf16.gguf", "model.q8_0.gguf", "adapter.gguf", "Modelfile"}) {
+    fs::remove_all(out / name);
+  }
+}
+
 // Refuses to clobber runs; clears our own files when output.overwrite.
 void prepare_run_dir(const config::TrainConfig& cfg, bool resume) {
   const fs::path out(cfg.output.dir);
@@ -138,12 +200,7 @@ void prepare_run_dir(const config::TrainConfig& cfg, bool resume) {
     throw Error("output.dir '" + out.string() +
                 "' is not empty; choose another directory or set output.overwrite=true");
   }
-  // Everything a run writes (output.merge, output.gguf included).
-  for (const char* name :
-       {"adapter", "checkpoints", "metrics.jsonl", "config.yaml", "merged", "model.f32.gguf",
-        "model.f16.gguf", "model.bf16.gguf", "model.q8_0.gguf", "adapter.gguf", "Modelfile"}) {
-    fs::remove_all(out / name);
-  }
+  remove_run_files(out);
 }
 
 // Every input id in [0, vocab) and every label -100 or in [0, vocab): a
@@ -183,9 +240,14 @@ Error diverged(int64_t step, const std::string& run_dir) {
 // The config.yaml of this run. On resume, a config that changes training
 // against the run's own config.yaml is refused unless allowed; allowed
 // changes are recorded as comments after the earlier history.
+//
+// train.gradient_accumulation_steps may change with the number of ranks when
+// the sequences per step stay the same (`same_global_batch`): that resumes
+// the same training on another world size, noted as a comment.
 std::string resolved_config_text(const config::TrainConfig& cfg, const std::string& run_dir,
                                  const std::string& resume_from, int64_t step,
-                                 const RunOptions& opts) {
+                                 const RunOptions& opts, bool same_global_batch,
+                                 const std::string& world_note) {
   const std::string now = config::to_yaml(cfg);
   const std::string path = run_dir + "/config.yaml";
   if (resume_from.empty() || !fs::exists(path)) return now;
@@ -198,8 +260,19 @@ std::string resolved_config_text(const config::TrainConfig& cfg, const std::stri
     if (line.rfind("# resumed", 0) == 0 || line.rfind("#   ", 0) == 0) history += line + "\n";
     pos = nl + 1;
   }
-  const std::vector<ConfigChange> changes = config_changes(before, now);
-  if (changes.empty()) return now + history;
+  std::vector<ConfigChange> changes = config_changes(before, now);
+  std::string world_change;
+  if (same_global_batch) {
+    for (auto it = changes.begin(); it != changes.end(); ++it) {
+      if (it->key != "train.gradient_accumulation_steps") continue;
+      world_change = "# resumed at step " + std::to_string(step) + " " + world_note +
+                     ": train.gradient_accumulation_steps " + it->before + " -> " + it->after +
+                     " keeps the sequences per step\n";
+      changes.erase(it);
+      break;
+    }
+  }
+  if (changes.empty()) return now + history + world_change;
   std::string list;
   for (const ConfigChange& c : changes) {
     list += (list.empty() ? "" : ", ") + c.key + " " + c.before + " -> " + c.after;
@@ -214,7 +287,7 @@ std::string resolved_config_text(const config::TrainConfig& cfg, const std::stri
   for (const ConfigChange& c : changes) {
     note += "#   " + c.key + ": " + c.before + " -> " + c.after + "\n";
   }
-  return now + history + note;
+  return now + history + world_change + note;
 }
 
 // Validation micro-batches in file order.
@@ -258,7 +331,17 @@ std::string run_summary(int64_t steps, int64_t tokens, double seconds, const c10
 
 // The run directory policy: refuses to clobber other runs (prepare_run_dir)
 // and names the checkpoint a resume continues from ("" for a fresh run).
-std::string open_run_dir(const config::TrainConfig& cfg, bool resume) {
+// A torchrun restart (`elastic_restart`: the group's earlier attempt failed)
+// continues from the newest checkpoint the failed attempt wrote, or starts
+// again in the directory that attempt opened when it wrote none.
+std::string open_run_dir(const config::TrainConfig& cfg, bool resume, bool elastic_restart) {
+  if (elastic_restart && !resume) {
+    if (!latest_checkpoint(cfg.output.dir).empty()) {
+      resume = true;
+    } else {
+      remove_run_files(cfg.output.dir);
+    }
+  }
   prepare_run_dir(cfg, resume);
   if (!resume) return "";
   std::string from = latest_checkpoint(cfg.output.dir);
@@ -269,8 +352,9 @@ std::string open_run_dir(const config::TrainConfig& cfg, bool resume) {
 }
 
 // One training run in three phases: the constructor sets everything up
-// (model, adapters, data, Trainer, restored state, config.yaml), loop() runs
-// the steps until the end or a stop, finish() evaluates and writes the adapter.
+// (model, adapters, data, Trainer, restored state) without writing, loop()
+// writes config.yaml and runs the steps until the end or a stop, finish()
+// evaluates and writes the adapter.
 class TrainingRun {
  public:
   TrainingRun(const config::TrainConfig& cfg, const RunOptions& opts, std::string resume_from);
@@ -284,15 +368,23 @@ class TrainingRun {
   double elapsed() const { return elapsed0_ + seconds_since(t0_); }
   void checkpoint(RunResult& result);
   void run_eval(int64_t step);
+  // The stop this rank asks for before or after step `step`: the signal
+  // number, SIGTERM for opts.stop_after_step, or 0.
+  int local_stop(int64_t step) const;
 
   const config::TrainConfig& cfg_;
   const RunOptions& opts_;
+  dist::Group* const group_;  // null for a single process
+  const int world_, rank_;
+  const bool main_;    // rank 0: the one that writes
+  int64_t accum_ = 1;  // micro-batches per rank per step
   const std::string run_dir_;
   const std::string resume_from_;
   const std::string model_dir_;  // model.path on disk (a .gguf's import when resolved)
   model::CausalLM model_{nullptr};
   lora::LoraSpec spec_;
   std::vector<std::string> adapted_;
+  std::unique_ptr<ShardedBase> shard_;  // train.shard_base (before model_ in destruction)
   std::unique_ptr<data::DataLoader> loader_;
   std::vector<MicroBatch> val_;
   size_t train_examples_ = 0;
@@ -304,12 +396,18 @@ class TrainingRun {
   std::chrono::steady_clock::time_point t0_;
   double elapsed0_ = 0;
   int64_t first_step_ = 0, tokens0_ = 0;
+  int64_t crash_step_ = 0;   // RunOptions::crash_step, when it applies to this rank
+  std::string config_text_;  // config.yaml, written when the loop starts
 };
 
 TrainingRun::TrainingRun(const config::TrainConfig& cfg, const RunOptions& opts,
                          std::string resume_from)
     : cfg_(cfg),
       opts_(opts),
+      group_(opts.group),
+      world_(opts.group != nullptr ? opts.group->world_size() : 1),
+      rank_(opts.group != nullptr ? opts.group->rank() : 0),
+      main_(rank_ == 0),
       run_dir_(cfg.output.dir),
       resume_from_(std::move(resume_from)),
       model_dir_(opts.model_dir.empty() ? cfg.model.path : opts.model_dir) {
@@ -321,8 +419,9 @@ TrainingRun::TrainingRun(const config::TrainConfig& cfg, const RunOptions& opts,
                 " exceeds the model's max_position_embeddings (" + std::to_string(max_pos) + ", " +
                 model_dir_ + "/config.json)");
   }
+  accum_ = accumulation_per_rank(cfg.train, world_);
   at::manual_seed(static_cast<uint64_t>(cfg.seed));
-  model::LoadOptions load{to_scalar_type(cfg.model.dtype), resolve_device(cfg.device)};
+  model::LoadOptions load{to_scalar_type(cfg.model.dtype), resolve_device(cfg.device, group_)};
   if (cfg.model.quantize == config::Quantize::kNf4) {
     load.quantize = {model::Quantization::kNf4, cfg.model.double_quant};  // QLoRA
   }
@@ -331,6 +430,10 @@ TrainingRun::TrainingRun(const config::TrainConfig& cfg, const RunOptions& opts,
   spec_ = spec_of(cfg);
   adapted_ = lora::inject_lora(*model_, spec_);
   if (!cfg.lora.init_from.empty()) lora::load_adapter_weights(cfg.lora.init_from, *model_);
+  if (cfg.train.shard_base && group_ != nullptr) {
+    // After the adapters' initialisation (PiSSA/OLoRA rewrite base weights).
+    shard_ = std::make_unique<ShardedBase>(*model_, *group_);
+  }
 
   // No tokenizer files: pre-tokenized data only (pad id from config.json).
   auto tok = data::load_tokenizer_if_present(model_dir_);
@@ -345,40 +448,94 @@ TrainingRun::TrainingRun(const config::TrainConfig& cfg, const RunOptions& opts,
   val_ = eval_batches(prepared.validation, cfg, pad_id, device);
   train_examples_ = prepared.train.size();
 
-  const int64_t accum = cfg.train.gradient_accumulation_steps;
+  // Every rank reads all of a step's micro-batches (accum_ per rank).
+  const int64_t batches_per_step = accum_ * world_;
   total_ = cfg.train.max_steps > 0
                ? cfg.train.max_steps
                : std::max<int64_t>(
-                     1, (cfg.train.epochs * loader_->batches_per_epoch() + accum - 1) / accum);
-  trainer_ = std::make_unique<Trainer>(*model_, cfg.train, total_);
+                     1, (cfg.train.epochs * loader_->batches_per_epoch() + batches_per_step - 1) /
+                            batches_per_step);
+  trainer_ = std::make_unique<Trainer>(*model_, cfg.train, total_, group_);
 
+  const int64_t sequences_per_step = batches_per_step * cfg.train.micro_batch_size;
   state_.total_steps = total_;
+  bool same_global_batch = false;
+  std::string world_note;
   if (!resume_from_.empty()) {
     state_ = load_checkpoint(resume_from_, *model_, trainer_->optimizer());
+    if (state_.sequences_per_step != 0 && state_.sequences_per_step != sequences_per_step) {
+      throw Error(resume_from_ + ": checkpoint of a run that read " +
+                  std::to_string(state_.sequences_per_step) + " sequences per step on " +
+                  std::to_string(state_.world_size) + " rank(s), but this run reads " +
+                  std::to_string(sequences_per_step) + " (micro_batch_size x accumulation x " +
+                  std::to_string(world_) +
+                  " ranks); keep the global batch, e.g. set "
+                  "train.global_batch=" +
+                  std::to_string(state_.sequences_per_step));
+    }
+    same_global_batch = state_.sequences_per_step == sequences_per_step;
+    world_note = "on " + std::to_string(world_) + " rank(s) (trained on " +
+                 std::to_string(state_.world_size) + ")";
     if (state_.total_steps != total_) {
       throw Error(resume_from_ + ": checkpoint of a run of " + std::to_string(state_.total_steps) +
                   " steps, but this config gives " + std::to_string(total_));
     }
     loader_->seek(state_.data_position);
     trainer_->set_step_count(state_.step);
-    // metrics.jsonl continues from what the checkpoint had seen.
-    const fs::path m = fs::path(resume_from_) / "metrics.jsonl";
-    io::write_file_atomic(run_dir_ + "/metrics.jsonl", fs::exists(m) ? io::read_file(m) : "");
   }
-  io::write_file_atomic(run_dir_ + "/config.yaml",
-                        resolved_config_text(cfg, run_dir_, resume_from_, state_.step, opts));
+  state_.world_size = world_;
+  state_.sequences_per_step = sequences_per_step;
+  config_text_ = resolved_config_text(cfg, run_dir_, resume_from_, state_.step, opts,
+                                      same_global_batch, world_note);
+  if (opts.crash_step > 0 && opts.crash_rank == rank_ &&
+      (group_ == nullptr || group_->env().restart_count == 0)) {
+    crash_step_ = opts.crash_step;
+  }
+}
+
+int TrainingRun::local_stop(int64_t step) const {
+  int stop = opts_.stop_signal != nullptr ? opts_.stop_signal->load() : 0;
+  if (stop == 0 && opts_.stop_after_step > 0 && step >= opts_.stop_after_step) stop = SIGTERM;
+  return stop;
 }
 
 void TrainingRun::checkpoint(RunResult& result) {
   state_.step = trainer_->step_count();
   state_.data_position = loader_->position();
   state_.elapsed_s = elapsed();
+  if (!main_) {  // rank 0 writes it; the state is the same on every rank
+    result.checkpoint = run_dir_ + "/checkpoints/step-" + std::to_string(state_.step);
+    return;
+  }
   result.checkpoint = save_checkpoint(run_dir_, *model_, spec_, trainer_->optimizer(), state_,
                                       cfg_.train.keep_checkpoints);
 }
 
 void TrainingRun::run_eval(int64_t step) {
-  EvalResult e = evaluate(*model_, val_);
+  EvalResult e;
+  if (group_ == nullptr || shard_) {
+    // Sharded weights: every rank runs every batch (each forward pass is a
+    // collective), so each gets the whole result itself.
+    e = evaluate(*model_, val_);
+  } else {
+    // Rank r evaluates batches r, r + world, ...; the sums are added up.
+    std::vector<MicroBatch> mine;
+    for (size_t i = static_cast<size_t>(rank_); i < val_.size(); i += world_) {
+      mine.push_back(val_[i]);
+    }
+    const EvalResult part = mine.empty() ? EvalResult{} : evaluate(*model_, mine);
+    at::Tensor sums = at::zeros({2}, at::kDouble);  // [loss sum, target tokens]
+    sums.data_ptr<double>()[0] =
+        part.target_tokens > 0 ? part.loss * static_cast<double>(part.target_tokens) : 0.0;
+    sums.data_ptr<double>()[1] = static_cast<double>(part.target_tokens);
+    at::Tensor on_device = sums.to(model_->device());  // NCCL reduces GPU tensors only
+    group_->all_reduce_sum(on_device);
+    sums = on_device.cpu();
+    const double* total = sums.data_ptr<double>();
+    e.target_tokens = static_cast<int64_t>(total[1]);
+    e.loss = total[0] / std::max(1.0, total[1]);
+    e.perplexity = std::exp(e.loss);
+  }
   nlohmann::ordered_json j;
   j["step"] = step;
   j["split"] = "val";
@@ -390,13 +547,28 @@ void TrainingRun::run_eval(int64_t step) {
 }
 
 RunResult TrainingRun::loop() {
+  // The run directory changes only now, once every rank's setup succeeded.
+  if (main_) {
+    if (!resume_from_.empty()) {
+      // metrics.jsonl continues from what the checkpoint had seen.
+      const fs::path m = fs::path(resume_from_) / "metrics.jsonl";
+      io::write_file_atomic(run_dir_ + "/metrics.jsonl", fs::exists(m) ? io::read_file(m) : "");
+    }
+    io::write_file_atomic(run_dir_ + "/config.yaml", config_text_);
+  }
   const c10::Device device = model_->device();
-  metrics_ = std::make_unique<MetricsLog>(run_dir_ + "/metrics.jsonl");
-  progress_ = std::make_unique<Progress>(total_, opts_.plain_progress);
+  metrics_ = std::make_unique<MetricsLog>(main_ ? run_dir_ + "/metrics.jsonl" : "");
+  progress_ = std::make_unique<Progress>(total_, opts_.plain_progress, /*silent=*/!main_);
   Progress& progress = *progress_;
-  progress.message("loratune: training " + std::to_string(total_) + " steps on " + device.str() +
-                   " (" + std::to_string(train_examples_) + " examples, " +
-                   std::to_string(val_.size()) + " validation batches)" +
+  const std::string where =
+      group_ == nullptr ? device.str()
+                        : std::to_string(world_) + " ranks (" + group_->backend() + ", " +
+                              device.str() + " on rank 0; " +
+                              std::to_string(accum_) + " micro-batches of " +
+                              std::to_string(cfg_.train.micro_batch_size) + " per rank per step)";
+  progress.message("loratune: training " + std::to_string(total_) + " steps on " + where + " (" +
+                   std::to_string(train_examples_) + " examples, " + std::to_string(val_.size()) +
+                   " validation batches)" +
                    (resume_from_.empty() ? "" : ", resumed from " + resume_from_));
   progress.message("loratune: LoRA r=" + std::to_string(spec_.r) +
                    " alpha=" + format_number(spec_.alpha) + " on " +
@@ -410,20 +582,34 @@ RunResult TrainingRun::loop() {
   tokens0_ = state_.tokens_seen;
 
   RunResult result;
-  const int64_t accum = cfg_.train.gradient_accumulation_steps;
   while (trainer_->step_count() < total_) {
     logger.open_window();
+    // The step's micro-batches in loader order; rank r takes the r-th run of
+    // accum_ of them, so the step is the same on any number of ranks.
     std::vector<MicroBatch> micro;
-    for (int64_t a = 0; a < accum; ++a) {
-      micro.push_back(to_micro_batch(loader_->next(), device, cfg_.data.packing));
+    StepTotals totals;
+    for (int64_t a = 0; a < accum_ * world_; ++a) {
+      const data::Batch b = loader_->next();
+      totals.target_tokens += b.target_tokens;
+      for (uint8_t m : b.attention_mask) totals.tokens += m;
+      if (a / accum_ == rank_) micro.push_back(to_micro_batch(b, device, cfg_.data.packing));
     }
-    StepResult r = trainer_->step(micro);
+    const int64_t next = trainer_->step_count() + 1;
+    StepResult r = group_ == nullptr ? trainer_->step(micro, totals)
+                                     : trainer_->step(micro, totals, local_stop(next) != 0);
     const int64_t step = trainer_->step_count();
     state_.tokens_seen += r.tokens;
+    int stop = local_stop(step);
+    if (group_ != nullptr) {
+      // Every rank stops after the same step: the first whose all-reduced
+      // stop requests are not zero (the flag read here is the only per-step
+      // device-to-host copy of a distributed run).
+      const bool agreed = r.stop_requests.item<float>() > 0;
+      stop = agreed ? (stop != 0 ? stop : SIGTERM) : 0;
+    }
     logger.add(step, std::move(r));
+    if (crash_step_ > 0 && step == crash_step_) std::raise(SIGKILL);  // RunOptions::crash_step
 
-    int stop = opts_.stop_signal != nullptr ? opts_.stop_signal->load() : 0;
-    if (stop == 0 && opts_.stop_after_step > 0 && step >= opts_.stop_after_step) stop = SIGTERM;
     const bool save_now = cfg_.train.save_every > 0 && step % cfg_.train.save_every == 0;
     if (step % cfg_.train.log_every == 0 || step == total_ || save_now || stop != 0) {
       const bool ok = logger.flush(elapsed());
@@ -472,8 +658,22 @@ void TrainingRun::finish(RunResult& result) {
   progress_->message(run_summary(trainer_->step_count() - first_step_,
                                  state_.tokens_seen - tokens0_, seconds_since(t0_),
                                  model_->device()));
-  lora::save_adapter(run_dir_ + "/adapter", *model_, spec_, /*overwrite=*/false);
-  progress_->message("loratune: adapter written to " + run_dir_ + "/adapter");
+  if (group_ != nullptr) {  // every rank reports its own memory
+    const double mib = 1 << 20;
+    char kept[160] = "";
+    if (shard_) {
+      std::snprintf(kept, sizeof kept,
+                    "kept %.1f of the decoder layers' %.1f MiB base weights (train.shard_base); ",
+                    static_cast<double>(shard_->held_bytes()) / mib,
+                    static_cast<double>(shard_->full_bytes()) / mib);
+    }
+    std::fprintf(stderr, "loratune: rank %d %speak RSS %.1f MiB\n", rank_, kept,
+                 static_cast<double>(host_memory().peak_rss) / mib);
+  }
+  if (main_) {
+    lora::save_adapter(run_dir_ + "/adapter", *model_, spec_, /*overwrite=*/false);
+    progress_->message("loratune: adapter written to " + run_dir_ + "/adapter");
+  }
   result.steps_done = trainer_->step_count();
 }
 
@@ -486,9 +686,35 @@ RunResult run_training(const config::TrainConfig& cfg, const RunOptions& opts) {
                 " is not supported yet; use model.dtype=bfloat16 (bf16 base weights, float32 "
                 "LoRA weights) with train.mixed_precision=none");
   }
-  TrainingRun run(cfg, opts, open_run_dir(cfg, opts.resume));
-  RunResult result = run.loop();
-  if (result.stopped_by_signal == 0) run.finish(result);
+  dist::Group* group = opts.group;
+  if (group == nullptr) {
+    TrainingRun run(cfg, opts, open_run_dir(cfg, opts.resume, /*elastic_restart=*/false));
+    RunResult result = run.loop();
+    if (result.stopped_by_signal == 0) run.finish(result);
+    return result;
+  }
+  // Distributed: rank 0 opens the run directory; each phase ends with every
+  // rank learning whether any failed (one clear error, never a hang).
+  std::exception_ptr error;
+  std::string resume_from;
+  if (group->is_main()) {
+    try {
+      resume_from = open_run_dir(cfg, opts.resume, group->env().restart_count > 0);
+    } catch (...) {
+      error = std::current_exception();
+    }
+  }
+  group->check_all_ok("opening output.dir", error);
+  resume_from = group->share_string("resume_from", resume_from);
+  std::unique_ptr<TrainingRun> run;
+  try {
+    run = std::make_unique<TrainingRun>(cfg, opts, resume_from);
+  } catch (...) {
+    error = std::current_exception();
+  }
+  group->check_all_ok("setup (model, data, checkpoint)", error);
+  RunResult result = run->loop();
+  if (result.stopped_by_signal == 0) run->finish(result);
   return result;
 }
 

@@ -42,6 +42,9 @@
 namespace loratune::tokenizer {
 class Tokenizer;
 }
+namespace loratune::dist {
+class Group;  // dist.h
+}
 
 namespace loratune::train {
 
@@ -185,8 +188,20 @@ struct StepResult {
   at::Tensor found_inf;           // 0-dim float32 on device: 1 when the step was skipped
   double lr = 0;                  // the scheduled lr (train.optimizer.lr's group)
   std::vector<double> group_lrs;  // the lr of each AdamW group (groups() order)
-  int64_t target_tokens = 0;
-  int64_t tokens = 0;
+  int64_t target_tokens = 0;      // of the whole step (all ranks)
+  int64_t tokens = 0;             // of the whole step (all ranks)
+  // Distributed runs only: 0-dim float32 on device, the number of ranks that
+  // asked to stop (step()'s stop_request summed over ranks), the same on
+  // every rank.
+  at::Tensor stop_requests;
+};
+
+// What a step's micro-batches hold over all ranks of a distributed run.
+// Every rank reads the whole step's micro-batches from the loader, so it
+// knows these without communication.
+struct StepTotals {
+  int64_t target_tokens = 0;  // labels[:, 1:] != -100
+  int64_t tokens = 0;         // non-padding tokens
 };
 
 // Owns the optimizer and schedule for `model`'s adapter parameters and runs
@@ -195,12 +210,28 @@ struct StepResult {
 // group's lr at step k is its lr times the schedule's lambda(k), as
 // transformers' LambdaLR scales every param group. Does not sync the host
 // with the device.
+//
+// Data parallel (`group` set): every rank runs step() on its own share of
+// the step's micro-batches, each loss divided by the whole step's target
+// count (StepTotals), so the sum over ranks of their gradients is the
+// gradient of the whole step. The adapter gradients are views into one flat
+// float32 buffer that also carries the loss and the stop requests: one
+// all-reduce (sum) per step makes the gradient, the loss and the decision to
+// stop the same on every rank, then clipping (the global norm), the
+// non-finite check and AdamW run identically on each, so the replicated
+// LoRA weights stay equal without being sent.
 class Trainer {
  public:
-  Trainer(model::CausalLMImpl& model, const config::TrainLoopConfig& cfg, int64_t total_steps);
+  Trainer(model::CausalLMImpl& model, const config::TrainLoopConfig& cfg, int64_t total_steps,
+          dist::Group* group = nullptr);
   // One optimizer step over `micro` (the accumulation group; any size >= 1).
   // Puts the model in training mode. Throws when the group has no target.
   StepResult step(const std::vector<MicroBatch>& micro);
+  // The same with the counts of the whole step over all ranks; `micro` may
+  // be empty (a rank with no share). With a group, `stop_request` (this
+  // rank wants to stop) is summed into StepResult::stop_requests.
+  StepResult step(const std::vector<MicroBatch>& micro, const StepTotals& totals,
+                  bool stop_request = false);
   int64_t step_count() const { return step_; }
   void set_step_count(int64_t s) { step_ = s; }
   AdamW& optimizer() { return opt_; }
@@ -213,6 +244,9 @@ class Trainer {
   LrSchedule sched_;
   std::vector<LrSchedule> group_sched_;  // one per opt_.groups(), peak = the group's lr
   int64_t step_ = 0;
+  dist::Group* group_ = nullptr;
+  at::Tensor flat_;  // with group_: [grads of opt_.params() | loss | stop requests]
+  int64_t grad_numel_ = 0;
 };
 
 // Mean token loss over `batches` (sum CE / all their target tokens) in eval
@@ -252,6 +286,48 @@ at::Tensor forward_checkpointed(model::CausalLMImpl& model, const at::Tensor& in
 at::Tensor hidden_states_checkpointed(model::CausalLMImpl& model, const at::Tensor& input_ids,
                                       const model::ForwardOptions& opt);
 
+// ---- sharded base weights (shard_base.cpp) -------------------------------------
+
+// The frozen projection weights of the decoder layers (attention and MLP)
+// split over the ranks of a data-parallel run (train.shard_base): rank r
+// keeps the r-th of `world` equal chunks of each layer's weights laid end to
+// end (the last chunk zero-padded), and each forward call of a layer gathers
+// the whole layer with one all-gather and drops it after
+// (DecoderLayerImpl::weight_scope). With activation checkpointing, backward
+// gathers each layer again for its recomputation and frees it when that
+// layer's backward is done, so a rank holds 1/world of the layers' weights
+// plus about two layers whole. Embeddings, norms, lm_head and the LoRA
+// weights stay whole on every rank.
+//
+// Every rank must run the same forward passes in the same order (each one
+// is a collective per layer): the training steps do; evaluation runs every
+// batch on every rank.
+class ShardedBase {
+ public:
+  // Takes the weights as loaded (on the CPU, zero-copy views of the mapped
+  // files: only this rank's chunk is read from them) and installs the
+  // weight scopes. Throws for NF4 projections.
+  ShardedBase(model::CausalLMImpl& model, dist::Group& group);
+  ~ShardedBase();
+  ShardedBase(const ShardedBase&) = delete;
+  ShardedBase& operator=(const ShardedBase&) = delete;
+  int64_t held_bytes() const { return held_bytes_; }  // this rank's chunks
+  int64_t full_bytes() const { return full_bytes_; }  // the weights whole
+
+ private:
+  struct Piece;
+  struct Layer;
+  std::shared_ptr<void> gather(size_t index);
+  // A [numel] view of a gather buffer no live tensor uses.
+  at::Tensor buffer(int64_t numel, const at::TensorOptions& options);
+
+  dist::Group& group_;
+  std::vector<Layer> layers_;
+  std::vector<at::Tensor> pool_;  // gather buffers of max_layer_numel_
+  int64_t max_layer_numel_ = 0;
+  int64_t held_bytes_ = 0, full_bytes_ = 0;
+};
+
 // ---- metrics and progress (metrics.cpp, progress.cpp) ------------------------
 
 class Progress;
@@ -259,7 +335,8 @@ class Progress;
 // metrics.jsonl: one JSON object per line, appended and flushed per record.
 class MetricsLog {
  public:
-  // Opens `path` for appending (creating it).
+  // Opens `path` for appending (creating it). An empty path: a log that
+  // writes nothing (the ranks other than 0 of a distributed run).
   explicit MetricsLog(std::string path);
   void write(const nlohmann::ordered_json& record);
   const std::string& path() const { return path_; }
@@ -308,10 +385,11 @@ class StepLogger {
 };
 
 // A progress display on stderr: a \r-updated bar on a TTY, plain lines
-// otherwise (or when forced).
+// otherwise (or when forced); `silent` shows nothing (the ranks other than 0
+// of a distributed run).
 class Progress {
  public:
-  Progress(int64_t total_steps, bool force_plain = false);
+  Progress(int64_t total_steps, bool force_plain = false, bool silent = false);
   void update(int64_t step, double loss, double lr, double tokens_per_s, double elapsed_s,
               double grad_norm);
   void message(const std::string& line);  // a full line (clears the bar)
@@ -320,6 +398,7 @@ class Progress {
  private:
   int64_t total_;
   bool tty_;
+  bool silent_;
   bool bar_shown_ = false;
 };
 
@@ -332,6 +411,12 @@ struct TrainState {
   int64_t total_steps = 0;
   int64_t tokens_seen = 0;
   double elapsed_s = 0;
+  // The ranks that trained it, and the sequences each optimizer step read
+  // over all of them (micro_batch_size x accumulation x world size; 0 in
+  // checkpoints older than these fields). A checkpoint resumes on any number
+  // of ranks that keeps sequences_per_step.
+  int64_t world_size = 1;
+  int64_t sequences_per_step = 0;
 };
 
 // True when every LoRA parameter of `model` is finite (one device sync).
@@ -372,6 +457,16 @@ struct RunOptions {
   // file's import, see gguf::resolve_model_path); empty: model.path. The
   // adapter's base_model_name_or_path and the saved config keep model.path.
   std::string model_dir;
+  // A distributed run (torchrun): this rank's process group, null for a
+  // single process. Rank 0 alone writes (run directory, metrics, checkpoints,
+  // adapter); every rank reads its share of each step's micro-batches; a
+  // torchrun restart (TORCHELASTIC_RESTART_COUNT > 0) resumes from the newest
+  // checkpoint by itself.
+  dist::Group* group = nullptr;
+  // Test hook for restarts: this rank kills itself (SIGKILL) after this
+  // optimizer step, in the group's first attempt only (crash_step 0 = off).
+  int crash_rank = -1;
+  int64_t crash_step = 0;
 };
 
 // Config keys a resumed run may change without allow_config_change: they do

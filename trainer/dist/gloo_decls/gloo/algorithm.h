@@ -1,0 +1,3 @@
+// See context.h: ProcessGroupGloo.hpp includes this; it needs nothing from it.
+#pragma once
+#include "gloo/context.h"

@@ -1,0 +1,2 @@
+// See ../context.h: ProcessGroupGloo.hpp includes this; it needs nothing from it.
+#pragma once
