@@ -561,11 +561,11 @@ RunResult TrainingRun::loop() {
   progress_ = std::make_unique<Progress>(total_, opts_.plain_progress, /*silent=*/!main_);
   Progress& progress = *progress_;
   const std::string where =
-      group_ == nullptr ? device.str()
-                        : std::to_string(world_) + " ranks (" + group_->backend() + ", " +
-                              device.str() + " on rank 0; " +
-                              std::to_string(accum_) + " micro-batches of " +
-                              std::to_string(cfg_.train.micro_batch_size) + " per rank per step)";
+      group_ == nullptr
+          ? device.str()
+          : std::to_string(world_) + " ranks (" + group_->backend() + ", " + device.str() +
+                " on rank 0; " + std::to_string(accum_) + " micro-batches of " +
+                std::to_string(cfg_.train.micro_batch_size) + " per rank per step)";
   progress.message("loratune: training " + std::to_string(total_) + " steps on " + where + " (" +
                    std::to_string(train_examples_) + " examples, " + std::to_string(val_.size()) +
                    " validation batches)" +
