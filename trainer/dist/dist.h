@@ -73,6 +73,24 @@ class Group {
   // contiguous, same dtype and device.
   void all_gather(at::Tensor& out, const at::Tensor& in);
 
+  // A collective started but not yet waited for.
+  class Pending {
+   public:
+    ~Pending();
+    // Returns when the result is in place (throws like the blocking calls).
+    void wait();
+
+   private:
+    friend class Group;
+    struct Work;
+    Pending(std::unique_ptr<Work> work, Group& group);
+    std::unique_ptr<Work> work_;
+    Group& group_;
+  };
+  // all_gather started in the background (Gloo's threads, or NCCL's stream):
+  // `out` and `in` must stay alive and untouched until wait() returns.
+  std::unique_ptr<Pending> all_gather_async(at::Tensor& out, const at::Tensor& in);
+
   void barrier();
 
   // The start-up agreement, through the store (it works when the collectives

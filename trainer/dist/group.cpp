@@ -134,13 +134,35 @@ void Group::all_reduce_sum(at::Tensor& t) {
 }
 
 void Group::all_gather(at::Tensor& out, const at::Tensor& in) {
+  all_gather_async(out, in)->wait();
+}
+
+struct Group::Pending::Work {
+  c10::intrusive_ptr<c10d::Work> work;
+};
+
+Group::Pending::Pending(std::unique_ptr<Work> work, Group& group)
+    : work_(std::move(work)), group_(group) {}
+
+Group::Pending::~Pending() = default;
+
+void Group::Pending::wait() {
+  if (!work_) return;
+  const c10::intrusive_ptr<c10d::Work> w = std::move(work_->work);
+  work_.reset();
+  group_.impl_->wait(w, "all-gather", group_.rank());
+}
+
+std::unique_ptr<Group::Pending> Group::all_gather_async(at::Tensor& out, const at::Tensor& in) {
   if (out.numel() != in.numel() * env_.world_size) {
     throw Error("all_gather: output of " + std::to_string(out.numel()) + " elements for " +
                     std::to_string(env_.world_size) + " inputs of " + std::to_string(in.numel()),
                 ErrorKind::kInternal);
   }
   at::Tensor input = in;
-  impl_->wait(impl_->backend->_allgather_base(out, input), "all-gather", env_.rank);
+  auto work = std::make_unique<Pending::Work>();
+  work->work = impl_->backend->_allgather_base(out, input);
+  return std::unique_ptr<Pending>(new Pending(std::move(work), *this));
 }
 
 void Group::barrier() {

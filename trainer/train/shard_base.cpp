@@ -1,5 +1,6 @@
 // Frozen base weights sharded over the ranks of a data-parallel run
 // (train.shard_base).
+#include <ATen/core/grad_mode.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <malloc.h>
@@ -88,16 +89,44 @@ at::Tensor ShardedBase::buffer(int64_t numel, const at::TensorOptions& options) 
     if (b.storage().use_count() == 1 && b.numel() >= numel) return b.narrow(0, 0, numel);
   }
   at::Tensor b = at::empty({max_layer_numel_}, options);
-  if (pool_.size() < 4) pool_.push_back(b);
+  if (pool_.size() < 4) pool_.push_back(b);  // in use at once: this, the prefetch, backward's
   return b.narrow(0, 0, numel);
 }
 
-std::shared_ptr<void> ShardedBase::gather(size_t index) {
+at::Tensor ShardedBase::start_gather(size_t index, std::unique_ptr<dist::Group::Pending>* pending) {
   Layer& s = layers_[index];
   // Reused buffers, not fresh allocations: the host allocator keeps freed
   // blocks of this size resident, which would undo the sharding.
   at::Tensor whole = buffer(s.chunk * group_.world_size(), s.shard.options());
-  group_.all_gather(whole, s.shard);  // [world * chunk]: every rank's share in rank order
+  *pending = group_.all_gather_async(whole, s.shard);  // [world * chunk], rank order
+  return whole;
+}
+
+std::shared_ptr<void> ShardedBase::gather(size_t index) {
+  Layer& s = layers_[index];
+  // The layer prefetched while the previous one ran, else gathered now. A
+  // prefetch of another layer (a pass that ended early) is finished first:
+  // every rank issued it, so every rank must complete it.
+  at::Tensor whole;
+  if (prefetch_) {
+    prefetch_->wait();
+    prefetch_.reset();
+    if (prefetch_index_ == index) whole = std::move(prefetch_buffer_);
+    prefetch_buffer_ = at::Tensor();
+  }
+  if (!whole.defined()) {
+    std::unique_ptr<dist::Group::Pending> now;
+    whole = start_gather(index, &now);
+    now->wait();
+  }
+  // Start the layer this pass runs next while this one computes: a forward
+  // pass (no autograd: checkpointing's first pass, evaluation) goes up the
+  // layers, backward's recomputations (autograd on) come down.
+  const bool up = !at::GradMode::is_enabled();
+  if (up ? index + 1 < layers_.size() : index > 0) {
+    prefetch_index_ = up ? index + 1 : index - 1;
+    prefetch_buffer_ = start_gather(prefetch_index_, &prefetch_);
+  }
   for (Piece& p : s.pieces) {
     // The forward uses these views; autograd keeps them (and so `whole`)
     // alive for as long as the backward pass needs them.

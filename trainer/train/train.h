@@ -36,14 +36,12 @@
 
 #include "trainer/config/config.h"
 #include "trainer/data/data.h"
+#include "trainer/dist/dist.h"
 #include "trainer/lora/lora.h"
 #include "trainer/model/model.h"
 
 namespace loratune::tokenizer {
 class Tokenizer;
-}
-namespace loratune::dist {
-class Group;  // dist.h
 }
 
 namespace loratune::train {
@@ -296,7 +294,9 @@ at::Tensor hidden_states_checkpointed(model::CausalLMImpl& model, const at::Tens
 // (DecoderLayerImpl::weight_scope). With activation checkpointing, backward
 // gathers each layer again for its recomputation and frees it when that
 // layer's backward is done, so a rank holds 1/world of the layers' weights
-// plus about two layers whole. Embeddings, norms, lm_head and the LoRA
+// plus two or three layers whole. While a layer runs, the next one's gather
+// (up the layers in a forward pass, down them in backward) is already under
+// way. Embeddings, norms, lm_head and the LoRA
 // weights stay whole on every rank.
 //
 // Every rank must run the same forward passes in the same order (each one
@@ -318,12 +318,18 @@ class ShardedBase {
   struct Piece;
   struct Layer;
   std::shared_ptr<void> gather(size_t index);
+  // Starts gathering layer `index` into a free buffer (returned).
+  at::Tensor start_gather(size_t index, std::unique_ptr<dist::Group::Pending>* pending);
   // A [numel] view of a gather buffer no live tensor uses.
   at::Tensor buffer(int64_t numel, const at::TensorOptions& options);
 
   dist::Group& group_;
   std::vector<Layer> layers_;
   std::vector<at::Tensor> pool_;  // gather buffers of max_layer_numel_
+  // The next layer's gather, started while the current one runs.
+  std::unique_ptr<dist::Group::Pending> prefetch_;
+  size_t prefetch_index_ = 0;
+  at::Tensor prefetch_buffer_;
   int64_t max_layer_numel_ = 0;
   int64_t held_bytes_ = 0, full_bytes_ = 0;
 };
