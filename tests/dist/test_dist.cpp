@@ -1,5 +1,6 @@
 // Data-parallel training under torchrun (c10d Gloo on the CPU): two ranks
-// equal one process with twice the accumulation, a torchrun restart after a
+// equal one process with twice the accumulation, two torchrun agents meeting
+// at a c10d rendezvous (two nodes) equal one node, a torchrun restart after a
 // killed rank equals an uninterrupted run, checkpoints resume across world
 // sizes, rank 0 alone writes, and a rank that fails at start-up gives one
 // clear error on every rank instead of a hang. Also torchrun's environment
@@ -292,6 +293,37 @@ TEST(ShardBase, EachRankHoldsHalfOfTheLayersWeights) {
     // Half the layers' weights, less the about two layers a rank gathers whole at a time.
     EXPECT_GE(saved / full, 0.3);
   }
+}
+
+// A free TCP port on the loopback interface.
+int free_port();
+
+TEST(DataParallel, TwoNodesThroughTheC10dRendezvousEqualOneNodeOfTwoRanks) {
+  // Two torchrun agents (--nnodes 2, one rank each) meeting at a c10d
+  // rendezvous endpoint, as two machines would: the ranks use the agents'
+  // store (TORCHELASTIC_USE_AGENT_STORE).
+  const std::string root = test::make_temp_dir("dp-nodes2");
+  const std::string cfg = config(root, "qwen2", "  gradient_accumulation_steps: 2\n");
+  expect_ok(train(2, cfg, "output.dir=" + root + "/one-node"), "--standalone");
+  const std::string endpoint = "127.0.0.1:" + std::to_string(free_port());
+  auto agent = [&](int node) {
+    return "OMP_NUM_THREADS=1 timeout 300 " + test::quote(test::python()) +
+           " -m torch.distributed.run --nnodes 2 --nproc-per-node 1 --node-rank " +
+           std::to_string(node) + " --rdzv-backend c10d --rdzv-id t --rdzv-endpoint " + endpoint +
+           " --no-python " + test::quote(test::loratune_bin()) + " train --plain " +
+           test::quote(cfg) + " output.dir=" + root + "/two-nodes";
+  };
+  const test::RunResult r =
+      test::run(agent(1) + " > " + root + "/node1.log 2>&1 & " + agent(0) + "; wait");
+  expect_ok(r, "two agents");
+  const double loss_rel = max_loss_rel(losses(root + "/two-nodes"), losses(root + "/one-node"));
+  const double adapter = max_adapter_diff(root + "/two-nodes", root + "/one-node");
+  std::printf(
+      "[dp] 2 nodes x 1 rank (c10d rendezvous) vs 1 node x 2 ranks: step losses rel diff "
+      "%.3g, adapter max abs diff %.3g\n",
+      loss_rel, adapter);
+  EXPECT_LE(loss_rel, 1e-6);
+  EXPECT_LE(adapter, 1e-6);
 }
 
 TEST(DataParallel, ATorchrunRestartAfterAKilledRankEqualsAnUninterruptedRun) {
