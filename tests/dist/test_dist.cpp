@@ -177,6 +177,18 @@ void expect_ok(const test::RunResult& r, const std::string& what) {
   ASSERT_EQ(r.status, 0) << what << "\n" << r.out;
 }
 
+// Prints how far run directory `got` is from `want` and checks that every
+// step loss agrees within 1e-6 relative and the adapters within 1e-6.
+void expect_same_training(const std::string& got, const std::string& want,
+                          const std::string& what) {
+  const double loss_rel = max_loss_rel(losses(got), losses(want));
+  const double adapter = max_adapter_diff(got, want);
+  std::printf("[dp] %s: max step loss rel diff %.3g, adapter max abs diff %.3g\n", what.c_str(),
+              loss_rel, adapter);
+  EXPECT_LE(loss_rel, 1e-6);
+  EXPECT_LE(adapter, 1e-6);
+}
+
 // Trains `variant` for 8 steps on one process with accumulation 4 and on 2
 // ranks with accumulation 2 (plus `two_rank_args`), and checks that every
 // step loss and the adapters agree within 1e-6. Returns the 2-rank run's
@@ -194,14 +206,8 @@ std::pair<std::string, test::RunResult> one_vs_two_ranks(const std::string& root
   expect_ok(r, "2 ranks");
   const Losses a = losses(one), b = losses(two);
   EXPECT_EQ(a.train.size(), 8u);
-  const double loss_rel = max_loss_rel(b, a);
-  const double adapter = max_adapter_diff(two, one);
-  std::printf(
-      "[dp] %s, %s vs 1 process x accumulation 4, 8 steps: max step loss rel diff %.3g, "
-      "adapter max abs diff %.3g\n",
-      variant.c_str(), label.c_str(), loss_rel, adapter);
-  EXPECT_LE(loss_rel, 1e-6);
-  EXPECT_LE(adapter, 1e-6);
+  expect_same_training(two, one,
+                       variant + ", " + label + " vs 1 process x accumulation 4, 8 steps");
   EXPECT_EQ(a.val.size(), b.val.size());
   for (size_t i = 0; i < std::min(a.val.size(), b.val.size()); ++i) {
     EXPECT_NEAR(b.val[i], a.val[i], 1e-6 * a.val[i]);
@@ -316,14 +322,8 @@ TEST(DataParallel, TwoNodesThroughTheC10dRendezvousEqualOneNodeOfTwoRanks) {
   const test::RunResult r =
       test::run(agent(1) + " > " + root + "/node1.log 2>&1 & " + agent(0) + "; wait");
   expect_ok(r, "two agents");
-  const double loss_rel = max_loss_rel(losses(root + "/two-nodes"), losses(root + "/one-node"));
-  const double adapter = max_adapter_diff(root + "/two-nodes", root + "/one-node");
-  std::printf(
-      "[dp] 2 nodes x 1 rank (c10d rendezvous) vs 1 node x 2 ranks: step losses rel diff "
-      "%.3g, adapter max abs diff %.3g\n",
-      loss_rel, adapter);
-  EXPECT_LE(loss_rel, 1e-6);
-  EXPECT_LE(adapter, 1e-6);
+  expect_same_training(root + "/two-nodes", root + "/one-node",
+                       "2 nodes x 1 rank (c10d rendezvous) vs 1 node x 2 ranks");
 }
 
 TEST(DataParallel, ATorchrunRestartAfterAKilledRankEqualsAnUninterruptedRun) {
@@ -338,14 +338,8 @@ TEST(DataParallel, ATorchrunRestartAfterAKilledRankEqualsAnUninterruptedRun) {
       train(2, cfg, "output.dir=" + crashed + " --test-crash-at 1:3", "--max-restarts 1");
   expect_ok(r, "restarted");
   EXPECT_NE(r.out.find("resumed from"), std::string::npos) << r.out;
-  const double loss_rel = max_loss_rel(losses(crashed), losses(plain));
-  const double adapter = max_adapter_diff(crashed, plain);
-  std::printf(
-      "[dp] rank 1 killed after step 3, torchrun --max-restarts 1: step losses rel diff "
-      "%.3g, adapter max abs diff %.3g vs the uninterrupted run\n",
-      loss_rel, adapter);
-  EXPECT_LE(loss_rel, 1e-6);
-  EXPECT_LE(adapter, 1e-6);
+  expect_same_training(crashed, plain,
+                       "rank 1 killed after step 3, torchrun --max-restarts 1, vs uninterrupted");
 }
 
 TEST(DataParallel, ACheckpointResumesOnAnotherNumberOfRanks) {
@@ -367,14 +361,9 @@ TEST(DataParallel, ACheckpointResumesOnAnotherNumberOfRanks) {
     EXPECT_NE(bad.status, 0);
     EXPECT_NE(bad.out.find("train.global_batch=8"), std::string::npos) << bad.out;
     expect_ok(train(then, cfg, "output.dir=" + dir + " --resume"), "resumed");
-    const double loss_rel = max_loss_rel(losses(dir), losses(whole));
-    const double adapter = max_adapter_diff(dir, whole);
-    std::printf(
-        "[dp] 4 steps on %d rank(s), resumed on %d: step losses rel diff %.3g, adapter "
-        "max abs diff %.3g vs 8 steps on 2 ranks\n",
-        std::max(first, 1), std::max(then, 1), loss_rel, adapter);
-    EXPECT_LE(loss_rel, 1e-6);
-    EXPECT_LE(adapter, 1e-6);
+    expect_same_training(dir, whole,
+                         std::to_string(std::max(first, 1)) + " rank(s) for 4 steps, resumed on " +
+                             std::to_string(std::max(then, 1)) + ", vs 8 steps on 2 ranks");
   }
 }
 
