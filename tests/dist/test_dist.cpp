@@ -342,6 +342,41 @@ TEST(DataParallel, ATorchrunRestartAfterAKilledRankEqualsAnUninterruptedRun) {
                        "rank 1 killed after step 3, torchrun --max-restarts 1, vs uninterrupted");
 }
 
+TEST(DataParallel, ASignalToOneRankStopsEveryRankAfterTheSameStep) {
+  // SIGTERM reaches rank 1 only; the stop requests are summed with the
+  // gradients, so rank 0 stops after the same step and writes the checkpoint.
+  const std::string root = test::make_temp_dir("dp-signal");
+  const std::string cfg = config(root, "llama-rope3-tied", "  gradient_accumulation_steps: 2\n");
+  const std::string whole = root + "/whole", stopped = root + "/stopped";
+  expect_ok(train(2, cfg, "train.max_steps=300 output.dir=" + whole), "uninterrupted");
+  const std::string launch = torchrun(2) + " train --plain " + test::quote(cfg) +
+                             " train.max_steps=300 output.dir=" + stopped;
+  const test::RunResult r = test::run(
+      launch + " > " + root +
+      "/log 2>&1 & tr=$!; "
+      "for i in $(seq 1 600); do grep -q '\"step\": *5,' " +
+      stopped +
+      "/metrics.jsonl 2>/dev/null && break; sleep 0.05; done; "
+      "for p in $(pgrep -f 'output.dir=" +
+      stopped +
+      "'); do "
+      "tr '\\0' '\\n' < /proc/$p/environ 2>/dev/null | grep -qx RANK=1 && kill -TERM $p; done; "
+      "wait $tr; echo status $?");
+  const std::string log = test::read_file(root + "/log");
+  EXPECT_NE(r.out.find("status 1"), std::string::npos) << r.out << log;  // workers exit 143
+  EXPECT_NE(log.find("stopped by signal 15"), std::string::npos) << log;
+  const Losses part = losses(stopped);
+  ASSERT_FALSE(part.train.empty());
+  const int64_t at = part.train.back().first;
+  EXPECT_LT(at, 300) << "the run finished before the signal";
+  EXPECT_TRUE(fs::exists(stopped + "/checkpoints/step-" + std::to_string(at) + "/state.json"))
+      << log;
+  expect_ok(train(2, cfg, "train.max_steps=300 output.dir=" + stopped + " --resume"), "resumed");
+  expect_same_training(stopped, whole,
+                       "SIGTERM to rank 1 at step " + std::to_string(at) +
+                           ", resumed, vs uninterrupted (300 steps)");
+}
+
 TEST(DataParallel, ACheckpointResumesOnAnotherNumberOfRanks) {
   const std::string root = test::make_temp_dir("dp-resume");
   // global_batch 8 = micro 2 x 2 ranks x 2 = micro 2 x 1 rank x 4.
