@@ -2,6 +2,7 @@
 #include "trainer/model/loader.h"
 
 #include <ATen/Context.h>
+#include <ATen/ops/empty.h>
 #include <c10/core/Device.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
@@ -110,6 +111,23 @@ bool is_quantized_projection(const std::string& module_path) {
   return module_path.rfind("model.layers.", 0) == 0;
 }
 
+namespace {
+
+// model.to(device) for everything but the decoder layers' projection
+// weights, which keep their host data (LoadOptions::layer_projections_on_host).
+void move_except_projections(CausalLMImpl& model, const c10::Device& device) {
+  std::vector<std::pair<at::Tensor, at::Tensor>> kept;  // (parameter, its host data)
+  for (auto& [path, linear] : linear_modules(model)) {
+    if (!is_quantized_projection(path)) continue;
+    kept.emplace_back(linear->weight, linear->weight.data());
+    linear->weight.set_data(at::empty({0}, linear->weight.options()));  // moved empty
+  }
+  model.to(device);
+  for (auto& [param, host] : kept) param.set_data(host);  // as Module::to sets data across devices
+}
+
+}  // namespace
+
 CausalLM load_model(const std::string& dir, const LoadOptions& options) {
   const ModelConfig config = load_config(dir);
   dtype_string(options.dtype);  // rejects non-float model dtypes
@@ -147,7 +165,8 @@ CausalLM load_model(const std::string& dir, const LoadOptions& options) {
   // model is built on the CPU and moved to its device at the end.
   const bool quantize_at_load = options.quantize.kind == Quantization::kNf4 && !config.bnb_nf4;
   const bool nf4 = quantize_at_load || !stored_nf4.empty();
-  const c10::Device build = nf4 ? c10::Device(c10::kCPU) : device;
+  const bool host_projections = options.layer_projections_on_host && !nf4 && !device.is_cpu();
+  const c10::Device build = nf4 || host_projections ? c10::Device(c10::kCPU) : device;
   CausalLM model(config, at::TensorOptions().dtype(options.dtype).device(build));
   const auto params = model->named_parameters(/*recurse=*/true);
   check_params(dir, config, ckpt, params, stored_nf4);
@@ -185,7 +204,11 @@ CausalLM load_model(const std::string& dir, const LoadOptions& options) {
     }
     param.set_requires_grad(false);
   }
-  if (build != device) model->to(device);
+  if (host_projections) {
+    move_except_projections(*model, device);
+  } else if (build != device) {
+    model->to(device);
+  }
   model->eval();
   return model;
 }

@@ -103,6 +103,12 @@ struct LoadOptions {
   // quantization_config) ignores `quantize`: its stored 4-bit states are
   // used as they are (bnb_checkpoint.h), its float tensors stay float.
   QuantizeOptions quantize = {};
+  // For a caller that shards them over ranks (train.shard_base): on a GPU,
+  // the projection weights inside the decoder layers stay on the host as
+  // loaded (zero-copy views of the mapping when the file holds `dtype`)
+  // while everything else goes to the device, so no GPU ever holds a whole
+  // layer set; the caller moves its share. No effect on the CPU or with NF4.
+  bool layer_projections_on_host = false;
 };
 
 // Whether a quantized load stores the projection at `module_path` in NF4:

@@ -425,6 +425,8 @@ TrainingRun::TrainingRun(const config::TrainConfig& cfg, const RunOptions& opts,
   if (cfg.model.quantize == config::Quantize::kNf4) {
     load.quantize = {model::Quantization::kNf4, cfg.model.double_quant};  // QLoRA
   }
+  // Sharded: a GPU rank receives only its share of the layers (ShardedBase).
+  load.layer_projections_on_host = cfg.train.shard_base && group_ != nullptr;
   model_ = model::load_model(model_dir_, load);
   const c10::Device device = model_->device();
   spec_ = spec_of(cfg);

@@ -36,6 +36,7 @@ ShardedBase::ShardedBase(model::CausalLMImpl& model, dist::Group& group) : group
   // to the system when freed.
   mallopt(M_MMAP_THRESHOLD, 1 << 20);
   const int64_t world = group.world_size(), rank = group.rank();
+  const c10::Device device = model.device();  // the embeddings': never left on the host
   const auto& layers = model.model->layers;
   for (size_t l = 0; l < layers->size(); ++l) {
     auto decoder = layers->ptr<model::DecoderLayerImpl>(l);
@@ -55,7 +56,9 @@ ShardedBase::ShardedBase(model::CausalLMImpl& model, dist::Group& group) : group
     }
     if (s.pieces.empty()) continue;
     s.chunk = (s.total + world - 1) / world;
-    const at::TensorOptions opts = s.pieces[0].linear->weight.options();
+    // The weights may still be on the host (LoadOptions::
+    // layer_projections_on_host): the shard goes where the model runs.
+    const at::TensorOptions opts = s.pieces[0].linear->weight.options().device(device);
     s.shard = at::zeros({s.chunk}, opts);
     // Copy this rank's range out of each weight it overlaps: a weight loaded
     // as a view of the mapped file is read only there.
@@ -70,6 +73,8 @@ ShardedBase::ShardedBase(model::CausalLMImpl& model, dist::Group& group) : group
       io::release_mapped(p.linear->weight.data_ptr(), p.linear->weight.nbytes());
       p.linear->weight.set_data(at::empty({0}, opts));  // releases the whole weight
       p.registered = p.linear->weight;
+      // An adapter made beside a host weight follows it to the device.
+      if (p.linear->adapter()) p.linear->adapter()->to(device);
     }
     max_layer_numel_ = std::max(max_layer_numel_, s.chunk * world);
     held_bytes_ += s.shard.nbytes();

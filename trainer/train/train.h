@@ -304,9 +304,11 @@ at::Tensor hidden_states_checkpointed(model::CausalLMImpl& model, const at::Tens
 // batch on every rank.
 class ShardedBase {
  public:
-  // Takes the weights as loaded (on the CPU, zero-copy views of the mapped
-  // files: only this rank's chunk is read from them) and installs the
-  // weight scopes. Throws for NF4 projections.
+  // Takes the weights as loaded (zero-copy views of the mapped files, on the
+  // host even for a GPU model when loaded with LoadOptions::
+  // layer_projections_on_host: only this rank's chunk is read from them and
+  // sent to the model's device, with the projections' adapters) and
+  // installs the weight scopes. Throws for NF4 projections.
   ShardedBase(model::CausalLMImpl& model, dist::Group& group);
   ~ShardedBase();
   ShardedBase(const ShardedBase&) = delete;
