@@ -174,5 +174,54 @@ TEST(DataBatch, LoaderResumesExactlyFromAPosition) {
   EXPECT_THROW(resumed.seek({-1, 0}), Error);
 }
 
+// peek_counts(k) is what collating the next k batches counts (target tokens
+// after the shift, non-padding tokens), for packed and unpacked shuffled
+// data, across epoch ends; it does not move the loader, and skip(k) lands
+// where k calls of next() do.
+TEST(DataBatch, PeekCountsEqualTheCollatedCounts) {
+  for (bool packing : {false, true}) {
+    SCOPED_TRACE(packing ? "packed" : "unpacked");
+    auto seqs = make_sequences(synthetic(lengths_for(23, 4, 12)), 16, packing);
+    DataLoader counted(seqs, 3, 0, 17, true), collated(seqs, 3, 0, 17, true);
+    const int64_t per_epoch = counted.batches_per_epoch();
+    for (int64_t k : {int64_t{0}, int64_t{1}, int64_t{2}, per_epoch - 1, per_epoch + 2}) {
+      for (int step = 0; step < 3 * per_epoch; ++step) {  // through several epoch ends
+        const LoaderPosition at = counted.position();
+        const BatchCounts c = counted.peek_counts(k);
+        EXPECT_EQ(counted.position(), at);
+        BatchCounts want;
+        DataLoader ahead = collated;
+        for (int64_t b = 0; b < k; ++b) {
+          const Batch batch = ahead.next();
+          want.target_tokens += batch.target_tokens;
+          for (uint8_t m : batch.attention_mask) want.tokens += m;
+          int64_t shifted = 0;  // labels[:, 1:] != -100, row by row
+          for (int64_t r = 0; r < batch.rows; ++r) {
+            for (int64_t t = 1; t < batch.seq_len; ++t) {
+              shifted += batch.labels[static_cast<size_t>(r * batch.seq_len + t)] != kIgnoreIndex;
+            }
+          }
+          ASSERT_EQ(shifted, batch.target_tokens);
+        }
+        ASSERT_EQ(c.target_tokens, want.target_tokens) << "k " << k << " step " << step;
+        ASSERT_EQ(c.tokens, want.tokens) << "k " << k << " step " << step;
+        // Skipping lands where collating does (next() on odd steps, so
+        // peek_counts also runs with the loader's own epoch order cached).
+        if (step % 2 == 0) {
+          counted.skip(2);
+        } else {
+          counted.next();
+          counted.next();
+        }
+        collated.next();
+        collated.next();
+        ASSERT_EQ(counted.position(), collated.position());
+      }
+    }
+    EXPECT_THROW(counted.peek_counts(-1), Error);
+    EXPECT_THROW(counted.skip(-1), Error);
+  }
+}
+
 }  // namespace
 }  // namespace loratune::data

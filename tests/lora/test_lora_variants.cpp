@@ -198,6 +198,10 @@ TEST(Pissa, ResumeFromCheckpointIsBitwise) {
   auto group = [&](size_t s) {
     return std::vector<train::MicroBatch>(batches.begin() + 3 * s, batches.begin() + 3 * s + 3);
   };
+  auto step = [&](train::Trainer& t, size_t s) {
+    const std::vector<train::MicroBatch> mb = group(s);
+    t.step(mb, train::StepTotals::of(mb));
+  };
   const std::string run = dir + "/resume_run";
   fs::remove_all(run);
   fs::create_directories(run);
@@ -205,19 +209,19 @@ TEST(Pissa, ResumeFromCheckpointIsBitwise) {
   model::CausalLM a = model::load_model(test::tiny_model("qwen3"));
   lora::inject_lora(*a, spec);
   train::Trainer ta(*a, cfg, 4);
-  for (size_t s = 0; s < 2; ++s) ta.step(group(s));
+  for (size_t s = 0; s < 2; ++s) step(ta, s);
   train::TrainState st;
   st.step = 2;
   st.total_steps = 4;
   const std::string ckpt = train::save_checkpoint(run, *a, spec, ta.optimizer(), st, 0);
-  for (size_t s = 2; s < 4; ++s) ta.step(group(s));
+  for (size_t s = 2; s < 4; ++s) step(ta, s);
 
   model::CausalLM b = model::load_model(test::tiny_model("qwen3"));
   lora::inject_lora(*b, spec);
   train::Trainer tb(*b, cfg, 4);
   const train::TrainState loaded = train::load_checkpoint(ckpt, *b, tb.optimizer());
   tb.set_step_count(loaded.step);
-  for (size_t s = 2; s < 4; ++s) tb.step(group(s));
+  for (size_t s = 2; s < 4; ++s) step(tb, s);
 
   const auto pa = lora::adapter_tensors(*a);
   const auto pb = lora::adapter_tensors(*b);

@@ -141,7 +141,8 @@ TEST_P(BnbCheckpoint, QloraStepsEqualQuantizedAtLoad) {
     const auto batches = test::micro_batches(test::read_tokenized(dir + "/train.jsonl"), 2);
     std::vector<double> out;
     for (int64_t s = 0; s < steps; ++s) {
-      out.push_back(trainer.step({batches.at(s)}).loss.item<double>());
+      const std::vector<train::MicroBatch> mb{batches.at(s)};
+      out.push_back(trainer.step(mb, train::StepTotals::of(mb)).loss.item<double>());
     }
     return out;
   };

@@ -122,7 +122,7 @@ Replay replay(const std::string& variant, const std::string& dir, const config::
   for (size_t s = 0; s < steps.size(); ++s) {
     std::vector<train::MicroBatch> group(batches.begin() + s * accum,
                                          batches.begin() + (s + 1) * accum);
-    const train::StepResult r = trainer.step(group);
+    const train::StepResult r = trainer.step(group, train::StepTotals::of(group));
     const double loss = r.loss.item<double>();
     const double want = steps[s].at("loss").get<double>();
     out.loss = std::max(out.loss, test::rel_err(loss, want));
@@ -308,7 +308,7 @@ TEST(LoraPlusResume, CheckpointThenResumeIsBitwise) {
     for (int64_t s = from; s < to; ++s) {
       std::vector<train::MicroBatch> group(batches.begin() + s * accum,
                                            batches.begin() + (s + 1) * accum);
-      out.push_back(t.step(group).loss.item<double>());
+      out.push_back(t.step(group, train::StepTotals::of(group)).loss.item<double>());
     }
     return out;
   };

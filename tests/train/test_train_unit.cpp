@@ -260,7 +260,9 @@ TEST(ActivationCheckpoint, TrainerStepsMatch) {
       }
     }
     auto mb = test::micro_batches({a, b, b, a}, 2);
-    for (int s = 0; s < 4; ++s) losses[ckpt].push_back(tr.step(mb).loss.item<double>());
+    for (int s = 0; s < 4; ++s) {
+      losses[ckpt].push_back(tr.step(mb, train::StepTotals::of(mb)).loss.item<double>());
+    }
     for (auto& p : tr.optimizer().params()) finals[ckpt].push_back(p.detach().clone());
   }
   for (int s = 0; s < 4; ++s) EXPECT_NEAR(losses[0][s], losses[1][s], 1e-6) << "step " << s;
@@ -293,11 +295,11 @@ TEST(TrainerStep, NonFiniteStepIsSkippedWithoutMovingParameters) {
     s.segment_ids.push_back(1);
   }
   auto mb = test::micro_batches({s, s}, 2);
-  auto r1 = tr.step(mb);
+  auto r1 = tr.step(mb, train::StepTotals::of(mb));
   EXPECT_EQ(r1.found_inf.item<float>(), 0.0f);
   std::vector<at::Tensor> after1;
   for (auto& p : tr.optimizer().params()) after1.push_back(p.detach().clone());
-  auto r2 = tr.step(mb);
+  auto r2 = tr.step(mb, train::StepTotals::of(mb));
   EXPECT_FALSE(std::isfinite(r2.loss.item<double>()));
   EXPECT_EQ(r2.found_inf.item<float>(), 1.0f);
   for (size_t i = 0; i < after1.size(); ++i) {

@@ -132,7 +132,7 @@ inline ReplayErrors replay_steps(model::CausalLMImpl& m, const std::string& dir,
   for (size_t s = 0; s < steps.size(); ++s) {
     std::vector<train::MicroBatch> group(batches.begin() + s * accum,
                                          batches.begin() + (s + 1) * accum);
-    train::StepResult r = trainer.step(group);
+    train::StepResult r = trainer.step(group, train::StepTotals::of(group));
     const double loss = r.loss.item<double>();
     const double want = steps[s].at("loss").get<double>();
     EXPECT_EQ(r.target_tokens, steps[s].at("targets").get<int64_t>()) << "step " << s;

@@ -135,9 +135,15 @@ Batch collate(const std::vector<const Sequence*>& rows, int32_t pad_id) {
     std::copy(s.position_ids.begin(), s.position_ids.end(), b.position_ids.begin() + base);
     std::copy(s.segment_ids.begin(), s.segment_ids.end(), b.segment_ids.begin() + base);
     std::fill_n(b.attention_mask.begin() + base, s.input_ids.size(), 1);
-    for (size_t t = 1; t < s.labels.size(); ++t) b.target_tokens += s.labels[t] != kIgnoreIndex;
+    b.target_tokens += target_tokens(s);
   }
   return b;
+}
+
+int64_t target_tokens(const Sequence& s) {
+  int64_t n = 0;
+  for (size_t t = 1; t < s.labels.size(); ++t) n += s.labels[t] != kIgnoreIndex;
+  return n;
 }
 
 int32_t pad_id_for(const tokenizer::Tokenizer& tok) {
@@ -160,6 +166,8 @@ DataLoader::DataLoader(std::vector<Sequence> sequences, int64_t batch_size, int3
   if (batch_size_ < 1)
     throw Error("DataLoader: batch size must be >= 1, got " + std::to_string(batch_size_),
                 ErrorKind::kInternal);
+  targets_.reserve(sequences_.size());
+  for (const Sequence& s : sequences_) targets_.push_back(target_tokens(s));
 }
 
 int64_t DataLoader::batches_per_epoch() const {
@@ -187,18 +195,56 @@ void DataLoader::seek(LoaderPosition p) {
   pos_ = p;
 }
 
+DataLoader::Span DataLoader::take(LoaderPosition* p) const {
+  const int64_t n = sequences_per_epoch();
+  if (p->index >= n) *p = {p->epoch + 1, 0};
+  const Span s{p->epoch, p->index, std::min(p->index + batch_size_, n)};
+  p->index = s.end;
+  if (p->index == n) *p = {p->epoch + 1, 0};
+  return s;
+}
+
 Batch DataLoader::next() {
-  if (pos_.index >= sequences_per_epoch()) pos_ = {pos_.epoch + 1, 0};
-  if (order_epoch_ != pos_.epoch) {
-    order_ = epoch_order(pos_.epoch);
-    order_epoch_ = pos_.epoch;
+  const Span s = take(&pos_);
+  if (order_epoch_ != s.epoch) {
+    order_ = epoch_order(s.epoch);
+    order_epoch_ = s.epoch;
   }
-  const int64_t end = std::min(pos_.index + batch_size_, sequences_per_epoch());
   std::vector<const Sequence*> rows;
-  for (int64_t i = pos_.index; i < end; ++i) rows.push_back(&sequences_[order_[i]]);
-  pos_.index = end;
-  if (pos_.index == sequences_per_epoch()) pos_ = {pos_.epoch + 1, 0};
+  for (int64_t i = s.begin; i < s.end; ++i) rows.push_back(&sequences_[order_[i]]);
   return collate(rows, pad_id_);
+}
+
+BatchCounts DataLoader::peek_counts(int64_t k) const {
+  if (k < 0)
+    throw Error("DataLoader: cannot count " + std::to_string(k) + " batches", ErrorKind::kInternal);
+  BatchCounts c;
+  LoaderPosition p = pos_;
+  std::vector<int64_t> other;  // the order of an epoch order_ does not hold
+  int64_t other_epoch = -1;
+  for (int64_t b = 0; b < k; ++b) {
+    const Span s = take(&p);
+    const std::vector<int64_t>* order = &order_;
+    if (order_epoch_ != s.epoch) {
+      if (other_epoch != s.epoch) {
+        other = epoch_order(s.epoch);
+        other_epoch = s.epoch;
+      }
+      order = &other;
+    }
+    for (int64_t i = s.begin; i < s.end; ++i) {
+      const size_t at = static_cast<size_t>((*order)[i]);
+      c.target_tokens += targets_[at];
+      c.tokens += static_cast<int64_t>(sequences_[at].input_ids.size());
+    }
+  }
+  return c;
+}
+
+void DataLoader::skip(int64_t k) {
+  if (k < 0)
+    throw Error("DataLoader: cannot skip " + std::to_string(k) + " batches", ErrorKind::kInternal);
+  for (int64_t b = 0; b < k; ++b) take(&pos_);
 }
 
 }  // namespace loratune::data

@@ -201,6 +201,17 @@ struct Batch {
 // Pads `rows` into a Batch. Throws on an empty list.
 Batch collate(const std::vector<const Sequence*>& rows, int32_t pad_id);
 
+// The target tokens of one row: labels[1:] != kIgnoreIndex (its first label
+// never counts: the loss shifts labels by one). A Batch's target_tokens is
+// the sum of this over its rows (padding is kIgnoreIndex).
+int64_t target_tokens(const Sequence& s);
+
+// What some batches hold, counted without collating them.
+struct BatchCounts {
+  int64_t target_tokens = 0;  // the sum of their Batch::target_tokens
+  int64_t tokens = 0;         // the sum of their attention_mask (non-padding tokens)
+};
+
 // The pad id: the tokenizer's pad token, else EOS (the usual
 // `tokenizer.pad_token = tokenizer.eos_token`), else 0. Padding is masked
 // (labels -100, attention 0), so the value never reaches the loss.
@@ -251,11 +262,26 @@ class DataLoader {
   void seek(LoaderPosition p);
   // The next batch; advances the position (into the next epoch after its last batch).
   Batch next();
+  // What the next `k` batches (k >= 0) hold, exactly as collating them
+  // would count, without collating them or moving the position (a
+  // distributed step's totals, where each rank collates only its share).
+  BatchCounts peek_counts(int64_t k) const;
+  // Moves past the next `k` batches (k >= 0) without collating them: the
+  // position that k calls of next() reach.
+  void skip(int64_t k);
   // The sequence indices of `epoch` in the order they are served.
   std::vector<int64_t> epoch_order(int64_t epoch) const;
 
  private:
+  // The batch served from `*p`: [begin, end) of epoch `epoch`'s order; moves
+  // *p past it. The one place that decides where batches start and end.
+  struct Span {
+    int64_t epoch = 0, begin = 0, end = 0;
+  };
+  Span take(LoaderPosition* p) const;
+
   std::vector<Sequence> sequences_;
+  std::vector<int64_t> targets_;  // target_tokens(sequences_[i])
   int64_t batch_size_;
   int32_t pad_id_;
   uint64_t seed_;

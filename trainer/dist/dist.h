@@ -91,8 +91,6 @@ class Group {
   // `out` and `in` must stay alive and untouched until wait() returns.
   std::unique_ptr<Pending> all_gather_async(at::Tensor& out, const at::Tensor& in);
 
-  void barrier();
-
   // The start-up agreement, through the store (it works when the collectives
   // cannot): every rank reports whether `phase` failed on it (`error` set).
   // When any rank failed, every rank throws: the failing ranks their own

@@ -165,10 +165,6 @@ std::unique_ptr<Group::Pending> Group::all_gather_async(at::Tensor& out, const a
   return std::unique_ptr<Pending>(new Pending(std::move(work), *this));
 }
 
-void Group::barrier() {
-  impl_->wait(impl_->backend->barrier(), "barrier", env_.rank);
-}
-
 void Group::check_all_ok(const std::string& phase, const std::exception_ptr& error) {
   c10d::Store& store = *impl_->store;
   const std::string base = "startup/" + phase + "/";

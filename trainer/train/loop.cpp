@@ -42,14 +42,13 @@ Trainer::Trainer(model::CausalLMImpl& model, const config::TrainLoopConfig& cfg,
   }
 }
 
-StepResult Trainer::step(const std::vector<MicroBatch>& micro) {
-  if (micro.empty()) throw Error("train step: no micro-batches");
+StepTotals StepTotals::of(const std::vector<MicroBatch>& micro) {
   StepTotals totals;
   for (const MicroBatch& mb : micro) {
     totals.target_tokens += mb.target_tokens;
     totals.tokens += mb.tokens;
   }
-  return step(micro, totals);
+  return totals;
 }
 
 StepResult Trainer::step(const std::vector<MicroBatch>& micro, const StepTotals& totals,

@@ -3,7 +3,6 @@
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
-#include <malloc.h>
 #include <torch/nn/modules/container/modulelist.h>
 
 #include "trainer/dist/dist.h"
@@ -29,12 +28,6 @@ struct ShardedBase::Layer {
 
 ShardedBase::ShardedBase(model::CausalLMImpl& model, dist::Group& group) : group_(group) {
   torch::NoGradGuard no_grad;
-  // Gloo's all-gather stages each layer in a temporary buffer on its own
-  // threads; glibc keeps such freed blocks in per-thread arenas (its mmap
-  // threshold grows with them), which would hold several layers resident and
-  // undo the sharding. A fixed threshold gives blocks of 1 MiB and more back
-  // to the system when freed.
-  mallopt(M_MMAP_THRESHOLD, 1 << 20);
   const int64_t world = group.world_size(), rank = group.rank();
   const c10::Device device = model.device();  // the embeddings': never left on the host
   const auto& layers = model.model->layers;

@@ -195,11 +195,15 @@ struct StepResult {
 };
 
 // What a step's micro-batches hold over all ranks of a distributed run.
-// Every rank reads the whole step's micro-batches from the loader, so it
-// knows these without communication.
+// Every rank counts the whole step's micro-batches from the loader
+// (data::DataLoader::peek_counts, without collating them), so it knows these
+// without communication.
 struct StepTotals {
   int64_t target_tokens = 0;  // labels[:, 1:] != -100
   int64_t tokens = 0;         // non-padding tokens
+  // The totals of `micro` alone: a step that runs all its micro-batches
+  // itself (one process).
+  static StepTotals of(const std::vector<MicroBatch>& micro);
 };
 
 // Owns the optimizer and schedule for `model`'s adapter parameters and runs
@@ -222,12 +226,13 @@ class Trainer {
  public:
   Trainer(model::CausalLMImpl& model, const config::TrainLoopConfig& cfg, int64_t total_steps,
           dist::Group* group = nullptr);
-  // One optimizer step over `micro` (the accumulation group; any size >= 1).
-  // Puts the model in training mode. Throws when the group has no target.
-  StepResult step(const std::vector<MicroBatch>& micro);
-  // The same with the counts of the whole step over all ranks; `micro` may
-  // be empty (a rank with no share). With a group, `stop_request` (this
-  // rank wants to stop) is summed into StepResult::stop_requests.
+  // One optimizer step over `micro` (this rank's share of the accumulation
+  // group), `totals` being the counts of the whole step over all ranks
+  // (StepTotals::of(micro) for one process). Puts the model in training
+  // mode. Throws when the step has no target, or `micro` is empty without a
+  // group (with one, a rank may have no share). With a group,
+  // `stop_request` (this rank wants to stop) is summed into
+  // StepResult::stop_requests.
   StepResult step(const std::vector<MicroBatch>& micro, const StepTotals& totals,
                   bool stop_request = false);
   int64_t step_count() const { return step_; }
