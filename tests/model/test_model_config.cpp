@@ -185,9 +185,18 @@ TEST(Config, Phi3LongropeAndGemmaFields) {
   ASSERT_TRUE(c.rope_local.has_value());
   EXPECT_DOUBLE_EQ(c.rope_local->theta, 1e4);
 
-  g3["model_type"] = "gemma3";
-  g3["text_config"] = json::object();
-  EXPECT_NE(error_of(g3).find("multimodal Gemma 3"), std::string::npos) << error_of(g3);
+  // The multimodal Gemma 3: its language model is text_config, absent keys
+  // from Gemma3TextConfig (tests/lora/test_gemma3_multimodal.cpp has more).
+  json mm = {{"model_type", "gemma3"}, {"text_config", json::object()}};
+  c = parse_config(mm, "dir/config.json");
+  EXPECT_TRUE(c.multimodal);
+  EXPECT_EQ(c.model_type, "gemma3_text");
+  EXPECT_EQ(c.num_hidden_layers, 26);
+  EXPECT_EQ(c.vocab_size, 262208);
+  EXPECT_TRUE(c.qk_norm);
+  EXPECT_FALSE(parse_config(g3, "dir/config.json").multimodal);
+  mm["text_config"] = "gemma3_text";
+  EXPECT_NE(error_of(mm).find("key \"text_config\""), std::string::npos) << error_of(mm);
 }
 
 TEST(ConfigErrors, UnknownModelTypeNamesTheSupportedOnes) {

@@ -73,6 +73,12 @@ int64_t peak_rss_bytes() {
   return static_cast<int64_t>(ru.ru_maxrss) * 1024;  // Linux reports KiB
 }
 
+// The prefix a multimodal checkpoint holds its language model under.
+std::string checkpoint_layout(model::ModelConfig c, const io::Checkpoint& ckpt) {
+  model::detect_checkpoint_layout(c, ckpt);
+  return c.checkpoint_prefix;
+}
+
 json describe(const InspectOptions& o) {
   const model::ModelConfig c = model::load_config(o.dir);
   const io::Checkpoint ckpt = io::Checkpoint::open(o.dir);
@@ -107,6 +113,9 @@ json describe(const InspectOptions& o) {
   json j = {
       {"dir", o.dir},
       {"family", c.model_type},
+      // A multimodal Gemma 3: the checkpoint prefix of its language model
+      // (the only part loratune loads); null for a text-only model.
+      {"multimodal_prefix", c.multimodal ? json(checkpoint_layout(c, ckpt)) : json(nullptr)},
       {"vocab_size", c.vocab_size},
       {"hidden_size", c.hidden_size},
       {"intermediate_size", c.intermediate_size},
@@ -201,7 +210,12 @@ std::string human_bytes(double b) {
 void print_text(const json& j) {
   std::ostream& o = std::cout;
   o << "model:       " << j["dir"].get<std::string>() << "\n";
-  o << "family:      " << j["family"].get<std::string>() << "\n";
+  o << "family:      " << j["family"].get<std::string>();
+  if (j["multimodal_prefix"].is_string()) {
+    o << " (language model of a multimodal gemma3, tensors under "
+      << j["multimodal_prefix"].get<std::string>() << "; vision tower not loaded)";
+  }
+  o << "\n";
   o << "dimensions:  vocab " << j["vocab_size"] << ", hidden " << j["hidden_size"]
     << ", intermediate " << j["intermediate_size"] << ", layers " << j["num_hidden_layers"]
     << ", heads " << j["num_attention_heads"] << ", kv heads " << j["num_key_value_heads"]

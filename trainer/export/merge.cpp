@@ -105,12 +105,17 @@ struct StoredNf4 {
 };
 
 // Bytes `info` takes once written as `dtype` (floating tensors are cast, a
-// 4-bit weight is written dequantized).
-uint64_t output_bytes(const io::TensorInfo& info, c10::ScalarType dtype, const StoredNf4& stored) {
+// 4-bit weight is written dequantized, a multimodal model's vision tower and
+// projector are copied as stored).
+uint64_t output_bytes(const io::TensorInfo& info, c10::ScalarType dtype, const StoredNf4& stored,
+                      const model::ModelConfig& config) {
   if (auto it = stored.weights.find(info.name); it != stored.weights.end()) {
     return static_cast<uint64_t>(it->second.first * it->second.second) * c10::elementSize(dtype);
   }
-  const c10::ScalarType t = at::isFloatingType(info.scalar_type) ? dtype : info.scalar_type;
+  const c10::ScalarType t =
+      at::isFloatingType(info.scalar_type) && !model::is_multimodal_extra(config, info.name)
+          ? dtype
+          : info.scalar_type;
   return static_cast<uint64_t>(info.numel()) * c10::elementSize(t);
 }
 
@@ -125,11 +130,13 @@ uint64_t output_bytes(const io::TensorInfo& info, c10::ScalarType dtype, const S
 // `nf4_names` (with `opt`'s quantization) are the weights a QLoRA run held in
 // NF4: they are read as dequantize(quantize(W)) before anything else.
 // `stored`'s weights (a pre-quantized base) are read as dequantize(state)
-// and their state tensors are skipped.
-size_t stream_tensors(const io::Checkpoint& base, std::map<std::string, LoraFactors>& factors,
-                      c10::ScalarType dtype, const std::string& adapter_path,
-                      const std::set<std::string>& nf4_names, const StoredNf4& stored,
-                      const MergeOptions& opt, io::ShardedWriter& writer) {
+// and their state tensors are skipped. A multimodal model's vision tower and
+// projector tensors (model::is_multimodal_extra) are written as stored, same
+// names, same bytes, whatever `dtype` is.
+size_t stream_tensors(const io::Checkpoint& base, const model::ModelConfig& config,
+                      std::map<std::string, LoraFactors>& factors, c10::ScalarType dtype,
+                      const std::string& adapter_path, const std::set<std::string>& nf4_names,
+                      const StoredNf4& stored, const MergeOptions& opt, io::ShardedWriter& writer) {
   // Fault injection for the crash-safety test: die (SIGKILL) once this many
   // shards are on disk, as a power cut or the OOM killer would.
   const char* kill_env = std::getenv("LORATUNE_FAULT_KILL_AFTER_SHARDS");
@@ -153,7 +160,7 @@ size_t stream_tensors(const io::Checkpoint& base, std::map<std::string, LoraFact
   for (const auto& shard : base.shards()) {
     for (const io::TensorInfo& info : shard->tensors()) {
       if (stored.companions.count(info.name)) continue;
-      writer.make_room(output_bytes(info, dtype, stored));
+      writer.make_room(output_bytes(info, dtype, stored, config));
       release_if_written();
       at::Tensor w = shard->tensor(info.name);
       const void* mapped = w.data_ptr();
@@ -172,6 +179,8 @@ size_t stream_tensors(const io::Checkpoint& base, std::map<std::string, LoraFact
         outw = merged_weight(w, it->second, info.name, adapter_path, dtype);
         factors.erase(it);
         ++merged;
+      } else if (model::is_multimodal_extra(config, info.name)) {
+        outw = w;  // not part of the language model: copied as stored
       } else {
         outw = at::isFloatingType(w.scalar_type()) ? w.to(dtype) : w;
       }
@@ -193,7 +202,8 @@ std::map<std::string, LoraFactors> read_factors(const model::ModelConfig& config
   std::map<std::string, LoraFactors> out;
   for (const lora::AdaptedModule& m : adapter.modules) {
     const std::string prefix = "base_model.model." + m.path;
-    LoraFactors& f = out[model::checkpoint_name(config, m.path + ".weight")];
+    LoraFactors& f =
+        out[model::checkpoint_name(config, model::module_path_of_peft(config, m.path) + ".weight")];
     f.A = adapter.file->tensor(prefix + ".lora_A.weight");
     f.B = adapter.file->tensor(prefix + ".lora_B.weight");
     if (m.dora) f.magnitude = adapter.file->tensor(prefix + ".lora_magnitude_vector");
@@ -238,7 +248,8 @@ std::vector<std::string> companion_files(const std::string& model_dir) {
                                               "merges.txt",
                                               "chat_template.jinja",
                                               "chat_template.json",
-                                              "preprocessor_config.json"};
+                                              "preprocessor_config.json",
+                                              "processor_config.json"};
   std::vector<std::string> out;
   for (const auto& e : fs::directory_iterator(model_dir)) {
     if (e.is_regular_file() && kKeep.count(e.path().filename().string())) {
@@ -257,12 +268,13 @@ void merge_adapter(const MergeOptions& opt) {
   // load_adapter does (generate, eval, logits), so the merge applies exactly
   // the LoRA layers PEFT would create, with their ranks and scales.
   const std::string cfg_path = model::config_json_path(opt.model_dir);
-  const model::ModelConfig config = model::load_config(opt.model_dir);
+  model::ModelConfig config = model::load_config(opt.model_dir);
   io::Checkpoint base = io::Checkpoint::open(opt.model_dir);
+  model::detect_checkpoint_layout(config, base);
   model::check_checkpoint(cfg_path, config, base, /*reads_bnb_nf4=*/true);
   json cfg = io::read_json(cfg_path);
   const lora::CheckedAdapter checked =
-      lora::open_adapter(opt.adapter_dir, model::linear_shapes(config));
+      lora::open_adapter(opt.adapter_dir, lora::peft_linear_shapes(config));
   const lora::LoraSpec& spec = checked.spec;
   const auto& adapter = checked.file;
   std::map<std::string, LoraFactors> factors = read_factors(config, checked);
@@ -271,6 +283,7 @@ void merge_adapter(const MergeOptions& opt) {
   if (!opt.dtype && !config_dtype(cfg)) {
     for (const auto& name : base.names()) {  // the first floating one (not a packed 4-bit one)
       if (!at::isFloatingType(base.info(name).scalar_type)) continue;
+      if (model::is_multimodal_extra(config, name)) continue;  // the language model decides
       dtype = base.info(name).scalar_type;
       break;
     }
@@ -301,8 +314,8 @@ void merge_adapter(const MergeOptions& opt) {
         }
       }
     }
-    const size_t merged =
-        stream_tensors(base, factors, dtype, adapter->path(), nf4_names, stored, opt, writer);
+    const size_t merged = stream_tensors(base, config, factors, dtype, adapter->path(), nf4_names,
+                                         stored, opt, writer);
     if (!factors.empty()) {
       throw Error(adapter->path() + ": adapter module '" + factors.begin()->first +
                       "' has no weight in the base model " + opt.model_dir + " (" +
@@ -318,6 +331,12 @@ void merge_adapter(const MergeOptions& opt) {
       if (cfg.contains(key)) cfg[key] = model::dtype_string(dtype), has_key = true;
     }
     if (!has_key) cfg["torch_dtype"] = model::dtype_string(dtype);
+    // A multimodal config's text_config may carry its own dtype key.
+    if (auto tc = cfg.find("text_config"); tc != cfg.end() && tc->is_object()) {
+      for (const char* key : {"dtype", "torch_dtype"}) {
+        if (tc->contains(key) && !(*tc)[key].is_null()) (*tc)[key] = model::dtype_string(dtype);
+      }
+    }
     cfg.erase("quantization_config");  // the weights written are dequantized
     io::write_file_atomic((fs::path(out.path()) / "config.json").string(), cfg.dump(2) + "\n");
     for (const auto& name : companion_files(opt.model_dir)) {

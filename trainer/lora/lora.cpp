@@ -205,14 +205,14 @@ std::vector<std::string> inject_lora(model::CausalLMImpl& model, const LoraSpec&
 
 std::vector<std::pair<std::string, at::Tensor>> adapter_tensors(model::CausalLMImpl& model) {
   std::vector<std::pair<std::string, at::Tensor>> out;
-  for (auto& [path, linear] : model::linear_modules(model)) {
+  for (auto& [module_path, linear] : model::linear_modules(model)) {
     auto lora = std::dynamic_pointer_cast<LoraLinearImpl>(linear->adapter());
     if (!lora) continue;
-    out.emplace_back("base_model.model." + path + ".lora_A.weight", lora->lora_A->weight);
-    out.emplace_back("base_model.model." + path + ".lora_B.weight", lora->lora_B->weight);
-    if (lora->dora()) {
-      out.emplace_back("base_model.model." + path + ".lora_magnitude_vector", lora->magnitude);
-    }
+    const std::string prefix =
+        "base_model.model." + model::peft_module_path(model.config(), module_path);
+    out.emplace_back(prefix + ".lora_A.weight", lora->lora_A->weight);
+    out.emplace_back(prefix + ".lora_B.weight", lora->lora_B->weight);
+    if (lora->dora()) out.emplace_back(prefix + ".lora_magnitude_vector", lora->magnitude);
   }
   return out;
 }
@@ -220,10 +220,11 @@ std::vector<std::pair<std::string, at::Tensor>> adapter_tensors(model::CausalLMI
 std::vector<std::pair<std::string, at::Tensor>> saved_adapter_tensors(model::CausalLMImpl& model) {
   std::vector<std::pair<std::string, at::Tensor>> out;
   at::NoGradGuard no_grad;
-  for (auto& [path, linear] : model::linear_modules(model)) {
+  for (auto& [module_path, linear] : model::linear_modules(model)) {
     auto lora = std::dynamic_pointer_cast<LoraLinearImpl>(linear->adapter());
     if (!lora) continue;
-    const std::string prefix = "base_model.model." + path;
+    const std::string prefix =
+        "base_model.model." + model::peft_module_path(model.config(), module_path);
     if (lora->init_A().defined()) {
       // W_res + s·BA = W + s·(BA - B0 A0) = W + s·[B, -B0][A; A0].
       out.emplace_back(prefix + ".lora_A.weight",

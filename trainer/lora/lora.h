@@ -141,7 +141,13 @@ std::vector<AdaptedModule> plan_lora(const LoraSpec& spec,
                                      bool every_name_must_match);
 
 // The projections of `model` as LinearShape (path, in, out), in model order.
+// Paths here and in everything adapters are matched and named by (plan_lora,
+// AdaptedModule, adapter files) are PEFT's module paths,
+// model::peft_module_path: the model's own except for a multimodal Gemma 3
+// ("model.language_model.layers.0.self_attn.q_proj").
 std::vector<model::LinearShape> linear_shapes_of(model::CausalLMImpl& model);
+// The same for a model of `config`, without building it (merge, export).
+std::vector<model::LinearShape> peft_linear_shapes(const model::ModelConfig& config);
 
 // Attaches a fresh adapter per entry of `plan` to `model`'s projection of
 // that path, initialised as spec.init says (PiSSA / OLoRA rewrite the

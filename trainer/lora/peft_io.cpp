@@ -4,9 +4,12 @@
 #include <ATen/core/grad_mode.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <filesystem>
+#include <map>
+#include <set>
 
 #include "trainer/io/error.h"
 #include "trainer/io/file_util.h"
@@ -156,8 +159,8 @@ std::vector<AdaptedModule> attached_modules(model::CausalLMImpl& model) {
   for (auto& [path, linear] : model::linear_modules(model)) {
     auto lora = std::dynamic_pointer_cast<LoraLinearImpl>(linear->adapter());
     if (!lora) continue;
-    out.push_back({path, linear->in_features(), linear->out_features(), lora->r(), 0.0,
-                   lora->scale(), lora->dora()});
+    out.push_back({model::peft_module_path(model.config(), path), linear->in_features(),
+                   linear->out_features(), lora->r(), 0.0, lora->scale(), lora->dora()});
   }
   return out;
 }
@@ -166,6 +169,93 @@ std::vector<AdaptedModule> attached_modules(model::CausalLMImpl& model) {
 void copy_weights(const io::SafetensorsFile& file, model::CausalLMImpl& model) {
   at::NoGradGuard no_grad;
   for (auto& [name, param] : adapter_tensors(model)) param.copy_(file.tensor(name));
+}
+
+// `text` with the characters a regular expression gives a meaning escaped.
+std::string regex_escape(const std::string& text) {
+  std::string out;
+  for (char ch : text) {
+    if (std::string(".^$|()[]{}*+?\\").find(ch) != std::string::npos) out += '\\';
+    out += ch;
+  }
+  return out;
+}
+
+// For a multimodal Gemma 3, `spec` as adapter_config.json must say it: PEFT
+// applies target_modules to the whole Gemma3ForConditionalGeneration, whose
+// SigLIP vision tower has q_proj, k_proj, v_proj, ... too (and all-linear
+// takes every linear layer of it), so the targets are written as a regex
+// matching exactly the language-model projections `model` has adapters on:
+// "model\.language_model\.layers\.[0-9]+\.(?:self_attn\.q_proj|...)" (the
+// layers listed when not all are adapted). layers_to_transform,
+// layers_pattern and exclude_modules are folded into it and dropped (PEFT
+// refuses layers_to_transform beside a regex). Throws Error (kInternal) if
+// the regex would select other modules than the adapted ones.
+LoraSpec multimodal_saved_targets(const LoraSpec& spec, model::CausalLMImpl& model) {
+  const std::string layers = "model.language_model.layers.";
+  std::vector<std::string> adapted, others;
+  std::map<std::string, std::set<int64_t>> layers_of;  // module path within a layer -> layers
+  std::vector<std::string> rest_order;
+  for (const AdaptedModule& m : attached_modules(model)) {
+    adapted.push_back(m.path);
+    const size_t dot = m.path.find('.', layers.size());
+    if (m.path.rfind(layers, 0) != 0 || dot == std::string::npos) {
+      others.push_back(regex_escape(m.path));
+      continue;
+    }
+    const std::string rest = m.path.substr(dot + 1);
+    if (!layers_of.count(rest)) rest_order.push_back(rest);
+    layers_of[rest].insert(std::stoll(m.path.substr(layers.size(), dot - layers.size())));
+  }
+  // Module paths adapted on the same layers share one alternative.
+  std::vector<std::pair<std::set<int64_t>, std::vector<std::string>>> groups;
+  for (const auto& rest : rest_order) {
+    auto g = std::find_if(groups.begin(), groups.end(),
+                          [&](const auto& e) { return e.first == layers_of[rest]; });
+    if (g == groups.end()) {
+      groups.push_back({layers_of[rest], {}});
+      g = groups.end() - 1;
+    }
+    g->second.push_back(regex_escape(rest));
+  }
+  std::vector<std::string> parts;
+  const int64_t n = model.config().num_hidden_layers;
+  for (const auto& [idx, rests] : groups) {
+    std::string which;
+    if (static_cast<int64_t>(idx.size()) == n) {
+      which = "[0-9]+";
+    } else {
+      for (int64_t i : idx) which += (which.empty() ? "" : "|") + std::to_string(i);
+      which = "(?:" + which + ")";
+    }
+    std::string alt;
+    for (const auto& r : rests) alt += (alt.empty() ? "" : "|") + r;
+    parts.push_back(regex_escape(layers) + which + "\\.(?:" + alt + ")");
+  }
+  parts.insert(parts.end(), others.begin(), others.end());
+  std::string regex;
+  for (const auto& p : parts) regex += (regex.empty() ? "" : "|") + p;
+  if (parts.size() > 1) regex = "(?:" + regex + ")";
+
+  LoraSpec out = spec;
+  out.target_modules.clear();
+  out.target_regex = regex;
+  out.exclude_modules.clear();
+  out.exclude_regex.clear();
+  out.layers_to_transform.clear();
+  out.layers_pattern.clear();
+  std::vector<std::string> selected;
+  for (const auto& l : linear_shapes_of(model)) {
+    if (is_targeted(out, l.path)) selected.push_back(l.path);
+  }
+  if (selected != adapted) {
+    throw Error("save_adapter: the target_modules regex '" + regex +
+                    "' written for the multimodal model selects " +
+                    std::to_string(selected.size()) + " projections, not the " +
+                    std::to_string(adapted.size()) + " adapted ones",
+                ErrorKind::kInternal);
+  }
+  return out;
 }
 
 }  // namespace
@@ -313,8 +403,10 @@ void save_adapter(const std::string& dir, model::CausalLMImpl& model, const Lora
   }
   io::AtomicDir out(dir, overwrite);
   io::save_file(tensors, (fs::path(out.path()) / kWeightsFile).string());
+  LoraSpec written = saved_spec(spec);
+  if (model.config().multimodal) written = multimodal_saved_targets(written, model);
   io::write_file_atomic((fs::path(out.path()) / kConfigFile).string(),
-                        adapter_config_json(saved_spec(spec)));
+                        adapter_config_json(written));
   out.commit();
 }
 

@@ -82,8 +82,14 @@ bool is_targeted(const LoraSpec& spec, const std::string& path) {
   if (!spec.target_regex.empty()) return full_match(spec.target_regex, path, "target_modules");
   const bool all_linear = spec.target_modules.size() == 1 && spec.target_modules[0] == "all-linear";
   // PEFT expands all-linear to the full paths of every linear layer but the
-  // output head, and a full path bypasses layers_to_transform.
-  if (all_linear) return path.rfind("model.layers.", 0) == 0;
+  // output head, and a full path bypasses layers_to_transform. (On a
+  // multimodal Gemma 3 PEFT's all-linear also takes the vision tower's,
+  // which loratune does not have; save_adapter writes such an adapter's
+  // target_modules as the language model's paths.)
+  if (all_linear) {
+    return path.rfind("model.layers.", 0) == 0 ||
+           path.rfind("model.language_model.layers.", 0) == 0;
+  }
   if (std::find(spec.target_modules.begin(), spec.target_modules.end(), path) !=
       spec.target_modules.end()) {
     return true;
@@ -141,15 +147,24 @@ std::vector<AdaptedModule> plan_lora(const LoraSpec& spec,
 std::vector<model::LinearShape> linear_shapes_of(model::CausalLMImpl& model) {
   std::vector<model::LinearShape> out;
   for (const auto& [path, linear] : model::linear_modules(model)) {
-    out.push_back({path, linear->in_features(), linear->out_features()});
+    out.push_back({model::peft_module_path(model.config(), path), linear->in_features(),
+                   linear->out_features()});
   }
+  return out;
+}
+
+std::vector<model::LinearShape> peft_linear_shapes(const model::ModelConfig& config) {
+  std::vector<model::LinearShape> out = model::linear_shapes(config);
+  for (auto& l : out) l.path = model::peft_module_path(config, l.path);
   return out;
 }
 
 void attach_lora(model::CausalLMImpl& model, const std::vector<AdaptedModule>& plan,
                  const LoraSpec& spec) {
   std::map<std::string, std::shared_ptr<model::LinearImpl>> by_path;
-  for (auto& [path, linear] : model::linear_modules(model)) by_path.emplace(path, linear);
+  for (auto& [path, linear] : model::linear_modules(model)) {
+    by_path.emplace(model::peft_module_path(model.config(), path), linear);
+  }
   std::vector<model::LinearImpl*> targets;
   for (const AdaptedModule& m : plan) {
     auto it = by_path.find(m.path);

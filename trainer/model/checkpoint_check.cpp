@@ -100,38 +100,47 @@ std::string list_names(const std::vector<std::string>& names) {
   return s;
 }
 
-// Checkpoint tensors transformers skips when loading these models.
+// Checkpoint tensors transformers skips when loading these models, and the
+// vision tower and projector of a multimodal one (which loratune does not load).
 bool ignorable(const ModelConfig& c, const std::string& name) {
   const std::string inv = "rotary_emb.inv_freq";
   if (name.size() >= inv.size() && name.compare(name.size() - inv.size(), inv.size(), inv) == 0) {
     return true;
   }
-  return c.tie_word_embeddings && name == "lm_head.weight";
+  if (is_multimodal_extra(c, name)) return true;
+  return c.tie_word_embeddings &&
+         (name == "lm_head.weight" || (c.multimodal && name == "language_model.lm_head.weight"));
 }
 
-// The layer index of "model.layers.<N>.<...>", or -1 for any other name
+// Where the decoder layers' tensors are: "model.layers." (or the multimodal
+// checkpoint's prefix + "layers.").
+std::string layers_prefix(const ModelConfig& c) {
+  return c.multimodal ? c.checkpoint_prefix + "layers." : "model.layers.";
+}
+
+// The layer index of "<prefix><N>.<...>", or -1 for any other name
 // (including an index too long to be a layer count loratune accepts).
-int64_t layer_index(const std::string& name) {
-  static const std::string kPrefix = "model.layers.";
-  if (name.compare(0, kPrefix.size(), kPrefix) != 0) return -1;
-  size_t i = kPrefix.size(), end = i;
+int64_t layer_index(const std::string& name, const std::string& prefix) {
+  if (name.compare(0, prefix.size(), prefix) != 0) return -1;
+  size_t i = prefix.size(), end = i;
   while (end < name.size() && name[end] >= '0' && name[end] <= '9') ++end;
   if (end == i || end - i > 9 || end >= name.size() || name[end] != '.') return -1;
   if (name[i] == '0' && end - i > 1) return -1;  // "01" is not a module index
   return std::stoll(name.substr(i, end - i));
 }
 
-// "2 layers (model.layers.0 .. model.layers.1)", "3 layers (model.layers.0, 1, 5)".
-std::string describe_layers(const std::set<int64_t>& idx) {
-  if (idx.empty()) return "no layers (no model.layers.N tensors)";
+// "2 layers (model.layers.0 .. model.layers.1)", "3 layers (model.layers.0, 1, 5)"
+// (`prefix`: "model.layers.").
+std::string describe_layers(const std::set<int64_t>& idx, const std::string& prefix) {
+  if (idx.empty()) return "no layers (no " + prefix + "N tensors)";
   std::string s = std::to_string(idx.size()) + (idx.size() == 1 ? " layer (" : " layers (");
   const int64_t last = *idx.rbegin();
   if (last + 1 == static_cast<int64_t>(idx.size())) {
-    s += "model.layers.0";
-    if (last > 0) s += " .. model.layers." + std::to_string(last);
+    s += prefix + "0";
+    if (last > 0) s += " .. " + prefix + std::to_string(last);
     return s + ")";
   }
-  s += "model.layers.";
+  s += prefix;
   size_t n = 0;
   for (int64_t i : idx) {
     if (n == 6) {
@@ -173,21 +182,25 @@ int64_t parameter_count(const ModelConfig& config) {
   return n;
 }
 
-std::vector<std::string> checkpoint_problems(const ModelConfig& c, const io::Checkpoint& ckpt) {
+std::vector<std::string> checkpoint_problems(const ModelConfig& config,
+                                             const io::Checkpoint& ckpt) {
   std::vector<std::string> problems;
   const std::vector<std::string> names = ckpt.names();
+  ModelConfig c = config;  // a multimodal checkpoint's names decide its layout
+  detect_checkpoint_layout(c, ckpt);
+  const std::string layers_at = layers_prefix(c);
 
   // The layer count first: every per-layer check below depends on it.
   std::set<int64_t> layers;
   for (const auto& n : names) {
-    const int64_t l = layer_index(n);
+    const int64_t l = layer_index(n, layers_at);
     if (l >= 0) layers.insert(l);
   }
   const bool layers_match = static_cast<int64_t>(layers.size()) == c.num_hidden_layers &&
                             (layers.empty() || *layers.rbegin() + 1 == c.num_hidden_layers);
   if (!layers_match) {
     problems.push_back("num_hidden_layers is " + std::to_string(c.num_hidden_layers) +
-                       " but the checkpoint has " + describe_layers(layers));
+                       " but the checkpoint has " + describe_layers(layers, layers_at));
     return problems;
   }
 

@@ -262,6 +262,62 @@ std::optional<BnbNf4Config> parse_quantization(const ConfigJson& j) {
 
 }  // namespace
 
+namespace {
+
+// The multimodal Gemma 3 (model_type "gemma3"): its language model is
+// "text_config" read as a gemma3_text config.json (absent keys take
+// Gemma3TextConfig's defaults, as transformers' AutoConfig gives
+// config.text_config), except for what transformers takes from the top
+// level: tie_word_embeddings (Gemma3Config's, default true; the text
+// config's own value is not consulted), eos/bos_token_id when given there
+// (GenerationConfig.from_model_config reads them from the top level), and
+// the dtype when text_config has none.
+ModelConfig parse_gemma3_multimodal(const json& root, const std::string& source) {
+  auto tc = root.find("text_config");
+  if (tc == root.end() || !tc->is_object()) {
+    throw Error(
+        source + ": key \"text_config\": model_type \"gemma3\" (Gemma3ForConditionalGeneration) " +
+            "needs its language model's config as an object, got " +
+            (tc == root.end() ? std::string("nothing") : printable(tc->dump(), 80)),
+        ErrorKind::kCorrupt);
+  }
+  json text = *tc;
+  auto inner = text.find("model_type");
+  if (inner != text.end() && !inner->is_null() && *inner != "gemma3_text") {
+    throw Error(source + ": key \"text_config.model_type\": " + printable(inner->dump(), 40) +
+                    " is not supported inside a \"gemma3\" config (expected \"gemma3_text\")",
+                ErrorKind::kUnsupported);
+  }
+  text["model_type"] = "gemma3_text";
+  for (const json* q : {&root, static_cast<const json*>(&text)}) {
+    auto it = q->find("quantization_config");
+    if (it != q->end() && !it->is_null()) {
+      throw Error(source +
+                      ": key \"quantization_config\": pre-quantized multimodal Gemma 3 "
+                      "checkpoints are not supported (use the full-precision checkpoint; "
+                      "model.quantize: nf4 quantizes its language model at load)",
+                  ErrorKind::kUnsupported);
+    }
+  }
+  auto top_tie = root.find("tie_word_embeddings");
+  text["tie_word_embeddings"] = top_tie == root.end() || top_tie->is_null() ? json(true) : *top_tie;
+  for (const char* k : {"eos_token_id", "bos_token_id"}) {
+    auto it = root.find(k);
+    if (it != root.end() && !it->is_null()) text[k] = *it;
+  }
+  if (!text.contains("dtype") && !text.contains("torch_dtype")) {
+    for (const char* k : {"dtype", "torch_dtype"}) {
+      if (root.contains(k)) text[k] = root[k];
+    }
+  }
+  ModelConfig c = parse_config(text, source + ": text_config");
+  c.multimodal = true;
+  c.checkpoint_prefix = "language_model.model.";
+  return c;
+}
+
+}  // namespace
+
 ModelConfig parse_config(const json& root, const std::string& source) {
   if (!root.is_object())
     throw Error(source + ": config must be a JSON object", ErrorKind::kCorrupt);
@@ -269,14 +325,7 @@ ModelConfig parse_config(const json& root, const std::string& source) {
   if (mt == root.end() || !mt->is_string()) {
     throw Error(source + ": key \"model_type\" is required (a string)", ErrorKind::kCorrupt);
   }
-  if (*mt == "gemma3" && root.contains("text_config")) {
-    throw Error(source +
-                    ": model_type \"gemma3\" is the multimodal Gemma 3 "
-                    "(Gemma3ForConditionalGeneration, text + vision); loratune loads text-only "
-                    "checkpoints: use a \"gemma3_text\" one (Gemma3ForCausalLM, e.g. "
-                    "gemma-3-1b-it, or the language model saved on its own)",
-                ErrorKind::kUnsupported);
-  }
+  if (*mt == "gemma3") return parse_gemma3_multimodal(root, source);
   const FamilySpec& family = find_family(mt->get<std::string>(), source);
   ConfigJson j(root, family.defaults, source);
 

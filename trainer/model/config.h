@@ -112,6 +112,18 @@ struct ModelConfig {
   // parse_config (kUnsupported).
   std::optional<BnbNf4Config> bnb_nf4;
 
+  // The multimodal Gemma 3 (config.json model_type "gemma3",
+  // Gemma3ForConditionalGeneration): the fields above describe its language
+  // model (parsed from "text_config"); the vision tower and projector are not
+  // loaded, and `loratune merge` copies them unchanged. Its tensors live under
+  // checkpoint_prefix: "language_model.model." (hub checkpoints of
+  // transformers 4.50, and what transformers 5 save_pretrained writes) or
+  // "model.language_model." (saves of transformers 4.52 .. 4.57);
+  // detect_checkpoint_layout (loader.h) picks the one a checkpoint uses.
+  // Empty for a text-only model, whose names are the parameter names.
+  bool multimodal = false;
+  std::string checkpoint_prefix;
+
   int64_t q_dim() const { return num_attention_heads * head_dim; }   // H*Dh
   int64_t kv_dim() const { return num_key_value_heads * head_dim; }  // K*Dh
   // The rotated dims of a head: head_dim * partial_rotary_factor.

@@ -102,9 +102,57 @@ std::string dtype_string(at::ScalarType t) {
   }
 }
 
+namespace {
+
+constexpr const char* kHubPrefix = "language_model.model.";     // 4.50 hub, transformers 5 saves
+constexpr const char* kNestedPrefix = "model.language_model.";  // transformers 4.52 .. 4.57 saves
+constexpr const char* kPeftPrefix = "model.language_model.";    // transformers 5's module tree
+
+bool starts_with(const std::string& s, const std::string& prefix) {
+  return s.compare(0, prefix.size(), prefix) == 0;
+}
+
+}  // namespace
+
 std::string checkpoint_name(const ModelConfig& config, const std::string& param_name) {
   const FamilySpec& family = find_family(config.model_type, "config");
-  return family.checkpoint_name ? family.checkpoint_name(param_name) : param_name;
+  const std::string name = family.checkpoint_name ? family.checkpoint_name(param_name) : param_name;
+  if (!config.multimodal) return name;
+  if (starts_with(name, "model.")) return config.checkpoint_prefix + name.substr(6);
+  if (starts_with(name, "lm_head.") && config.checkpoint_prefix == kHubPrefix) {
+    return "language_model." + name;
+  }
+  return name;
+}
+
+void detect_checkpoint_layout(ModelConfig& config, const io::Checkpoint& ckpt) {
+  if (!config.multimodal) return;
+  config.checkpoint_prefix = kHubPrefix;
+  for (const char* prefix : {kHubPrefix, kNestedPrefix}) {
+    if (ckpt.contains(std::string(prefix) + "embed_tokens.weight")) {
+      config.checkpoint_prefix = prefix;
+      return;
+    }
+  }
+}
+
+bool is_multimodal_extra(const ModelConfig& config, const std::string& name) {
+  if (!config.multimodal) return false;
+  for (const char* p : {"vision_tower.", "multi_modal_projector.", "model.vision_tower.",
+                        "model.multi_modal_projector."}) {
+    if (starts_with(name, p)) return true;
+  }
+  return false;
+}
+
+std::string peft_module_path(const ModelConfig& config, const std::string& module_path) {
+  if (!config.multimodal || !starts_with(module_path, "model.")) return module_path;
+  return kPeftPrefix + module_path.substr(6);
+}
+
+std::string module_path_of_peft(const ModelConfig& config, const std::string& peft_path) {
+  if (!config.multimodal || !starts_with(peft_path, kPeftPrefix)) return peft_path;
+  return "model." + peft_path.substr(std::string(kPeftPrefix).size());
 }
 
 bool is_quantized_projection(const std::string& module_path) {
@@ -129,10 +177,11 @@ void move_except_projections(CausalLMImpl& model, const c10::Device& device) {
 }  // namespace
 
 CausalLM load_model(const std::string& dir, const LoadOptions& options) {
-  const ModelConfig config = load_config(dir);
+  ModelConfig config = load_config(dir);
   dtype_string(options.dtype);  // rejects non-float model dtypes
   const c10::Device device = parse_device(options.device);
   io::Checkpoint ckpt = io::Checkpoint::open(dir);
+  detect_checkpoint_layout(config, ckpt);
   // config.json against the headers before the model allocates anything.
   check_checkpoint(config_json_path(dir), config, ckpt, /*reads_bnb_nf4=*/true);
 

@@ -13,7 +13,9 @@
 //     bfloat16 costs one tensor's float32 size of GPU memory, briefly).
 // Every parameter must match a checkpoint tensor by name and shape, and every
 // checkpoint tensor must be used (besides ones transformers ignores too: a
-// rotary_emb.inv_freq buffer, lm_head.weight of a tied model); otherwise an
+// rotary_emb.inv_freq buffer, lm_head.weight of a tied model, and the vision
+// tower and projector of a multimodal Gemma 3, whose language model alone is
+// loaded: see ModelConfig::multimodal); otherwise an
 // Error lists the missing, unexpected and misshapen tensors with counts.
 // Loaded parameters have requires_grad false.
 //
@@ -122,7 +124,35 @@ std::string dtype_string(at::ScalarType t);  // "float32", "bfloat16", "float16"
 CausalLM load_model(const std::string& dir, const LoadOptions& options = {});
 
 // The checkpoint tensor name a parameter is loaded from. The one place where
-// model parameter names and file names meet.
+// model parameter names and file names meet. For a multimodal Gemma 3
+// (config.multimodal) "model.<rest>" is config.checkpoint_prefix + <rest>
+// and lm_head.weight is "language_model.lm_head.weight" under the prefix
+// "language_model.model.", else "lm_head.weight".
 std::string checkpoint_name(const ModelConfig& config, const std::string& param_name);
+
+// For a multimodal config: sets config.checkpoint_prefix to the layout
+// `ckpt` uses, the prefix under which it holds embed_tokens.weight
+// ("language_model.model." or "model.language_model."); leaves the default
+// ("language_model.model.") when it holds neither, so that
+// checkpoint_problems names what is missing. No effect on a text-only config.
+void detect_checkpoint_layout(ModelConfig& config, const io::Checkpoint& ckpt);
+
+// Whether checkpoint tensor `name` belongs to the parts of a multimodal
+// checkpoint that loratune does not load (the vision tower and the
+// multimodal projector, under either layout): the loader and
+// checkpoint_problems ignore them, `loratune merge` copies them unchanged.
+// Always false for a text-only config.
+bool is_multimodal_extra(const ModelConfig& config, const std::string& name);
+
+// The module path PEFT uses for the model module at `module_path` (the
+// names of adapter_model.safetensors and of adapter_config.json's patterns
+// are these): the path itself, except for a multimodal Gemma 3, whose
+// language model is "model.language_model." in transformers 5's module
+// tree ("model.layers.0.self_attn.q_proj" ->
+// "model.language_model.layers.0.self_attn.q_proj"; lm_head stays).
+std::string peft_module_path(const ModelConfig& config, const std::string& module_path);
+// The inverse of peft_module_path; a path it cannot have produced is
+// returned unchanged.
+std::string module_path_of_peft(const ModelConfig& config, const std::string& peft_path);
 
 }  // namespace loratune::model
