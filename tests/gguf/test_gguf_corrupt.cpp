@@ -10,6 +10,7 @@
 
 #include "common/test_env.h"
 #include "gguf/tiny_gguf.h"
+#include "trainer/io/safetensors.h"
 
 namespace fs = std::filesystem;
 using loratune::test::GgufBytes;
@@ -205,7 +206,55 @@ std::vector<Case> cases() {
            m.set("general.architecture", kv_str("general.architecture", "gpt2"));
          });
        },
-       6, "architecture 'gpt2' is not supported (supported: llama, qwen2, qwen3)"},
+       6,
+       "architecture 'gpt2' is not supported (supported: llama, qwen2, qwen3, gemma2, gemma3, "
+       "phi3)"},
+      {"gemma2_without_sliding_window",
+       [] {
+         ModelSpec m = loratune::test::tiny_gemma2();
+         m.erase("gemma2.attention.sliding_window");
+         return loratune::test::build(m);
+       },
+       5, "metadata key 'gemma2.attention.sliding_window' is missing"},
+      {"gemma2_missing_sandwich_norm",
+       [] {
+         ModelSpec m = loratune::test::tiny_gemma2();
+         m.tensors.pop_back();  // blk.0.post_ffw_norm.weight
+         return loratune::test::build(m);
+       },
+       5, "gemma2 model lacks the tensor for model.layers.0.post_feedforward_layernorm.weight"},
+      {"phi3_qkv_rows",
+       [] {
+         ModelSpec m = loratune::test::tiny_phi3();
+         m.tensor("blk.0.attn_qkv.weight")->ne = {32, 50};
+         return loratune::test::build(m);
+       },
+       5,
+       "tensor 'blk.0.attn_qkv.weight' rows are not (head_count + 2 head_count_kv) 4 x an even "
+       "head_dim"},
+      {"phi3_rope_factors_unpaired",
+       [] {
+         ModelSpec m = loratune::test::tiny_phi3();
+         m.tensors.push_back({"rope_factors_long.weight", {8}});
+         return loratune::test::build(m);
+       },
+       5, "rope_factors_long.weight and rope_factors_short.weight come in pairs"},
+      {"phi3_rope_factors_length",
+       [] {
+         ModelSpec m = loratune::test::tiny_phi3();
+         m.tensors.push_back({"rope_factors_long.weight", {8}, 0, -1, -1, 2.0f});
+         m.tensors.push_back({"rope_factors_short.weight", {6}, 0, -1, -1, 1.0f});
+         return loratune::test::build(m);
+       },
+       5, "tensor 'rope_factors_short.weight' must hold 8 values"},
+      {"phi3_rope_factor_not_positive",
+       [] {
+         ModelSpec m = loratune::test::tiny_phi3();
+         m.tensors.push_back({"rope_factors_long.weight", {8}, 0, -1, -1, 2.0f});
+         m.tensors.push_back({"rope_factors_short.weight", {8}});  // 0.02 sin(.): some < 0
+         return loratune::test::build(m);
+       },
+       5, "tensor 'rope_factors_short.weight' value"},
       {"unsupported_quant_type",
        [] {
          return with([](ModelSpec& m) {
@@ -275,6 +324,44 @@ TEST_P(GgufCorrupt, RefusedWithOneLine) {
 
 INSTANTIATE_TEST_SUITE_P(Table, GgufCorrupt, ::testing::ValuesIn(cases()),
                          [](const auto& info) { return info.param.name; });
+
+// The other architectures' tiny files import into directories loratune runs:
+// Gemma's norms come back as w (stored 1 + w), phi3's rope factors as longrope.
+TEST(GgufImport, TinyGemma2AndPhi3Import) {
+  const std::string dir = loratune::test::make_temp_dir("gguf_valid_arch");
+  const std::string bin = loratune::test::quote(loratune::test::loratune_bin());
+  ModelSpec phi3 = loratune::test::tiny_phi3();
+  phi3.tensors.push_back({"rope_factors_long.weight", {8}, 0, -1, -1, 2.0f});
+  phi3.tensors.push_back({"rope_factors_short.weight", {8}, 0, -1, -1, 1.0f});
+  phi3.set("phi3.rope.scaling.original_context_length",
+           loratune::test::kv_u32("phi3.rope.scaling.original_context_length", 16));
+  for (const auto& [name, spec] :
+       {std::make_pair(std::string("gemma2"), loratune::test::tiny_gemma2()),
+        std::make_pair(std::string("phi3"), phi3)}) {
+    SCOPED_TRACE(name);
+    const std::string path = dir + "/" + name + ".gguf", out = dir + "/" + name;
+    loratune::test::write_file(path, loratune::test::build(spec));
+    auto r = loratune::test::run(bin + " import " + path + " --out " + out);
+    ASSERT_EQ(r.status, 0) << r.out;
+    const std::string config = loratune::test::read_file(out + "/config.json");
+    r = loratune::test::run(bin + " logits --model " + out + " --ids \"1 2 3\" --out " + out +
+                            ".logits.safetensors");
+    EXPECT_EQ(r.status, 0) << r.out;
+    if (name == "gemma2") {
+      EXPECT_NE(config.find("\"Gemma2ForCausalLM\""), std::string::npos) << config;
+      EXPECT_NE(config.find("\"sliding_attention\""), std::string::npos) << config;
+      const auto ckpt = loratune::io::Checkpoint::open(out);
+      // The file's norms are 0.02 sin(k + i): minus one, they sit near -1.
+      const float w =
+          ckpt.tensor("model.layers.0.post_feedforward_layernorm.weight")[0].item<float>();
+      EXPECT_LT(w, -0.9f);
+    } else {
+      EXPECT_NE(config.find("\"longrope\""), std::string::npos) << config;
+      EXPECT_NE(config.find("\"original_max_position_embeddings\": 16"), std::string::npos)
+          << config;
+    }
+  }
+}
 
 TEST(GgufImport, TinyValidFileImports) {
   const std::string dir = loratune::test::make_temp_dir("gguf_valid");

@@ -18,6 +18,7 @@ struct TensorSpec {
   uint32_t type = 0;         // ggml type id
   int64_t offset = -1;       // -1: the next aligned offset
   int64_t nbytes = -1;       // -1: the size the type and shape imply
+  float base = 0.0f;         // F32 payload: base + 0.02 sin(...)
 };
 
 struct ModelSpec {
@@ -110,6 +111,56 @@ inline ModelSpec tiny_llama() {
   return m;
 }
 
+// tiny_llama as another architecture: every "llama." key renamed.
+inline ModelSpec as_arch(ModelSpec m, const std::string& arch) {
+  ModelSpec out;
+  for (const auto& [k, v] : m.kvs) {
+    if (k.rfind("llama.", 0) != 0) {
+      out.kvs.emplace_back(k, v);
+      continue;
+    }
+    const std::string key = arch + k.substr(5);
+    // Re-serialize under the new key: the value bytes follow the old key's.
+    const size_t old_len = 8 + k.size();  // u64 length + the key
+    std::string kv = GgufBytes().str(key).bytes() + v.substr(old_len);
+    out.kvs.emplace_back(key, kv);
+  }
+  out.kvs[0].second = kv_str("general.architecture", arch);
+  out.tensors = m.tensors;
+  return out;
+}
+
+// gemma2: tiny_llama's sizes with Gemma's four norms and its sliding window.
+inline ModelSpec tiny_gemma2() {
+  ModelSpec m = as_arch(tiny_llama(), "gemma2");
+  m.set("gemma2.attention.sliding_window", kv_u32("gemma2.attention.sliding_window", 8));
+  m.tensors.push_back({"blk.0.post_attention_norm.weight", {32}});
+  m.tensors.push_back({"blk.0.post_ffw_norm.weight", {32}});
+  return m;
+}
+
+// phi3: tiny_llama's sizes with fused attn_qkv ([q | k | v], 32 + 16 + 16 rows)
+// and ffn_up ([gate | up], 2 x 32 rows).
+inline ModelSpec tiny_phi3() {
+  ModelSpec m = as_arch(tiny_llama(), "phi3");
+  std::vector<TensorSpec> t;
+  for (const auto& x : m.tensors) {
+    if (x.name == "blk.0.attn_k.weight" || x.name == "blk.0.attn_v.weight" ||
+        x.name == "blk.0.ffn_gate.weight") {
+      continue;
+    }
+    if (x.name == "blk.0.attn_q.weight") {
+      t.push_back({"blk.0.attn_qkv.weight", {32, 64}});
+    } else if (x.name == "blk.0.ffn_up.weight") {
+      t.push_back({"blk.0.ffn_up.weight", {32, 64}});
+    } else {
+      t.push_back(x);
+    }
+  }
+  m.tensors = t;
+  return m;
+}
+
 inline std::string build(const ModelSpec& m) {
   GgufBytes b;
   b.header(m.n_tensors >= 0 ? static_cast<uint64_t>(m.n_tensors) : m.tensors.size(),
@@ -134,7 +185,7 @@ inline std::string build(const ModelSpec& m) {
     p = (p + m.align - 1) / m.align * m.align;
     if (m.tensors[i].type == 0) {
       for (uint64_t k = 0; k + 4 <= sizes[i]; k += 4) {
-        const float v = 0.02f * std::sin(static_cast<float>(k + i));
+        const float v = m.tensors[i].base + 0.02f * std::sin(static_cast<float>(k + i));
         std::memcpy(&data[p + k], &v, 4);
       }
     }

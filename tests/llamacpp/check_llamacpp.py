@@ -2,7 +2,8 @@
 """GGUF files loratune writes, run by a real llama.cpp (node-llama-cpp@3.21.1).
 
 usage: check_llamacpp.py --bin LORATUNE --data DIR --lib LIB_DIR --work WORK
-                         [--families llama3 mistral qwen2 qwen3] [--report OUT.json]
+                         [--families llama3 mistral qwen2 qwen3 gemma2 gemma3 phi3 phi4mini]
+                         [--report OUT.json]
                          [--smollm2 SMOLLM2.gguf --smollm2-config CONFIG.yaml]
 
 DIR is the gguf_export fixture (tests/python/make_export_models.py): models/NAME
@@ -333,7 +334,8 @@ def main():
     ap.add_argument("--lib", required=True)
     ap.add_argument("--work", required=True)
     ap.add_argument("--corpus")
-    ap.add_argument("--families", nargs="*", default=["llama3", "mistral", "qwen2", "qwen3"])
+    ap.add_argument("--families", nargs="*", default=["llama3", "mistral", "qwen2", "qwen3",
+                                                      "gemma2", "gemma3", "phi3", "phi4mini"])
     ap.add_argument("--smollm2", metavar="GGUF",
                     help="also check SmolLM2-135M-Instruct (this .gguf) with an adapter trained here")
     ap.add_argument("--smollm2-config", help="the training config for it "

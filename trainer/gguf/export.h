@@ -4,21 +4,27 @@
 // convert_hf_to_gguf.py / convert_lora_to_gguf.py write these files.
 //
 // Model file (general.type "model"):
-//   architecture  llama (Llama and Mistral), qwen2, qwen3; the "<arch>.*"
+//   architecture  llama (Llama and Mistral), qwen2, qwen3, gemma2, gemma3
+//                 (gemma3_text), phi3 (Phi-3/3.5/4/4-mini); the "<arch>.*"
 //                 hyperparameters llama.cpp reads (block_count,
 //                 context_length, embedding_length, feed_forward_length,
 //                 attention.head_count(_kv), attention.key_length /
 //                 value_length, attention.layer_norm_rms_epsilon,
 //                 rope.freq_base, rope.scaling.* for linear rope; llama:
-//                 vocab_size, rope.dimension_count)
-//   tensors       token_embd, blk.N.{attn_norm, attn_q, attn_k, attn_v,
-//                 attn_output, attn_q_norm, attn_k_norm, ffn_norm, ffn_gate,
-//                 ffn_up, ffn_down}.{weight,bias}, output_norm, output (absent
-//                 when the embeddings are tied), rope_freqs (llama3 rope
-//                 scaling factors); llama's Q/K rows (weights and biases)
-//                 permuted into llama.cpp's rope layout. With an adapter every
-//                 adapted weight is W + s·B·A computed exactly as `merge`
-//                 computes it (exporter::merged_weight) before encoding.
+//                 vocab_size, rope.dimension_count; gemma: soft-caps and
+//                 attention.sliding_window; phi3: rope.dimension_count
+//                 (partial rotary), rope.scaling.original_context_length and
+//                 attn_factor). A model llama.cpp would compute differently
+//                 with no key to say so is refused (Gemma's query scale or
+//                 sliding layers other than llama.cpp's fixed ones).
+//   tensors       token_embd, blk.N.* as named in arch.h, output_norm,
+//                 output (absent when the embeddings are tied), rope_freqs
+//                 (llama3 rope), rope_factors_long/short (Phi-3 longrope);
+//                 llama's Q/K rows (weights and biases) permuted into
+//                 llama.cpp's rope layout; Gemma's norms stored as 1 + w.
+//                 With an adapter every adapted weight is W + s·B·A computed
+//                 exactly as `merge` computes it (exporter::merged_weight)
+//                 before encoding.
 //   types         1-D tensors, norms and biases F32; the matrices in --type,
 //                 a Q8_0 matrix whose rows are not a multiple of 32 falls
 //                 back to F16 (as llama.cpp's converter does). Encoding is

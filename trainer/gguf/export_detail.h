@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "trainer/gguf/arch.h"
 #include "trainer/gguf/export.h"
 #include "trainer/gguf/gguf_write.h"
 
@@ -26,25 +27,25 @@ namespace loratune::gguf::detail {
 // One tensor of the exported model and where its values come from.
 struct PlannedTensor {
   TensorSpec spec;            // GGUF name, PyTorch-order shape, ggml type
-  std::string source;         // HF checkpoint name; "" for rope_freqs
+  std::string source;         // HF checkpoint name; "" for a computed tensor
+  at::Tensor value;           // a computed tensor (rope factors), float32
   int64_t permute_heads = 0;  // > 0: llama Q/K rows into llama.cpp's rope layout
+  bool plus_one = false;      // stored as 1 + w (Gemma's norms)
 };
 
 struct ModelPlan {
-  std::string arch;  // "llama", "qwen2", "qwen3"
+  const ArchSpec* spec = nullptr;
+  std::string arch;  // spec->arch
   Metadata hparams;  // "<arch>.*" keys and general.file_type
   std::vector<PlannedTensor> tensors;
-  at::Tensor rope_freqs;  // llama3 rope: [head_dim / 2] float32, else undefined
+  // What llama.cpp will run differently from transformers (export-gguf
+  // prints these), e.g. a sliding window the architecture ignores.
+  std::vector<std::string> notes;
 };
 
-// The llama.cpp architecture a model_type runs as: "llama" (llama, mistral),
-// "qwen2", "qwen3"; kUnsupported for another.
-std::string architecture_of(const model::ModelConfig& config);
-
-// The GGUF name of an HF checkpoint tensor ("model.layers.3.mlp.up_proj.weight"
-// -> "blk.3.ffn_up.weight"); "" for a name llama.cpp's architectures here
-// have no tensor for.
-std::string gguf_tensor_name(const std::string& hf_name);
+// The llama.cpp architecture a model runs as (arch.h); kUnsupported naming
+// the exportable model types for another.
+const ArchSpec& architecture_of(const model::ModelConfig& config);
 
 // The ggml type llama.cpp's converter stores a tensor in: F32 for 1-D
 // tensors, norms and anything not named ".weight"/".lora_a"/".lora_b";
@@ -56,9 +57,11 @@ uint32_t tensor_type(const std::string& gguf_name, size_t n_dims, int64_t ne0, O
 uint32_t file_type(OutType type);
 
 // The whole model: architecture, hyperparameters and tensors in file order
-// (rope_freqs, token_embd, blocks, output_norm, output). Throws kUnsupported
-// for a model_type llama.cpp cannot run from these keys or a rope type it
-// has no keys for.
+// (rope factors, token_embd, blocks, output_norm, output). Throws
+// kUnsupported for a model llama.cpp would run differently than
+// transformers in a way no key can express: a model_type without an
+// architecture, a rope type without keys, Gemma's query scale or sliding
+// layers other than llama.cpp's fixed ones, Phi-3's rotary dims.
 ModelPlan plan_model(const model::ModelConfig& config, const io::Checkpoint& ckpt, OutType type);
 
 // llama.cpp's convert_hf_to_gguf permute: HF rows (h, 2, hd/2) -> GGUF rows

@@ -1,14 +1,18 @@
 // trainer/gguf/export_model.cpp — a Hugging Face decoder as llama.cpp's
-// architectures see it: tensor names, Q/K permutation, storage types and the
-// "<arch>.*" hyperparameters, following convert_hf_to_gguf.py (TextModel,
-// LlamaModel, Qwen2Model, Qwen3Model) and the inverse of convert.cpp.
+// architectures see it: storage types, Q/K permutation, Gemma's 1 + w norms,
+// rope factor tensors and the "<arch>.*" hyperparameters, following
+// convert_hf_to_gguf.py (TextModel, LlamaModel, Qwen2Model, Qwen3Model,
+// Gemma2Model, Gemma3Model, Phi3MiniModel); names come from arch.h, which
+// convert.cpp inverts. What llama.cpp would compute differently from
+// transformers with no key to say otherwise is refused here, before a file
+// exists.
 #include <ATen/ops/arange.h>
 #include <ATen/ops/pow.h>
 #include <ATen/ops/reciprocal.h>
 #include <ATen/ops/tensor.h>
 
+#include <algorithm>
 #include <cmath>
-#include <regex>
 
 #include "trainer/gguf/export_detail.h"
 #include "trainer/io/safetensors.h"
@@ -18,44 +22,10 @@
 namespace loratune::gguf::detail {
 namespace {
 
-// HF name under model.layers.N -> GGUF name under blk.N (inverse of convert.cpp).
-const std::pair<const char*, const char*> kLayerNames[] = {
-    {"input_layernorm.weight", "attn_norm.weight"},
-    {"post_attention_layernorm.weight", "ffn_norm.weight"},
-    {"self_attn.q_proj.weight", "attn_q.weight"},
-    {"self_attn.k_proj.weight", "attn_k.weight"},
-    {"self_attn.v_proj.weight", "attn_v.weight"},
-    {"self_attn.o_proj.weight", "attn_output.weight"},
-    {"self_attn.q_proj.bias", "attn_q.bias"},
-    {"self_attn.k_proj.bias", "attn_k.bias"},
-    {"self_attn.v_proj.bias", "attn_v.bias"},
-    {"self_attn.o_proj.bias", "attn_output.bias"},
-    {"self_attn.q_norm.weight", "attn_q_norm.weight"},
-    {"self_attn.k_norm.weight", "attn_k_norm.weight"},
-    {"mlp.gate_proj.weight", "ffn_gate.weight"},
-    {"mlp.up_proj.weight", "ffn_up.weight"},
-    {"mlp.down_proj.weight", "ffn_down.weight"},
-    {"mlp.gate_proj.bias", "ffn_gate.bias"},
-    {"mlp.up_proj.bias", "ffn_up.bias"},
-    {"mlp.down_proj.bias", "ffn_down.bias"},
-};
-
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() &&
          s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
-
-}  // namespace
-
-std::string architecture_of(const model::ModelConfig& c) {
-  if (c.model_type == "llama" || c.model_type == "mistral") return "llama";
-  if (c.model_type == "qwen2" || c.model_type == "qwen3") return c.model_type;
-  throw Error("export-gguf: model_type '" + c.model_type +
-                  "' has no llama.cpp architecture here (supported: llama, mistral, qwen2, qwen3)",
-              ErrorKind::kUnsupported);
-}
-
-namespace {
 
 uint32_t u32_of(int64_t v, const char* what) {
   if (v < 0 || v > static_cast<int64_t>(UINT32_MAX)) {
@@ -68,17 +38,15 @@ uint32_t u32_of(int64_t v, const char* what) {
 
 }  // namespace
 
-std::string gguf_tensor_name(const std::string& hf) {
-  if (hf == "model.embed_tokens.weight") return "token_embd.weight";
-  if (hf == "model.norm.weight") return "output_norm.weight";
-  if (hf == "lm_head.weight") return "output.weight";
-  static const std::regex layer_re(R"(model\.layers\.(\d+)\.(.+))");
-  std::smatch m;
-  if (!std::regex_match(hf, m, layer_re)) return "";
-  for (const auto& [from, to] : kLayerNames) {
-    if (m[2].str() == from) return "blk." + m[1].str() + "." + to;
+const ArchSpec& architecture_of(const model::ModelConfig& c) {
+  const ArchSpec* a = arch_of_model_type(c.model_type);
+  if (a == nullptr) {
+    throw Error("export-gguf: model_type '" + c.model_type +
+                    "' has no llama.cpp architecture here (supported: " + exportable_model_types() +
+                    ")",
+                ErrorKind::kUnsupported);
   }
-  return "";
+  return *a;
 }
 
 uint32_t tensor_type(const std::string& name, size_t n_dims, int64_t ne0, OutType type) {
@@ -149,65 +117,248 @@ at::Tensor llama3_rope_factors(const model::RopeConfig& rope, int64_t dim) {
   return at::tensor(out, at::kFloat);
 }
 
-ModelPlan plan_model(const model::ModelConfig& c, const io::Checkpoint& ckpt, OutType type) {
-  ModelPlan plan;
-  plan.arch = architecture_of(c);
-  const std::string a = plan.arch + ".";
-  Metadata& h = plan.hparams;
-  h.emplace_back(a + "block_count", u32_value(u32_of(c.num_hidden_layers, "num_hidden_layers")));
-  h.emplace_back(a + "context_length",
-                 u32_value(u32_of(c.max_position_embeddings, "max_position_embeddings")));
-  h.emplace_back(a + "embedding_length", u32_value(u32_of(c.hidden_size, "hidden_size")));
-  h.emplace_back(a + "feed_forward_length",
-                 u32_value(u32_of(c.intermediate_size, "intermediate_size")));
-  h.emplace_back(a + "attention.head_count",
-                 u32_value(u32_of(c.num_attention_heads, "num_attention_heads")));
-  h.emplace_back(a + "attention.head_count_kv",
-                 u32_value(u32_of(c.num_key_value_heads, "num_key_value_heads")));
+namespace {
+
+// Hyperparameter writers: "<arch>." + key.
+struct Keys {
+  Metadata& md;
+  std::string prefix;
+  void u32(const std::string& key, int64_t v, const char* what) {
+    md.emplace_back(prefix + key, u32_value(u32_of(v, what)));
+  }
+  void f32(const std::string& key, double v) {
+    md.emplace_back(prefix + key, f32_value(static_cast<float>(v)));
+  }
+  // The sizes every architecture has, in TextModel's order.
+  void sizes(const model::ModelConfig& c) {
+    u32("block_count", c.num_hidden_layers, "num_hidden_layers");
+    u32("context_length", c.max_position_embeddings, "max_position_embeddings");
+    u32("embedding_length", c.hidden_size, "hidden_size");
+    u32("feed_forward_length", c.intermediate_size, "intermediate_size");
+    u32("attention.head_count", c.num_attention_heads, "num_attention_heads");
+    u32("attention.head_count_kv", c.num_key_value_heads, "num_key_value_heads");
+  }
+  // RMSNorm epsilon, explicit head sizes and the file type.
+  void norm_and_heads(const model::ModelConfig& c, OutType type) {
+    f32("attention.layer_norm_rms_epsilon", c.rms_norm_eps);
+    u32("attention.key_length", c.head_dim, "head_dim");
+    u32("attention.value_length", c.head_dim, "head_dim");
+    md.emplace_back("general.file_type", u32_value(file_type(type)));
+  }
+  void linear_rope(const model::RopeConfig& r) {
+    md.emplace_back(prefix + "rope.scaling.type", string_value("linear"));
+    f32("rope.scaling.factor", r.factor);
+  }
+};
+
+[[noreturn]] void refuse(const model::ModelConfig& c, const std::string& what) {
+  throw Error("export-gguf: " + c.model_type + " model: " + what, ErrorKind::kUnsupported);
+}
+
+// Gemma: llama.cpp scales queries by 1/sqrt(head_dim), or by
+// 1/sqrt(hidden / heads) for the 27B models it recognises by their layer
+// count; query_pre_attn_scalar must say the same.
+void check_gemma_query_scale(const model::ModelConfig& c, int64_t layers_27b) {
+  const bool is_27b = c.num_hidden_layers == layers_27b;
+  const double d = is_27b ? static_cast<double>(c.hidden_size / c.num_attention_heads)
+                          : static_cast<double>(c.head_dim);
+  const double want = 1.0 / std::sqrt(d);
+  if (std::fabs(c.attn_scale - want) > 1e-9 * want) {
+    refuse(c, "query_pre_attn_scalar " + std::to_string(1.0 / (c.attn_scale * c.attn_scale)) +
+                  " differs from " + std::to_string(static_cast<int64_t>(d)) +
+                  ", the query scale llama.cpp's " + architecture_of(c).arch + " uses (" +
+                  (is_27b ? "hidden_size / num_attention_heads" : "head_dim") + ")");
+  }
+}
+
+// Gemma: llama.cpp fixes which layers slide (layer i slides when
+// i % pattern < pattern - 1) and gives them all one window.
+int64_t gemma_window(const model::ModelConfig& c, int64_t pattern) {
+  int64_t window = 0;
+  for (int64_t w : c.layer_window) window = std::max(window, w);
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    const bool slides = window > 0 && i % pattern < pattern - 1;
+    const int64_t w = c.layer_window[static_cast<size_t>(i)];
+    if ((w > 0) != slides || (w > 0 && w != window)) {
+      refuse(c, "layer " + std::to_string(i) + (w > 0 ? " slides" : " attends globally") +
+                    ", but llama.cpp's " + architecture_of(c).arch + " slides layer i (window " +
+                    std::to_string(window) + ") exactly when i % " + std::to_string(pattern) +
+                    " < " + std::to_string(pattern - 1));
+    }
+  }
+  return window;
+}
+
+void llama_like_keys(const model::ModelConfig& c, Keys& k, ModelPlan& plan, OutType type) {
+  k.sizes(c);
+  at::Tensor rope_freqs;
   if (c.rope.type == "linear") {
-    h.emplace_back(a + "rope.scaling.type", string_value("linear"));
-    h.emplace_back(a + "rope.scaling.factor", f32_value(static_cast<float>(c.rope.factor)));
+    k.linear_rope(c.rope);
   } else if (c.rope.type == "llama3") {
     if (plan.arch != "llama") {
-      throw Error("export-gguf: llama3 rope scaling on a " + c.model_type +
-                      " model has no llama.cpp equivalent (rope_freqs is read by llama only)",
-                  ErrorKind::kUnsupported);
+      refuse(c,
+             "llama3 rope scaling has no llama.cpp equivalent here (rope_freqs is read by "
+             "llama only)");
     }
-    plan.rope_freqs = llama3_rope_factors(c.rope, c.head_dim);
+    rope_freqs = llama3_rope_factors(c.rope, c.head_dim);
   } else if (c.rope.type != "default") {
-    throw Error("export-gguf: rope_type '" + c.rope.type +
-                    "' is not supported (supported: default, linear, llama3)",
-                ErrorKind::kUnsupported);
+    refuse(c, "rope_type '" + c.rope.type + "' is not supported (supported: default, linear, " +
+                  "llama3)");
   }
-  h.emplace_back(a + "rope.freq_base", f32_value(static_cast<float>(c.rope.theta)));
-  h.emplace_back(a + "attention.layer_norm_rms_epsilon",
-                 f32_value(static_cast<float>(c.rms_norm_eps)));
-  h.emplace_back(a + "attention.key_length", u32_value(u32_of(c.head_dim, "head_dim")));
-  h.emplace_back(a + "attention.value_length", u32_value(u32_of(c.head_dim, "head_dim")));
-  h.emplace_back("general.file_type", u32_value(file_type(type)));
+  k.f32("rope.freq_base", c.rope.theta);
+  k.norm_and_heads(c, type);
   if (plan.arch == "llama") {
-    h.emplace_back(a + "vocab_size", u32_value(u32_of(c.vocab_size, "vocab_size")));
-    h.emplace_back(a + "rope.dimension_count", u32_value(u32_of(c.head_dim, "head_dim")));
+    k.u32("vocab_size", c.vocab_size, "vocab_size");
+    k.u32("rope.dimension_count", c.head_dim, "head_dim");
   }
+  if (rope_freqs.defined()) {
+    plan.tensors.push_back(
+        {{"rope_freqs.weight", {rope_freqs.numel()}, kGgmlF32}, "", rope_freqs, 0, false});
+  }
+  for (int64_t w : c.layer_window) {
+    if (w > 0) {
+      plan.notes.push_back("config.json's sliding window (" + std::to_string(w) +
+                           " tokens) has no key in llama.cpp's " + plan.arch +
+                           " architecture: llama.cpp attends to the whole context, so outputs "
+                           "differ from the model's beyond that many tokens");
+      break;
+    }
+  }
+}
 
-  if (plan.rope_freqs.defined()) {
-    plan.tensors.push_back({{"rope_freqs.weight", {plan.rope_freqs.numel()}, kGgmlF32}, "", 0});
+// convert_hf_to_gguf's Gemma2Model keys (in TextModel's order, as every
+// writer here), plus rope.freq_base (which it leaves to llama.cpp's default
+// of 10000).
+void gemma2_keys(const model::ModelConfig& c, Keys& k, OutType type) {
+  if (c.rope.type != "default") refuse(c, "rope scaling is not supported for gemma2");
+  if (c.attn_softcap <= 0 || c.final_softcap <= 0) {
+    refuse(c,
+           "llama.cpp's gemma2 always soft-caps attention and final logits; "
+           "attn_logit_softcapping and final_logit_softcapping must be set");
+  }
+  check_gemma_query_scale(c, 46);
+  const int64_t window = gemma_window(c, 2);
+  if (window == 0) refuse(c, "llama.cpp's gemma2 needs a sliding_window");
+  k.sizes(c);
+  k.f32("rope.freq_base", c.rope.theta);
+  k.norm_and_heads(c, type);
+  k.f32("attn_logit_softcapping", c.attn_softcap);
+  k.f32("final_logit_softcapping", c.final_softcap);
+  k.u32("attention.sliding_window", window, "sliding_window");
+}
+
+// convert_hf_to_gguf's Gemma3Model keys. llama.cpp gives the sliding layers
+// RoPE base 10000 without scaling; the global ones rope.freq_base and the
+// linear scaling.
+void gemma3_keys(const model::ModelConfig& c, Keys& k, OutType type) {
+  if (c.attn_softcap > 0) refuse(c, "llama.cpp's gemma3 has no attention soft-capping");
+  if (c.rope.type != "default" && c.rope.type != "linear") {
+    refuse(c, "rope_type '" + c.rope.type + "' is not supported (supported: default, linear)");
+  }
+  const model::RopeConfig local = c.rope_local.value_or(c.rope);
+  if (local.type != "default" || local.theta != 10000.0) {
+    refuse(c, "the sliding layers' RoPE (theta " + std::to_string(local.theta) + ", " + local.type +
+                  ") differs from llama.cpp's fixed one for gemma3 (theta 10000, "
+                  "no scaling)");
+  }
+  check_gemma_query_scale(c, 62);
+  const int64_t window = gemma_window(c, 6);
+  k.sizes(c);
+  if (c.rope.type == "linear") k.linear_rope(c.rope);
+  k.f32("rope.freq_base", c.rope.theta);
+  k.norm_and_heads(c, type);
+  if (c.final_softcap > 0) k.f32("final_logit_softcapping", c.final_softcap);
+  if (window > 0) k.u32("attention.sliding_window", window, "sliding_window");
+}
+
+// convert_hf_to_gguf's Phi3MiniModel keys and longrope factor tensors, with
+// the attention factor transformers uses (it computes sqrt(1 + ln f / ln
+// orig) for the "yarn" spelling too; the converter writes 0.1 ln f + 1 there).
+void phi3_keys(const model::ModelConfig& c, Keys& k, ModelPlan& plan, OutType type) {
+  if (c.rope.type != "default" && c.rope.type != "longrope") {
+    refuse(c, "rope_type '" + c.rope.type + "' is not supported (supported: default, longrope)");
+  }
+  if (c.head_dim * c.num_attention_heads != c.hidden_size) {
+    refuse(c, "head_dim " + std::to_string(c.head_dim) +
+                  " differs from hidden_size / num_attention_heads, which llama.cpp's phi3 uses");
+  }
+  const int64_t orig = c.rope.original_max_position_embeddings > 0
+                           ? c.rope.original_max_position_embeddings
+                           : c.max_position_embeddings;
+  int64_t window = 0;
+  for (int64_t w : c.layer_window) window = std::max(window, w);
+  k.sizes(c);
+  k.u32("rope.scaling.original_context_length", orig, "original_max_position_embeddings");
+  k.u32("rope.dimension_count", c.rotary_dim(), "rotary dims");
+  k.f32("rope.freq_base", c.rope.theta);
+  k.f32("attention.layer_norm_rms_epsilon", c.rms_norm_eps);
+  k.md.emplace_back("general.file_type", u32_value(file_type(type)));
+  k.u32("attention.sliding_window", window, "sliding_window");
+  if (window > 0) {
+    plan.notes.push_back("llama.cpp's phi3 ignores the sliding window (" + std::to_string(window) +
+                         " tokens): it attends to the whole context, so outputs differ from the "
+                         "model's beyond that many tokens");
+  }
+  if (c.rope.type == "longrope") {
+    k.f32("rope.scaling.attn_factor", c.rope.attention_factor);
+    for (const auto& [name, factors] :
+         {std::make_pair("rope_factors_long.weight", &c.rope.long_factor),
+          std::make_pair("rope_factors_short.weight", &c.rope.short_factor)}) {
+      std::vector<float> f(factors->begin(), factors->end());
+      at::Tensor t = at::tensor(f, at::kFloat);
+      plan.tensors.push_back({{name, {t.numel()}, kGgmlF32}, "", t, 0, false});
+    }
+    plan.notes.push_back(
+        "longrope: llama.cpp picks the long factors for the whole context when the context "
+        "size exceeds " +
+        std::to_string(orig) + " tokens, transformers per call when the sequence does");
+  }
+}
+
+// The language model's HF name of checkpoint tensor `name`: the name itself,
+// except under a multimodal Gemma 3's checkpoint prefix (loader.h).
+std::string hf_name_of(const model::ModelConfig& c, const std::string& name) {
+  if (!c.multimodal) return name;
+  if (name == "language_model.lm_head.weight") return "lm_head.weight";
+  if (name.rfind(c.checkpoint_prefix, 0) == 0)
+    return "model." + name.substr(c.checkpoint_prefix.size());
+  return name;
+}
+
+}  // namespace
+
+ModelPlan plan_model(const model::ModelConfig& c, const io::Checkpoint& ckpt, OutType type) {
+  ModelPlan plan;
+  plan.spec = &architecture_of(c);
+  plan.arch = plan.spec->arch;
+  Keys k{plan.hparams, plan.arch + "."};
+  if (plan.arch == "gemma2") {
+    gemma2_keys(c, k, type);
+  } else if (plan.arch == "gemma3") {
+    gemma3_keys(c, k, type);
+  } else if (plan.arch == "phi3") {
+    phi3_keys(c, k, plan, type);
+  } else {
+    llama_like_keys(c, k, plan, type);
   }
   for (const model::ExpectedTensor& t : model::expected_tensors(c)) {
-    const std::string name = gguf_tensor_name(t.name);
+    // GGUF names follow the HF language model's own names (a multimodal
+    // Gemma 3 stores them under its checkpoint prefix).
+    const std::string name = gguf_tensor_name(*plan.spec, hf_name_of(c, t.name));
     if (name.empty()) {
       throw Error(
           "export-gguf: tensor '" + t.name + "' has no llama.cpp " + plan.arch + " equivalent",
           ErrorKind::kUnsupported);
     }
-    PlannedTensor p{{name, ckpt.info(t.name).shape, 0}, t.name, 0};
+    PlannedTensor p{{name, ckpt.info(t.name).shape, 0}, t.name, {}, 0, false};
     p.spec.type = tensor_type(name, p.spec.shape.size(), p.spec.shape.back(), type);
-    if (plan.arch == "llama" &&
+    if (plan.spec->permute_qk &&
         (ends_with(name, "attn_q.weight") || ends_with(name, "attn_q.bias")))
       p.permute_heads = c.num_attention_heads;
-    if (plan.arch == "llama" &&
+    if (plan.spec->permute_qk &&
         (ends_with(name, "attn_k.weight") || ends_with(name, "attn_k.bias")))
       p.permute_heads = c.num_key_value_heads;
+    p.plus_one = stored_plus_one(*plan.spec, name);
     plan.tensors.push_back(std::move(p));
   }
   return plan;

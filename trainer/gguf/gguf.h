@@ -151,26 +151,29 @@ void dequantize_row(uint32_t type, const uint8_t* src, float* dst, int64_t n);
 
 // A GGUF model as Hugging Face sees it: the architecture rules applied once.
 struct HfModel {
-  std::string model_type;              // "llama", "mistral", "qwen2", "qwen3"
+  std::string model_type;              // HF model_type: "llama", "qwen2", "gemma3_text", ...
   std::string config_json;             // config.json text
   std::string generation_config_json;  // generation_config.json text
   // GGUF tensor name -> HF name, in file order; un-permute: rows to reorder
-  // (llama Q/K) with the head count to use, 0 = none.
+  // (llama Q/K) with the head count to use, 0 = none; minus_one: stored as
+  // 1 + w (Gemma's norms).
   struct Entry {
     const TensorInfo* info;
     std::string hf_name;
     int64_t unpermute_heads;
+    bool minus_one;
   };
   std::vector<Entry> entries;
 };
 
 // Maps architecture, config keys and tensor names (llama/mistral, qwen2,
-// qwen3). Throws kUnsupported for another architecture or an unknown tensor
-// name, kCorrupt for missing keys or shapes that disagree with the config.
-// `dtype` is written as config.json's "dtype".
+// qwen3, gemma2, gemma3, phi3; see convert.cpp for what llama.cpp fixes). Throws kUnsupported for
+// another architecture or an unknown tensor name, kCorrupt for missing keys or shapes that disagree
+// with the config. `dtype` is written as config.json's "dtype".
 HfModel map_model(const GgufFile& file, at::ScalarType dtype);
 
-// The HF tensor for one entry: dequantized, un-permuted, cast to `dtype`.
+// The HF tensor for one entry: dequantized, un-permuted, 1 subtracted from
+// Gemma's norms (in float32), cast to `dtype`.
 at::Tensor hf_tensor(const GgufFile& file, const HfModel::Entry& e, at::ScalarType dtype);
 
 // tokenizer.json and tokenizer_config.json text from the tokenizer.* keys

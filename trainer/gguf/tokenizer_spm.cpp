@@ -8,9 +8,11 @@
 //                them, else derived from the vocabulary and tokenizer.ggml.scores
 //                as generate_merges derives them (below)
 //   pre_tokenizer Metaspace("▁", prepend_scheme "first", split false);
-//                tokenizer.ggml.add_space_prefix is not read (transformers
-//                ignores it too)
 //   decoder      Replace("▁"," "), ByteFallback, Fuse, Strip(" ", 1, 0)
+//   except when tokenizer.ggml.add_space_prefix is false (Gemma): normalizer
+//                Replace(" ", "▁"), no pre-tokenizer, decoder without the
+//                Strip, as Gemma's tokenizer.json and transformers'
+//                GemmaTokenizer from such a file
 //   added tokens LlamaTokenizer's defaults <s>, </s>, <unk> (special; a default
 //                missing from the vocabulary gets the next id past it, in that
 //                order, as transformers appends it), then every control token
@@ -159,18 +161,31 @@ TokenizerParts spm_parts(const GgufFile& f, const GgufVocab& v) {
     }
   }
 
-  p.normalizer = nullptr;
-  p.pre_tokenizer = Json{{"type", "Metaspace"},
-                         {"replacement", kMetaspace},
-                         {"prepend_scheme", "first"},
-                         {"split", false}};
-  p.decoder =
-      Json{{"type", "Sequence"},
-           {"decoders",
-            Json::array(
-                {Json{{"type", "Replace"}, {"pattern", {{"String", kMetaspace}}}, {"content", " "}},
-                 Json{{"type", "ByteFallback"}}, Json{{"type", "Fuse"}},
-                 Json{{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}})}};
+  const Json replace_space =
+      Json{{"type", "Replace"}, {"pattern", {{"String", kMetaspace}}}, {"content", " "}};
+  if (f.find("tokenizer.ggml.add_space_prefix") != nullptr &&
+      !f.get_bool("tokenizer.ggml.add_space_prefix")) {
+    // No dummy prefix (Gemma): spaces become "▁" and nothing is prepended or
+    // stripped, as Gemma's own tokenizer.json (and transformers' GGUF loader,
+    // which builds a GemmaTokenizer for these files) do.
+    p.normalizer =
+        Json{{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", kMetaspace}};
+    p.pre_tokenizer = nullptr;
+    p.decoder = Json{{"type", "Sequence"},
+                     {"decoders", Json::array({replace_space, Json{{"type", "ByteFallback"}},
+                                               Json{{"type", "Fuse"}}})}};
+  } else {
+    p.normalizer = nullptr;
+    p.pre_tokenizer = Json{{"type", "Metaspace"},
+                           {"replacement", kMetaspace},
+                           {"prepend_scheme", "first"},
+                           {"split", false}};
+    p.decoder =
+        Json{{"type", "Sequence"},
+             {"decoders",
+              Json::array({replace_space, Json{{"type", "ByteFallback"}}, Json{{"type", "Fuse"}},
+                           Json{{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}})}};
+  }
   p.model = Json{{"type", "BPE"},
                  {"dropout", nullptr},
                  {"unk_token", nullptr},

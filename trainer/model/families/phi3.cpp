@@ -24,6 +24,11 @@ void resolve(const ConfigJson& j, ModelConfig& c) {
     if (w <= 0) j.fail("sliding_window", "must be positive or null, got " + std::to_string(w));
     c.layer_window.assign(c.num_hidden_layers, w);
   }
+  // Phi3Config always carries original_max_position_embeddings; without
+  // longrope nothing computes with it, but llama.cpp's phi3 reads it.
+  if (c.rope.original_max_position_embeddings == 0) {
+    c.rope.original_max_position_embeddings = j.get_int("original_max_position_embeddings");
+  }
 }
 
 }  // namespace
