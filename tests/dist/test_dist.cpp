@@ -85,8 +85,8 @@ TEST(LaunchEnv, RefusesMissingOrMalformedVariablesByName) {
 // ---- whole runs -------------------------------------------------------------
 
 // A training config on a tiny model and its pre-tokenized data (the
-// ref_train fixture), with shuffling and packing on and dropout off (a rank
-// draws its own dropout masks, so only dropout-free runs can be equal).
+// ref_train fixture), with shuffling and packing on and dropout off (a
+// command line may turn it on: masks follow the micro-batch, not the rank).
 std::string config(const std::string& root, const std::string& variant,
                    const std::string& train_extra) {
   const std::string ref = test::testdata_dir() + "/ref_train";
@@ -193,16 +193,17 @@ void expect_same_training(const std::string& got, const std::string& want,
 // ranks with accumulation 2 (plus `two_rank_args`), and checks that every
 // step loss and the adapters agree within 1e-6. Returns the 2-rank run's
 // directory and output.
-std::pair<std::string, test::RunResult> one_vs_two_ranks(const std::string& root,
-                                                         const std::string& variant,
-                                                         const std::string& train_extra,
-                                                         const std::string& two_rank_args,
-                                                         const std::string& label) {
+std::pair<std::string, test::RunResult> one_vs_two_ranks(
+    const std::string& root, const std::string& variant, const std::string& train_extra,
+    const std::string& two_rank_args, const std::string& label, const std::string& both_args = "") {
   const std::string cfg = config(root, variant, train_extra);
   const std::string one = root + "/" + variant + "-1", two = root + "/" + variant + "-2";
-  expect_ok(train(0, cfg, "train.gradient_accumulation_steps=4 output.dir=" + one), "1 process");
-  const test::RunResult r =
-      train(2, cfg, "train.gradient_accumulation_steps=2 output.dir=" + two + " " + two_rank_args);
+  expect_ok(
+      train(0, cfg, "train.gradient_accumulation_steps=4 output.dir=" + one + " " + both_args),
+      "1 process");
+  const test::RunResult r = train(2, cfg,
+                                  "train.gradient_accumulation_steps=2 output.dir=" + two + " " +
+                                      two_rank_args + " " + both_args);
   expect_ok(r, "2 ranks");
   const Losses a = losses(one), b = losses(two);
   EXPECT_EQ(a.train.size(), 8u);
@@ -227,6 +228,21 @@ TEST(DataParallel, TwoRanksEqualOneProcessWithTwiceTheAccumulation) {
     std::sort(names.begin(), names.end());
     EXPECT_EQ(names, (std::vector<std::string>{"adapter", "config.yaml", "metrics.jsonl"}));
   }
+}
+
+// LoRA dropout on: each micro-batch reseeds from (seed, step, its index in
+// the step), so rank 1's micro-batches draw the masks a single process draws
+// for them. The dropout must matter: the run differs from a dropout-free one.
+TEST(DataParallel, DropoutMasksFollowTheMicroBatchNotTheRank) {
+  const std::string root = test::make_temp_dir("dp-dropout");
+  const auto [two, r] =
+      one_vs_two_ranks(root, "qwen2", "", "", "lora.dropout 0.2, 2 ranks", "lora.dropout=0.2");
+  const std::string cfg = config(root, "qwen2", "");
+  const std::string plain = root + "/no-dropout";
+  expect_ok(train(0, cfg, "train.gradient_accumulation_steps=4 output.dir=" + plain), "no dropout");
+  const double moved = max_loss_rel(losses(two), losses(plain));
+  std::printf("[dp] dropout 0.2 vs none: max step loss rel diff %.3g\n", moved);
+  EXPECT_GT(moved, 1e-3);
 }
 
 TEST(ShardBase, TwoRanksWithShardedBaseWeightsEqualOneProcess) {

@@ -1,9 +1,13 @@
 // One optimizer step: accumulation over micro-batches, the data-parallel
 // all-reduce, clipping, AdamW.
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Context.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/isfinite.h>
 #include <ATen/ops/logical_and.h>
 #include <ATen/ops/zeros.h>
+
+#include <mutex>
 
 #include "trainer/dist/dist.h"
 #include "trainer/io/error.h"
@@ -51,6 +55,26 @@ StepTotals StepTotals::of(const std::vector<MicroBatch>& micro) {
   return totals;
 }
 
+namespace {
+
+// splitmix64's finaliser: a well-mixed 64-bit value of x.
+uint64_t mix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+// Reseeds the default generator of `device` (where dropout draws its masks).
+void reseed(const c10::Device& device, uint64_t seed) {
+  at::Generator gen = device.is_cpu() ? at::detail::getDefaultCPUGenerator()
+                                      : at::globalContext().defaultGenerator(device);
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  gen.set_current_seed(seed);
+}
+
+}  // namespace
+
 StepResult Trainer::step(const std::vector<MicroBatch>& micro, const StepTotals& totals,
                          bool stop_request) {
   if (micro.empty() && group_ == nullptr) throw Error("train step: no micro-batches");
@@ -68,6 +92,11 @@ StepResult Trainer::step(const std::vector<MicroBatch>& micro, const StepTotals&
   const double n = static_cast<double>(r.target_tokens);
   at::Tensor loss_acc = at::zeros({}, opt_.params()[0].options().dtype(at::kFloat));
   for (const MicroBatch& mb : micro) {
+    if (dropout_seed_) {
+      reseed(opt_.params()[0].device(),
+             mix64(mix64(mix64(*dropout_seed_) ^ static_cast<uint64_t>(step_)) ^
+                   static_cast<uint64_t>(mb.index)));
+    }
     at::Tensor loss =
         micro_batch_loss_sum(model_, mb, cfg_.gradient_checkpointing) / n;  // 0-dim float32
     loss.backward();

@@ -469,6 +469,8 @@ TrainingRun::TrainingRun(const config::TrainConfig& cfg, const RunOptions& opts,
                      1, (cfg.train.epochs * loader_->batches_per_epoch() + batches_per_step - 1) /
                             batches_per_step);
   trainer_ = std::make_unique<Trainer>(*model_, cfg.train, total_, group_);
+  // Dropout masks keyed to (seed, step, micro-batch): the same on 1 or N ranks.
+  trainer_->seed_dropout(static_cast<uint64_t>(cfg.seed));
 
   const int64_t sequences_per_step = batches_per_step * cfg.train.micro_batch_size;
   state_.total_steps = total_;
@@ -606,6 +608,7 @@ RunResult TrainingRun::loop() {
     std::vector<MicroBatch> micro;
     for (int64_t a = 0; a < accum_; ++a) {
       micro.push_back(to_micro_batch(loader_->next(), device, cfg_.data.packing));
+      micro.back().index = rank_ * accum_ + a;
     }
     loader_->skip(accum_ * (world_ - 1 - rank_));
     const int64_t next = trainer_->step_count() + 1;

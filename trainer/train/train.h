@@ -58,6 +58,10 @@ struct MicroBatch {
   at::Tensor input_ids, labels, position_ids, attention_mask, segment_ids;
   int64_t target_tokens = 0;  // labels[:, 1:] != -100
   int64_t tokens = 0;         // non-padding tokens
+  // Position of this micro-batch in its step over all ranks (rank r's a-th
+  // of `accum` is r * accum + a): with Trainer::seed_dropout, its dropout
+  // masks depend on (seed, step, index) alone, whichever rank runs it.
+  int64_t index = 0;
 };
 
 // A data::Batch as tensors on `device`. `packed` passes segment_ids (and the
@@ -235,6 +239,11 @@ class Trainer {
   // StepResult::stop_requests.
   StepResult step(const std::vector<MicroBatch>& micro, const StepTotals& totals,
                   bool stop_request = false);
+  // From now on each micro-batch reseeds the device's default generator with
+  // a hash of (seed, step, MicroBatch::index) before its forward pass, so
+  // LoRA dropout draws the same masks on any number of ranks and after a
+  // resume. Without it the masks continue the generator's stream.
+  void seed_dropout(uint64_t seed) { dropout_seed_ = seed; }
   int64_t step_count() const { return step_; }
   void set_step_count(int64_t s) { step_ = s; }
   AdamW& optimizer() { return opt_; }
@@ -247,6 +256,7 @@ class Trainer {
   LrSchedule sched_;
   std::vector<LrSchedule> group_sched_;  // one per opt_.groups(), peak = the group's lr
   int64_t step_ = 0;
+  std::optional<uint64_t> dropout_seed_;
   dist::Group* group_ = nullptr;
   at::Tensor flat_;  // with group_: [grads of opt_.params() | loss | stop requests]
   int64_t grad_numel_ = 0;
