@@ -328,6 +328,34 @@ INSTANTIATE_TEST_SUITE_P(Families, GgufExport,
                          ::testing::Values("llama3", "mistral", "qwen2", "qwen3", "gemma2",
                                            "gemma3", "phi3", "phi4mini"));
 
+// A multimodal Gemma 3 (Gemma3ForConditionalGeneration, fixture gemma3mm: the
+// gemma3 model's language model with a SigLIP tower, and gemma3's adapter as
+// PEFT names it on that model) exports its language model: the same files,
+// byte for byte, as the text-only model gives (which the llama.cpp test runs
+// at parity): the base, the base with the adapter merged, the adapter GGUF.
+TEST(GgufExportMultimodal, Gemma3ExportsItsLanguageModelAsTheTextModel) {
+  const std::string dir = t::make_temp_dir("gguf_export_mm");
+  for (const std::string kind : {"base", "merged", "adapter"}) {
+    SCOPED_TRACE(kind);
+    std::vector<std::string> bytes;
+    for (const std::string m : {"gemma3", "gemma3mm"}) {
+      const std::string out = dir + "/" + m + "." + kind + ".gguf";
+      std::string args = " --type q8_0";
+      if (kind != "base") args += " --adapter " + t::quote(adapter_dir(m));
+      if (kind == "adapter")
+        args = " --type f32 --adapter-only --adapter " + t::quote(adapter_dir(m));
+      auto r = t::run(bin() + " export-gguf --model " + t::quote(model_dir(m)) + " --out " + out +
+                      args + " --name gemma3");
+      ASSERT_EQ(r.status, 0) << r.out;
+      bytes.push_back(t::read_file(out));
+    }
+    EXPECT_GT(bytes[0].size(), 10000u);
+    EXPECT_TRUE(bytes[0] == bytes[1]) << "the multimodal model's " << kind << " GGUF differs";
+    std::printf("gemma3mm: %s GGUF of the multimodal model = the text model's (%zu bytes)\n",
+                kind.c_str(), bytes[1].size());
+  }
+}
+
 // --- What the command refuses ----------------------------------------------------
 
 // Runs export-gguf with `args` and returns its result.

