@@ -2,7 +2,10 @@
 """Writes the seed corpus of fuzz_gguf, tests/fuzz/corpus/fuzz_gguf/ (committed;
 re-run to regenerate), with gguf-py's GGUFWriter: small models of every
 architecture import reads (llama with a SentencePiece vocabulary, qwen2 with a
-byte-level BPE one, qwen3 without a tokenizer), one tensor of every ggml type
+byte-level BPE one, qwen3 without a tokenizer, gemma2 and gemma3 with Gemma's
+SentencePiece form (no space prefix), its four norms, soft-caps and sliding
+window, phi3 with fused attn_qkv / ffn_up, partial rotary and longrope
+factor tensors), one tensor of every ggml type
 loratune knows (dequantizable or refused by name), every metadata value type
 with nested arrays, a GGUF v2 header, a non-default general.alignment and a
 truncated file. Every seed stays under 32 KB (the -max_len scripts/fuzz.sh
@@ -64,6 +67,27 @@ def spm_tokenizer(w):
     return len(tokens)
 
 
+def gemma_tokenizer(w):
+    """Gemma's SentencePiece form: no space prefix, <pad> <eos> <bos> <unk>, turn markers."""
+    pieces = ["\u2581", "a", "b", "ab", "\u2581a", "bc", "\n"]
+    tokens = ["<pad>", "<eos>", "<bos>", "<unk>", "<0x00>", "<0x0A>", "<0xFF>",
+              "<start_of_turn>", "<end_of_turn>"] + pieces
+    types = [3, 3, 3, 2, 6, 6, 6, 4, 4] + [1] * len(pieces)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores([0.0] * 9 + [float(-i) for i in range(len(pieces))])
+    w.add_token_types(types)
+    w.add_bos_token_id(2)
+    w.add_eos_token_id(1)
+    w.add_unk_token_id(3)
+    w.add_pad_token_id(0)
+    w.add_add_bos_token(True)
+    w.add_add_space_prefix(False)
+    w.add_chat_template("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n"
+                        "{{ m['content'] }}<end_of_turn>\n{% endfor %}")
+    return len(tokens)
+
+
 def bpe_tokenizer(w):
     """A byte-level vocabulary: the 256 byte symbols, three merges, one control token."""
     from transformers.convert_slow_tokenizer import bytes_to_unicode
@@ -81,6 +105,7 @@ def bpe_tokenizer(w):
 
 def model(path, arch, qtypes, tokenizer):
     hidden, heads, kv, inter = 32, 2, 1, 32
+    gemma = arch in ("gemma2", "gemma3")
     w = gguf.GGUFWriter(path, arch)
     w.add_block_count(1)
     w.add_context_length(64)
@@ -90,28 +115,47 @@ def model(path, arch, qtypes, tokenizer):
     w.add_head_count_kv(kv)
     w.add_layer_norm_rms_eps(1e-6)
     w.add_rope_freq_base(10000.0)
+    if gemma:
+        w.add_sliding_window(8)
+    if arch == "gemma2":
+        w.add_attn_logit_softcapping(50.0)
+        w.add_final_logit_softcapping(30.0)
+    if arch == "phi3":
+        w.add_rope_dimension_count(8)  # partial rotary: 8 of 16
+        w.add_rope_scaling_orig_ctx_len(32)
+        w.add_rope_scaling_attn_factors(1.19)
     vocab = tokenizer(w) if tokenizer else 40
     hd = 16 if arch != "qwen3" else 32
     q = iter(qtypes * 8)
     put(w, "token_embd.weight", rand(vocab, hidden), next(q))
     p = "blk.0."
-    put(w, p + "attn_q.weight", rand(heads * hd, hidden), next(q))
-    put(w, p + "attn_k.weight", rand(kv * hd, hidden), next(q))
-    put(w, p + "attn_v.weight", rand(kv * hd, hidden), next(q))
-    put(w, p + "attn_output.weight", rand(hidden, heads * hd), next(q))
-    put(w, p + "ffn_gate.weight", rand(inter, hidden), next(q))
-    put(w, p + "ffn_up.weight", rand(inter, hidden), next(q))
+    if arch == "phi3":  # [q | k | v] and [gate | up]
+        put(w, p + "attn_qkv.weight", rand((heads + 2 * kv) * hd, hidden), next(q))
+        put(w, p + "attn_output.weight", rand(hidden, heads * hd), next(q))
+        put(w, p + "ffn_up.weight", rand(2 * inter, hidden), next(q))
+        put(w, "rope_factors_long.weight", 1 + rand(4), Q.F32)
+        put(w, "rope_factors_short.weight", 1 + rand(4), Q.F32)
+    else:
+        put(w, p + "attn_q.weight", rand(heads * hd, hidden), next(q))
+        put(w, p + "attn_k.weight", rand(kv * hd, hidden), next(q))
+        put(w, p + "attn_v.weight", rand(kv * hd, hidden), next(q))
+        put(w, p + "attn_output.weight", rand(hidden, heads * hd), next(q))
+        put(w, p + "ffn_gate.weight", rand(inter, hidden), next(q))
+        put(w, p + "ffn_up.weight", rand(inter, hidden), next(q))
     put(w, p + "ffn_down.weight", rand(hidden, inter), next(q))
     put(w, p + "attn_norm.weight", 1 + rand(hidden), Q.F32)
     put(w, p + "ffn_norm.weight", 1 + rand(hidden), Q.F32)
+    if gemma:
+        put(w, p + "post_attention_norm.weight", 1 + rand(hidden), Q.F32)
+        put(w, p + "post_ffw_norm.weight", 1 + rand(hidden), Q.F32)
     if arch == "qwen2":
         for n, rows in (("attn_q", heads * hd), ("attn_k", kv * hd), ("attn_v", kv * hd)):
             put(w, p + n + ".bias", rand(rows), Q.F32)
-    if arch == "qwen3":
+    if arch in ("qwen3", "gemma3"):
         put(w, p + "attn_q_norm.weight", 1 + rand(hd), Q.F32)
         put(w, p + "attn_k_norm.weight", 1 + rand(hd), Q.F32)
     put(w, "output_norm.weight", 1 + rand(hidden), Q.F32)
-    if arch == "llama":
+    if arch in ("llama", "phi3"):
         put(w, "output.weight", rand(vocab, hidden), next(q))
     return finish(w, path)
 
@@ -171,6 +215,11 @@ def main():
         seeds["qwen3_notok"] = model(path("qwen3_notok"), "qwen3", [Q.Q5_1, Q.Q4_0], None)
         seeds["all_types"] = all_types(path("all_types"))
         seeds["all_values"] = all_values(path("all_values"))
+        seeds["gemma2_spm"] = model(path("gemma2_spm"), "gemma2", [Q.BF16, Q.Q8_0],
+                                    gemma_tokenizer)
+        seeds["gemma3_spm"] = model(path("gemma3_spm"), "gemma3", [Q.F16, Q.Q4_1],
+                                    gemma_tokenizer)
+        seeds["phi3_spm"] = model(path("phi3_spm"), "phi3", [Q.Q8_0, Q.F32], spm_tokenizer)
     v2 = bytearray(seeds["llama_spm"])
     v2[4:8] = struct.pack("<I", 2)
     seeds["llama_spm_v2"] = bytes(v2)
