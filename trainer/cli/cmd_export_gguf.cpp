@@ -23,7 +23,8 @@ void add_export_gguf_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "export-gguf",
       "Write a model as one GGUF file that llama.cpp, Ollama and LM Studio load (architectures "
-      "llama/mistral, qwen2, qwen3; tokenizer and chat template included). With --adapter the "
+      "llama/mistral, qwen2, qwen3, gemma2, gemma3 (of a multimodal Gemma 3: its language "
+      "model), phi3; tokenizer and chat template included). With --adapter the "
       "LoRA adapter is merged first (W' = W + s*B@A in float32, as `merge`); with "
       "--adapter-only the adapter alone is written as llama.cpp's LoRA adapter GGUF, to apply "
       "on top of the base model's GGUF. Streams tensor by tensor; the file appears atomically.");

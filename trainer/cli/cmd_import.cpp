@@ -14,11 +14,12 @@ void add_import_command(CLI::App& app) {
   auto dtype = std::make_shared<std::string>("float32");
   CLI::App* cmd = app.add_subcommand(
       "import",
-      "Convert a GGUF file (llama.cpp; architectures llama/mistral, qwen2, qwen3; tensors F32, "
-      "F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q6_K) into a Hugging Face model directory: "
-      "config.json, generation_config.json, model.safetensors (dequantized, llama Q/K rows "
-      "un-permuted), tokenizer.json, tokenizer_config.json and chat_template.jinja. The output "
-      "appears atomically under --out.");
+      "Convert a GGUF file (llama.cpp; architectures llama/mistral, qwen2, qwen3, gemma2, "
+      "gemma3, phi3; tensors F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q6_K) into a "
+      "Hugging Face model directory: config.json, generation_config.json, model.safetensors "
+      "(dequantized; llama Q/K rows un-permuted, Gemma norms stored as 1 + w turned back), "
+      "tokenizer.json, tokenizer_config.json and chat_template.jinja. The output appears "
+      "atomically under --out.");
   cmd->add_option("file", opt->gguf_path, "The .gguf file")->required();
   cmd->add_option(
          "--out", opt->out_dir,

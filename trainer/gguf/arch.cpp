@@ -2,7 +2,7 @@
 // tensor names of gguf-py's TensorNameMap for each architecture.
 #include "trainer/gguf/arch.h"
 
-#include <regex>
+#include <string>
 
 namespace loratune::gguf::detail {
 namespace {
@@ -73,6 +73,32 @@ bool ends_with(const std::string& s, const std::string& suffix) {
          s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
+// `name` in one naming turned into the other: HF -> GGUF when `from_hf`,
+// else GGUF -> HF; "" when `arch` has no such tensor. A layer's tensors
+// are "<prefix><index>.<suffix>" in both, with the suffixes paired in
+// arch.layer_names.
+std::string rename(const ArchSpec& arch, const std::string& name, bool from_hf) {
+  static const std::pair<std::string, std::string> kOutsideLayers[] = {
+      {"model.embed_tokens.weight", "token_embd.weight"},
+      {"model.norm.weight", "output_norm.weight"},
+      {"lm_head.weight", "output.weight"}};
+  for (const auto& [hf, gg] : kOutsideLayers) {
+    if (name == (from_hf ? hf : gg)) return from_hf ? gg : hf;
+  }
+  const std::string in = from_hf ? "model.layers." : "blk.";
+  const std::string out = from_hf ? "blk." : "model.layers.";
+  if (name.compare(0, in.size(), in) != 0) return "";
+  size_t end = in.size();
+  while (end < name.size() && name[end] >= '0' && name[end] <= '9') ++end;
+  if (end == in.size() || end >= name.size() || name[end] != '.') return "";
+  const std::string index = name.substr(in.size(), end - in.size());
+  const std::string suffix = name.substr(end + 1);
+  for (const auto& [hf, gg] : arch.layer_names) {
+    if (suffix == (from_hf ? hf : gg)) return out + index + "." + (from_hf ? gg : hf);
+  }
+  return "";
+}
+
 }  // namespace
 
 const ArchSpec* find_arch(const std::string& name) {
@@ -104,30 +130,12 @@ std::string exportable_model_types() {
   return s;
 }
 
-std::string gguf_tensor_name(const ArchSpec& arch, const std::string& hf) {
-  if (hf == "model.embed_tokens.weight") return "token_embd.weight";
-  if (hf == "model.norm.weight") return "output_norm.weight";
-  if (hf == "lm_head.weight") return "output.weight";
-  static const std::regex layer_re(R"(model\.layers\.(\d+)\.(.+))");
-  std::smatch m;
-  if (!std::regex_match(hf, m, layer_re)) return "";
-  for (const auto& [from, to] : arch.layer_names) {
-    if (m[2].str() == from) return "blk." + m[1].str() + "." + to;
-  }
-  return "";
+std::string gguf_tensor_name(const ArchSpec& arch, const std::string& hf_name) {
+  return rename(arch, hf_name, /*from_hf=*/true);
 }
 
 std::string hf_tensor_name(const ArchSpec& arch, const std::string& gguf_name) {
-  if (gguf_name == "token_embd.weight") return "model.embed_tokens.weight";
-  if (gguf_name == "output_norm.weight") return "model.norm.weight";
-  if (gguf_name == "output.weight") return "lm_head.weight";
-  static const std::regex layer_re(R"(blk\.(\d+)\.(.+))");
-  std::smatch m;
-  if (!std::regex_match(gguf_name, m, layer_re)) return "";
-  for (const auto& [from, to] : arch.layer_names) {
-    if (m[2].str() == to) return "model.layers." + m[1].str() + "." + from;
-  }
-  return "";
+  return rename(arch, gguf_name, /*from_hf=*/false);
 }
 
 bool stored_plus_one(const ArchSpec& arch, const std::string& name) {
