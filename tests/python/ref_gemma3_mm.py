@@ -137,16 +137,23 @@ def ids_for(seed, n=23):
     return torch.randint(3, MAX_TEXT_ID, (n,), generator=g)
 
 
-def make_train(out):
-    d = f"{out}/train"
+def adapted(out, name, torch_seed, r, targets, g):
+    """A fresh OUT/NAME and the hub model under a PEFT LoRA of rank r (alpha 2r) on
+    `targets`, its A and B drawn from generator g."""
+    d = f"{out}/{name}"
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
-    torch.manual_seed(7)
-    cfg = LoraConfig(r=8, lora_alpha=16, target_modules=TRAIN_TARGETS, lora_dropout=0.0,
+    torch.manual_seed(torch_seed)
+    cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, lora_dropout=0.0,
                      task_type="CAUSAL_LM")
     model = get_peft_model(load(f"{out}/hub"), cfg)
-    g = torch.Generator().manual_seed(107)
     randomize_lora(model, g)
+    return d, model
+
+
+def make_train(out):
+    g = torch.Generator().manual_seed(107)
+    d, model = adapted(out, "train", 7, 8, TRAIN_TARGETS, g)
     model.save_pretrained(f"{d}/init_adapter")
     examples = make_examples(STEPS * ACCUM * MICRO, MAX_TEXT_ID, g)
     with open(f"{d}/train.jsonl", "w") as f:
@@ -166,14 +173,8 @@ def make_train(out):
 
 
 def make_peft(out):
-    d = f"{out}/peft"
-    shutil.rmtree(d, ignore_errors=True)
-    os.makedirs(d)
-    torch.manual_seed(8)
-    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=PEFT_TARGETS, lora_dropout=0.0,
-                     task_type="CAUSAL_LM")
-    model = get_peft_model(load(f"{out}/hub"), cfg).eval()
-    randomize_lora(model, torch.Generator().manual_seed(108))
+    d, model = adapted(out, "peft", 8, 4, PEFT_TARGETS, torch.Generator().manual_seed(108))
+    model.eval()
     model.save_pretrained(f"{d}/adapter")
     ids = ids_for(12)
     save_file({"input_ids": ids, "logits": logits_of(model, ids)}, f"{d}/ref.safetensors")
