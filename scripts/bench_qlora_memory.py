@@ -22,7 +22,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -92,32 +91,11 @@ def run(args, env, model_dir, data_path, dtype, quantize):
 def main(argv):
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--loratune", default=os.path.join(ROOT, "build", "loratune"))
-    ap.add_argument("--python", default=sys.executable)
-    ap.add_argument("--dir", default=os.path.join(ROOT, "build-bench", "testdata", "bench-train"))
-    ap.add_argument("--tokenizer", default=bench_train.LLAMA2_TOKENIZER)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--seq-len", type=int, default=128)
-    ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--alpha", type=float, default=32.0)
-    ap.add_argument("--lr", type=float, default=2e-4)
+    bench_train.add_common_args(ap, threads=2, steps=6, batch=4, rank=16, alpha=32.0)
     ap.add_argument("--dtypes", default="float32", help="model.dtype values, comma-separated")
-    ap.add_argument("--json", help="write the numbers to this file")
     args = ap.parse_args(argv)
 
-    os.makedirs(args.dir, exist_ok=True)
-    subprocess.run([args.python, os.path.join(ROOT, "scripts", "make_tiny_model.py"), "--size",
-                    "bench-58m", "--tokenizer", args.tokenizer, "--reuse", "--out", args.dir],
-                   check=True)
-    model_dir = os.path.join(args.dir, "bench-58m")
-    with open(os.path.join(model_dir, "config.json")) as f:
-        c = json.load(f)
-    data_path = os.path.join(args.dir, f"ids-{args.seq_len}.jsonl")
-    bench_train.make_data(data_path, max(64, args.steps * args.batch), args.seq_len,
-                          c["vocab_size"], seed=1234)
+    model_dir, c, data_path = bench_train.prepare(args, args.steps * args.batch)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
 
     shape = dict(hidden=c["hidden_size"], inter=c["intermediate_size"],

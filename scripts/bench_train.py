@@ -188,40 +188,53 @@ def mb(x):
     return f"{x / 2**20:.0f} MiB"
 
 
-def main(argv):
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_common_args(ap, threads, steps, batch, rank, alpha):
+    """The options every bench-58m training benchmark takes, with its defaults."""
     ap.add_argument("--loratune", default=os.path.join(ROOT, "build", "loratune"),
                     help="the loratune executable")
-    ap.add_argument("--python", default=sys.executable, help="Python with torch, transformers, peft")
+    ap.add_argument("--python", default=sys.executable,
+                    help="Python with torch, transformers, peft")
     ap.add_argument("--dir", default=os.path.join(ROOT, "build-bench", "testdata", "bench-train"),
                     help="where the model, data and runs go (not committed)")
     ap.add_argument("--tokenizer", default=LLAMA2_TOKENIZER,
                     help="tokenizer files for the model (vocab 32000)")
-    ap.add_argument("--threads", type=int, default=2, help="intra-op threads for both sides")
-    ap.add_argument("--steps", type=int, default=12, help="optimizer steps per run")
+    ap.add_argument("--threads", type=int, default=threads, help="intra-op threads per process")
+    ap.add_argument("--steps", type=int, default=steps, help="optimizer steps per run")
     ap.add_argument("--warmup", type=int, default=2, help="leading steps left out of tokens/s")
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved runs of each side")
-    ap.add_argument("--only", choices=["loratune", "peft"], help="run one side only")
-    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=batch, help="sequences per micro-batch")
     ap.add_argument("--seq-len", type=int, default=128)
-    ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--alpha", type=float, default=32.0)
+    ap.add_argument("--rank", type=int, default=rank)
+    ap.add_argument("--alpha", type=float, default=alpha)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--json", help="write the numbers to this file")
-    args = ap.parse_args(argv)
-    if not 1 <= args.warmup < args.steps:
-        ap.error("need 1 <= --warmup < --steps")
 
+
+def prepare(args, rows):
+    """Makes (or reuses) bench-58m under args.dir and writes `rows` sequences of
+    args.seq_len random ids; returns (model_dir, its config.json, data_path)."""
     os.makedirs(args.dir, exist_ok=True)
     subprocess.run([args.python, os.path.join(ROOT, "scripts", "make_tiny_model.py"), "--size",
                     "bench-58m", "--tokenizer", args.tokenizer, "--reuse", "--out", args.dir],
                    check=True)
     model_dir = os.path.join(args.dir, "bench-58m")
     with open(os.path.join(model_dir, "config.json")) as f:
-        vocab = json.load(f)["vocab_size"]
+        config = json.load(f)
     data_path = os.path.join(args.dir, f"ids-{args.seq_len}.jsonl")
-    make_data(data_path, max(64, args.steps * args.batch), args.seq_len, vocab, seed=1234)
+    make_data(data_path, max(64, rows), args.seq_len, config["vocab_size"], seed=1234)
+    return model_dir, config, data_path
+
+
+def main(argv):
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(ap, threads=2, steps=12, batch=4, rank=16, alpha=32.0)
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved runs of each side")
+    ap.add_argument("--only", choices=["loratune", "peft"], help="run one side only")
+    args = ap.parse_args(argv)
+    if not 1 <= args.warmup < args.steps:
+        ap.error("need 1 <= --warmup < --steps")
+
+    model_dir, _, data_path = prepare(args, args.steps * args.batch)
     for name in sorted(os.listdir(model_dir)):  # warm the page cache for both sides
         with open(os.path.join(model_dir, name), "rb") as f:
             while f.read(1 << 24):
