@@ -63,6 +63,7 @@ train:
   global_batch: 64
   dist_timeout_s: 120
   shard_base: true
+  grad_bucket_mb: 0.5
   optimizer:
     name: adamw
     lr: 3e-5
@@ -125,6 +126,7 @@ const std::vector<std::string> kAllKeys = {"model.path",
                                            "train.global_batch",
                                            "train.dist_timeout_s",
                                            "train.shard_base",
+                                           "train.grad_bucket_mb",
                                            "train.optimizer.name",
                                            "train.optimizer.lr",
                                            "train.optimizer.betas",
@@ -213,6 +215,7 @@ TEST(ConfigDefaults, MinimalFileGetsDocumentedDefaults) {
   EXPECT_EQ(c.train.max_bad_steps, 5);
   EXPECT_FALSE(c.train.global_batch.has_value());
   EXPECT_EQ(c.train.dist_timeout_s, 600);
+  EXPECT_EQ(c.train.grad_bucket_mb, 25.0);
   EXPECT_FALSE(c.train.shard_base);
   EXPECT_EQ(c.output.dir, "runs/out");
   EXPECT_FALSE(c.output.merge);
@@ -251,6 +254,7 @@ TEST(ConfigParse, EveryKeyIsRead) {
   EXPECT_EQ(c.train.gradient_accumulation_steps, 8);
   EXPECT_EQ(c.train.global_batch, std::optional<int64_t>(64));
   EXPECT_EQ(c.train.dist_timeout_s, 120);
+  EXPECT_EQ(c.train.grad_bucket_mb, 0.5);
   EXPECT_TRUE(c.train.shard_base);
   EXPECT_EQ(c.train.optimizer.lr, 3e-5);  // "3e-5" without a '.' is a number here
   EXPECT_EQ(c.train.optimizer.beta1, 0.85);
@@ -371,7 +375,8 @@ TEST(ConfigToYaml, RoundTripsDefaultsEveryKeyAndOddValues) {
 
 TEST(ConfigEquality, EachFieldChangeIsSeen) {
   const TrainConfig base = config_from_yaml_string(kMinimal);
-  std::vector<TrainConfig> changed(11, base);
+  std::vector<TrainConfig> changed(12, base);
+  changed[11].train.grad_bucket_mb = 100;
   changed[8].train.global_batch = 32;
   changed[9].train.dist_timeout_s = 60;
   changed[10].train.shard_base = true;

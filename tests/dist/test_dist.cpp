@@ -1,10 +1,11 @@
 // Data-parallel training under torchrun (c10d Gloo on the CPU): two ranks
-// equal one process with twice the accumulation, two torchrun agents meeting
-// at a c10d rendezvous (two nodes) equal one node, a torchrun restart after a
-// killed rank equals an uninterrupted run, checkpoints resume across world
-// sizes, rank 0 alone writes, and a rank that fails at start-up gives one
-// clear error on every rank instead of a hang. Also torchrun's environment
-// parsing.
+// equal one process with twice the accumulation, gradient buckets
+// all-reduced during backward equal one all-reduce after it, two torchrun
+// agents meeting at a c10d rendezvous (two nodes) equal one node, a torchrun
+// restart after a killed rank equals an uninterrupted run, checkpoints
+// resume across world sizes, rank 0 alone writes, and a rank that fails at
+// start-up gives one clear error on every rank instead of a hang. Also
+// torchrun's environment parsing.
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -17,6 +18,9 @@
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <utility>
 
 #include "common/test_env.h"
 #include "trainer/dist/dist.h"
@@ -245,14 +249,72 @@ TEST(DataParallel, DropoutMasksFollowTheMicroBatchNotTheRank) {
   EXPECT_GT(moved, 1e-3);
 }
 
+// N of "... N gradient all-reduce(s) per step" in a run's output; -1 if absent.
+int grad_all_reduces(const std::string& out) {
+  const size_t at = out.find(" gradient all-reduce(s) per step");
+  if (at == std::string::npos) return -1;
+  const size_t from = out.rfind(' ', at - 1) + 1;
+  return std::atoi(out.substr(from, at - from).c_str());
+}
+
+// "loratune: rank R ...; last step: S of N gradient all-reduces started
+// during backward" -> {R: (S, N)}.
+std::map<int, std::pair<int, int>> started_during_backward(const std::string& out) {
+  std::map<int, std::pair<int, int>> m;
+  std::istringstream in(out);
+  for (std::string line; std::getline(in, line);) {
+    const size_t at = line.find("; last step: ");
+    int rank = 0, started = 0, total = 0;
+    if (line.rfind("loratune: rank ", 0) != 0 || at == std::string::npos) continue;
+    if (std::sscanf(line.c_str(), "loratune: rank %d", &rank) == 1 &&
+        std::sscanf(line.c_str() + at, "; last step: %d of %d gradient all-reduces", &started,
+                    &total) == 2) {
+      m[rank] = {started, total};
+    }
+  }
+  return m;
+}
+
+// Tiny buckets (a few parameters each): all-reduces started from backward's
+// hooks, in bucket order, while backward goes on, give bit for bit what one
+// all-reduce after backward gives (with 2 ranks each element is a + b
+// either way).
+TEST(DataParallel, BucketsAllReducedDuringBackwardEqualOneAllReduceAfterIt) {
+  const std::string root = test::make_temp_dir("dp-buckets");
+  const std::string cfg = config(root, "qwen2", "  gradient_accumulation_steps: 2\n");
+  const std::string whole = root + "/whole", buckets = root + "/buckets";
+  const test::RunResult a = train(2, cfg, "train.grad_bucket_mb=0 output.dir=" + whole);
+  expect_ok(a, "one all-reduce");
+  const test::RunResult b = train(2, cfg, "train.grad_bucket_mb=0.002 output.dir=" + buckets);
+  expect_ok(b, "buckets");
+  EXPECT_EQ(grad_all_reduces(a.out), 1) << a.out;
+  const int n = grad_all_reduces(b.out);
+  std::printf("[dp] qwen2: %d buckets of ~2 KiB vs one all-reduce after backward\n", n);
+  EXPECT_GT(n, 4) << b.out;
+  // Each rank's last step: every bucket started from backward's hooks, none
+  // left for after it; without buckets, none.
+  EXPECT_EQ(started_during_backward(b.out),
+            (std::map<int, std::pair<int, int>>{{0, {n, n}}, {1, {n, n}}}))
+      << b.out;
+  EXPECT_EQ(started_during_backward(a.out),
+            (std::map<int, std::pair<int, int>>{{0, {0, 1}}, {1, {0, 1}}}))
+      << a.out;
+  EXPECT_EQ(max_loss_rel(losses(buckets), losses(whole)), 0.0);
+  EXPECT_EQ(max_adapter_diff(buckets, whole), 0.0);
+}
+
+// With tiny gradient buckets, backward issues all-gathers (the recomputed
+// layers' weights) and gradient all-reduces interleaved: they go on
+// separate process groups, so their orders never have to agree.
 TEST(ShardBase, TwoRanksWithShardedBaseWeightsEqualOneProcess) {
   const std::string root = test::make_temp_dir("dp-shard");
   for (const std::string variant : {"llama-rope3-tied", "qwen2"}) {
     SCOPED_TRACE(variant);
-    const auto [two, r] =
-        one_vs_two_ranks(root, variant, "  gradient_checkpointing: true\n", "train.shard_base=true",
-                         "2 ranks with train.shard_base");
+    const auto [two, r] = one_vs_two_ranks(root, variant, "  gradient_checkpointing: true\n",
+                                           "train.shard_base=true train.grad_bucket_mb=0.002",
+                                           "2 ranks with train.shard_base, 2 KiB buckets");
     EXPECT_NE(r.out.find("loratune: rank 1 kept"), std::string::npos) << r.out;
+    EXPECT_GT(grad_all_reduces(r.out), 4) << r.out;
   }
 }
 

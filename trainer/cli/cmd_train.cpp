@@ -180,10 +180,12 @@ void run_train(const TrainOptions& o) {
   // its clean-up), the others only train.
   std::unique_ptr<dist::Group> group;
   if (const std::optional<dist::LaunchEnv> env = dist::launch_env(); env && env->world_size > 1) {
-    // NCCL (when built) for a run on GPUs, Gloo on the CPU.
+    // NCCL (when built) for a run on GPUs, Gloo on the CPU. With sharded base
+    // weights, backward issues all-gathers as well as the gradient
+    // all-reduces: those get a process group of their own.
     const bool cuda = cfg.device != "cpu" && torch::cuda::is_available();
-    group =
-        std::make_unique<dist::Group>(*env, std::chrono::seconds(cfg.train.dist_timeout_s), cuda);
+    group = std::make_unique<dist::Group>(*env, std::chrono::seconds(cfg.train.dist_timeout_s),
+                                          cuda, cfg.train.shard_base);
     if (!group->is_main()) {
       train_and_merge(o, cfg, group.get());
       return;

@@ -239,6 +239,13 @@ struct TrainLoopConfig {
   // alive for backward) and a float base (not model.quantize nf4). A single
   // process ignores it. Default false.
   bool shard_base = false;
+  // train.grad_bucket_mb: in a distributed run, the adapter gradients are
+  // all-reduced in buckets of about this many MiB, each started while the
+  // last micro-batch's backward pass is still computing the earlier layers
+  // (the buckets go from the last layer down); 0 waits for the whole
+  // backward pass and all-reduces once. In [0, 4096]. Default 25 (as
+  // PyTorch DDP's bucket_cap_mb). Changes no result beyond float rounding.
+  double grad_bucket_mb = 25;
   OptimizerConfig optimizer;
   SchedulerConfig scheduler;
   // train.max_grad_norm: clip the global gradient L2 norm to this, >= 0;

@@ -256,10 +256,10 @@ bool operator==(const TrainConfig& a, const TrainConfig& b) {
          ta.micro_batch_size == tb.micro_batch_size &&
          ta.gradient_accumulation_steps == tb.gradient_accumulation_steps &&
          ta.global_batch == tb.global_batch && ta.dist_timeout_s == tb.dist_timeout_s &&
-         ta.shard_base == tb.shard_base && oa.name == ob.name && oa.lr == ob.lr &&
-         oa.beta1 == ob.beta1 && oa.beta2 == ob.beta2 && oa.eps == ob.eps &&
-         oa.weight_decay == ob.weight_decay && oa.loraplus_lr_ratio == ob.loraplus_lr_ratio &&
-         ta.scheduler.name == tb.scheduler.name &&
+         ta.shard_base == tb.shard_base && ta.grad_bucket_mb == tb.grad_bucket_mb &&
+         oa.name == ob.name && oa.lr == ob.lr && oa.beta1 == ob.beta1 && oa.beta2 == ob.beta2 &&
+         oa.eps == ob.eps && oa.weight_decay == ob.weight_decay &&
+         oa.loraplus_lr_ratio == ob.loraplus_lr_ratio && ta.scheduler.name == tb.scheduler.name &&
          ta.scheduler.warmup_steps == tb.scheduler.warmup_steps &&
          ta.scheduler.warmup_ratio == tb.scheduler.warmup_ratio &&
          ta.max_grad_norm == tb.max_grad_norm && ta.mixed_precision == tb.mixed_precision &&

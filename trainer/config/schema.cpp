@@ -323,6 +323,7 @@ const std::vector<Field>& fields() {
       optional_int_field("train.global_batch", REF(train.global_batch)),
       int_field("train.dist_timeout_s", REF(train.dist_timeout_s)),
       bool_field("train.shard_base", REF(train.shard_base)),
+      double_field("train.grad_bucket_mb", REF(train.grad_bucket_mb)),
       choice_field("train.optimizer.name", REF(train.optimizer.name), &optimizer_table),
       double_field("train.optimizer.lr", REF(train.optimizer.lr)),
       betas_field(),

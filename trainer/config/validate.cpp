@@ -213,6 +213,7 @@ void check_train(TrainConfig& cfg, const Checker& c) {
     }
   }
   c.int_in_range("train.dist_timeout_s", t.dist_timeout_s, 10, 86400);
+  c.in_range("train.grad_bucket_mb", t.grad_bucket_mb, 0.0, 4096.0, true);
   if (t.shard_base && !t.gradient_checkpointing) {
     c.fail("train.shard_base",
            "needs train.gradient_checkpointing=true: without it every layer's gathered weights "

@@ -53,7 +53,14 @@ class Group {
   // it (LORATUNE_WITH_NCCL), else Gloo. Blocks until every rank has joined
   // or `timeout` passes (then throws); `timeout` also bounds every later
   // collective. With NCCL, call it with the rank's GPU current.
-  Group(const LaunchEnv& env, std::chrono::milliseconds timeout, bool cuda = false);
+  //
+  // Collectives of one process group complete in the order each rank issued
+  // them, so every rank must issue them in the same order. `gradient_lane`
+  // gives all_reduce_sum_async a process group of its own, ordered
+  // independently of the other collectives: a run whose backward pass issues
+  // both all-gathers (train.shard_base) and gradient all-reduces needs it.
+  Group(const LaunchEnv& env, std::chrono::milliseconds timeout, bool cuda = false,
+        bool gradient_lane = false);
   ~Group();
   Group(const Group&) = delete;
   Group& operator=(const Group&) = delete;
@@ -90,6 +97,11 @@ class Group {
   // all_gather started in the background (Gloo's threads, or NCCL's stream):
   // `out` and `in` must stay alive and untouched until wait() returns.
   std::unique_ptr<Pending> all_gather_async(at::Tensor& out, const at::Tensor& in);
+  // t <- the sum of every rank's t, started in the background on the
+  // gradient lane (see the constructor). `t` contiguous; it must stay alive
+  // and untouched until wait() returns. May be called from the autograd
+  // engine's threads.
+  std::unique_ptr<Pending> all_reduce_sum_async(at::Tensor& t);
 
   // The start-up agreement, through the store (it works when the collectives
   // cannot): every rank reports whether `phase` failed on it (`error` set).

@@ -48,11 +48,54 @@ std::vector<uint8_t> to_bytes(const std::string& s) {
   return std::vector<uint8_t>(s.begin(), s.end());
 }
 
+// A process group over `store` under `prefix`: NCCL when `cuda` and the
+// build has it, else Gloo. `name` <- "nccl" or "gloo".
+c10::intrusive_ptr<c10d::Backend> make_backend(const LaunchEnv& env,
+                                               const c10::intrusive_ptr<c10d::Store>& store,
+                                               std::chrono::milliseconds timeout,
+                                               const std::string& prefix, bool cuda,
+                                               std::string& name) {
+  const std::string where = env.master_addr + ":" + std::to_string(env.master_port);
+#if LORATUNE_WITH_NCCL
+  if (cuda) {
+    try {
+      auto opts = c10d::ProcessGroupNCCL::Options::create();
+      opts->timeout = timeout;
+      name = "nccl";
+      return c10::make_intrusive<c10d::ProcessGroupNCCL>(
+          c10::make_intrusive<c10d::PrefixStore>(prefix + "nccl", store), env.rank, env.world_size,
+          opts);
+    } catch (const std::exception& e) {
+      throw Error("rank " + std::to_string(env.rank) + ": cannot form the NCCL process group of " +
+                      std::to_string(env.world_size) + " ranks through " + where + ": " +
+                      first_line(e.what()),
+                  ErrorKind::kIo);
+    }
+  }
+#else
+  (void)cuda;  // a build without nccl.h: Gloo, which also takes CUDA tensors
+#endif
+  name = "gloo";
+  try {
+    auto opts = c10d::ProcessGroupGloo::Options::create_default(timeout);
+    return c10::make_intrusive<c10d::ProcessGroupGloo>(
+        c10::make_intrusive<c10d::PrefixStore>(prefix + "gloo", store), env.rank, env.world_size,
+        opts);
+  } catch (const std::exception& e) {
+    throw Error("rank " + std::to_string(env.rank) + ": cannot form the Gloo process group of " +
+                    std::to_string(env.world_size) + " ranks through " + where + ": " +
+                    first_line(e.what()),
+                ErrorKind::kIo);
+  }
+}
+
 }  // namespace
 
 struct Group::Impl {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::Backend> backend;
+  // The gradient lane: its own process group when asked for, else `backend`.
+  c10::intrusive_ptr<c10d::Backend> grad_backend;
   std::chrono::milliseconds timeout{0};
 
   // Waits for `work`; a dead or silent peer becomes a loratune::Error.
@@ -68,7 +111,7 @@ struct Group::Impl {
   }
 };
 
-Group::Group(const LaunchEnv& env, std::chrono::milliseconds timeout, bool cuda)
+Group::Group(const LaunchEnv& env, std::chrono::milliseconds timeout, bool cuda, bool gradient_lane)
     : env_(env), impl_(std::make_unique<Impl>()) {
   impl_->timeout = timeout;
   const std::string where = env.master_addr + ":" + std::to_string(env.master_port);
@@ -93,37 +136,13 @@ Group::Group(const LaunchEnv& env, std::chrono::milliseconds timeout, bool cuda)
                     std::to_string(timeout.count() / 1000) + " s: " + first_line(e.what()),
                 ErrorKind::kIo);
   }
-#if LORATUNE_WITH_NCCL
-  if (cuda) {
-    try {
-      auto opts = c10d::ProcessGroupNCCL::Options::create();
-      opts->timeout = timeout;
-      impl_->backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(
-          c10::make_intrusive<c10d::PrefixStore>("nccl", impl_->store), env.rank, env.world_size,
-          opts);
-      backend_name_ = "nccl";
-      return;
-    } catch (const std::exception& e) {
-      throw Error("rank " + std::to_string(env.rank) + ": cannot form the NCCL process group of " +
-                      std::to_string(env.world_size) + " ranks through " + where + ": " +
-                      first_line(e.what()),
-                  ErrorKind::kIo);
-    }
-  }
-#else
-  (void)cuda;  // a build without nccl.h: Gloo, which also takes CUDA tensors
-#endif
-  try {
-    auto opts = c10d::ProcessGroupGloo::Options::create_default(timeout);
-    impl_->backend = c10::make_intrusive<c10d::ProcessGroupGloo>(
-        c10::make_intrusive<c10d::PrefixStore>("gloo", impl_->store), env.rank, env.world_size,
-        opts);
-  } catch (const std::exception& e) {
-    throw Error("rank " + std::to_string(env.rank) + ": cannot form the Gloo process group of " +
-                    std::to_string(env.world_size) + " ranks through " + where + ": " +
-                    first_line(e.what()),
-                ErrorKind::kIo);
-  }
+  impl_->backend = make_backend(env, impl_->store, timeout, "", cuda, backend_name_);
+  // Collectives on one process group run in the order they were issued on
+  // each rank; a lane of its own lets the gradient all-reduces (issued from
+  // backward) interleave freely with the sharded base's all-gathers.
+  impl_->grad_backend = gradient_lane
+                            ? make_backend(env, impl_->store, timeout, "grad/", cuda, backend_name_)
+                            : impl_->backend;
 }
 
 Group::~Group() = default;
@@ -139,6 +158,7 @@ void Group::all_gather(at::Tensor& out, const at::Tensor& in) {
 
 struct Group::Pending::Work {
   c10::intrusive_ptr<c10d::Work> work;
+  const char* what;  // for the error: "all-gather", "all-reduce"
 };
 
 Group::Pending::Pending(std::unique_ptr<Work> work, Group& group)
@@ -149,8 +169,9 @@ Group::Pending::~Pending() = default;
 void Group::Pending::wait() {
   if (!work_) return;
   const c10::intrusive_ptr<c10d::Work> w = std::move(work_->work);
+  const char* what = work_->what;
   work_.reset();
-  group_.impl_->wait(w, "all-gather", group_.rank());
+  group_.impl_->wait(w, what, group_.rank());
 }
 
 std::unique_ptr<Group::Pending> Group::all_gather_async(at::Tensor& out, const at::Tensor& in) {
@@ -162,6 +183,15 @@ std::unique_ptr<Group::Pending> Group::all_gather_async(at::Tensor& out, const a
   at::Tensor input = in;
   auto work = std::make_unique<Pending::Work>();
   work->work = impl_->backend->_allgather_base(out, input);
+  work->what = "all-gather";
+  return std::unique_ptr<Pending>(new Pending(std::move(work), *this));
+}
+
+std::unique_ptr<Group::Pending> Group::all_reduce_sum_async(at::Tensor& t) {
+  std::vector<at::Tensor> v{t};
+  auto work = std::make_unique<Pending::Work>();
+  work->work = impl_->grad_backend->allreduce(v);
+  work->what = "gradient all-reduce";
   return std::unique_ptr<Pending>(new Pending(std::move(work), *this));
 }
 

@@ -580,7 +580,8 @@ RunResult TrainingRun::loop() {
           ? device.str()
           : std::to_string(world_) + " ranks (" + group_->backend() + ", " + device.str() +
                 " on rank 0; " + std::to_string(accum_) + " micro-batches of " +
-                std::to_string(cfg_.train.micro_batch_size) + " per rank per step)";
+                std::to_string(cfg_.train.micro_batch_size) + " per rank per step; " +
+                std::to_string(trainer_->grad_buckets()) + " gradient all-reduce(s) per step)";
   progress.message("loratune: training " + std::to_string(total_) + " steps on " + where + " (" +
                    std::to_string(train_examples_) + " examples, " + std::to_string(val_.size()) +
                    " validation batches)" +
@@ -684,8 +685,12 @@ void TrainingRun::finish(RunResult& result) {
                     static_cast<double>(shard_->held_bytes()) / mib,
                     static_cast<double>(shard_->full_bytes()) / mib);
     }
-    std::fprintf(stderr, "loratune: rank %d %speak RSS %.1f MiB\n", rank_, kept,
-                 static_cast<double>(host_memory().peak_rss) / mib);
+    std::fprintf(stderr,
+                 "loratune: rank %d %speak RSS %.1f MiB; last step: %lld of %lld gradient "
+                 "all-reduces started during backward\n",
+                 rank_, kept, static_cast<double>(host_memory().peak_rss) / mib,
+                 static_cast<long long>(trainer_->grad_buckets_overlapped()),
+                 static_cast<long long>(trainer_->grad_buckets()));
   }
   if (main_) {
     lora::save_adapter(run_dir_ + "/adapter", *model_, spec_, /*overwrite=*/false);

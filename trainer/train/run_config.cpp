@@ -45,13 +45,21 @@ std::map<std::string, std::string> leaves(const std::string& yaml, const char* w
 }  // namespace
 
 const std::vector<std::string>& resume_neutral_keys() {
-  static const std::vector<std::string> keys = {"train.log_every",    "train.dist_timeout_s",
-                                                "train.save_every",   "train.keep_checkpoints",
-                                                "train.eval_every",   "train.max_bad_steps",
-                                                "output.dir",         "output.merge",
-                                                "output.merge_dtype", "output.overwrite",
-                                                "output.gguf.type",   "output.gguf.adapter",
-                                                "data.cache_dir",     "device"};
+  static const std::vector<std::string> keys = {"train.log_every",
+                                                "train.dist_timeout_s",
+                                                "train.grad_bucket_mb",
+                                                "train.save_every",
+                                                "train.keep_checkpoints",
+                                                "train.eval_every",
+                                                "train.max_bad_steps",
+                                                "output.dir",
+                                                "output.merge",
+                                                "output.merge_dtype",
+                                                "output.overwrite",
+                                                "output.gguf.type",
+                                                "output.gguf.adapter",
+                                                "data.cache_dir",
+                                                "device"};
   return keys;
 }
 

@@ -27,6 +27,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -221,15 +222,21 @@ struct StepTotals {
 // the step's micro-batches, each loss divided by the whole step's target
 // count (StepTotals), so the sum over ranks of their gradients is the
 // gradient of the whole step. The adapter gradients are views into one flat
-// float32 buffer that also carries the loss and the stop requests: one
-// all-reduce (sum) per step makes the gradient, the loss and the decision to
-// stop the same on every rank, then clipping (the global norm), the
-// non-finite check and AdamW run identically on each, so the replicated
-// LoRA weights stay equal without being sent.
+// float32 buffer that also carries the loss and the stop requests; summing
+// it over the ranks makes the gradient, the loss and the decision to stop
+// the same on every rank, then clipping (the global norm), the non-finite
+// check and AdamW run identically on each, so the replicated LoRA weights
+// stay equal without being sent. The sum goes in buckets of
+// cfg.grad_bucket_mb (GradReducer, loop.cpp): during the last micro-batch's
+// backward pass, each bucket is all-reduced as soon as the gradients in it
+// are final, while backward goes on with the earlier layers.
 class Trainer {
  public:
   Trainer(model::CausalLMImpl& model, const config::TrainLoopConfig& cfg, int64_t total_steps,
           dist::Group* group = nullptr);
+  ~Trainer();
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
   // One optimizer step over `micro` (this rank's share of the accumulation
   // group), `totals` being the counts of the whole step over all ranks
   // (StepTotals::of(micro) for one process). Puts the model in training
@@ -246,6 +253,11 @@ class Trainer {
   void seed_dropout(uint64_t seed) { dropout_seed_ = seed; }
   int64_t step_count() const { return step_; }
   void set_step_count(int64_t s) { step_ = s; }
+  // Data parallel: the number of gradient all-reduces per step (0 without a
+  // group).
+  int64_t grad_buckets() const;
+  // ... of which the last step started while its backward pass still ran.
+  int64_t grad_buckets_overlapped() const;
   AdamW& optimizer() { return opt_; }
   const LrSchedule& schedule() const { return sched_; }
 
@@ -260,6 +272,8 @@ class Trainer {
   dist::Group* group_ = nullptr;
   at::Tensor flat_;  // with group_: [grads of opt_.params() | loss | stop requests]
   int64_t grad_numel_ = 0;
+  class GradReducer;
+  std::unique_ptr<GradReducer> reducer_;  // with group_
 };
 
 // Mean token loss over `batches` (sum CE / all their target tokens) in eval
