@@ -217,6 +217,51 @@ TEST_P(Gemma3Multimodal, AppliesPeftsAdapter) {
   std::cout << GetParam() << ": PEFT's adapter in loratune: max |logit diff| " << diff << "\n";
 }
 
+// (d) The same adapter as PEFT saved it under transformers 4.50 and 4.51,
+// whose module tree was language_model.model.* (keys and target_modules),
+// gives the same logits; a file holding a tensor under both names is refused.
+TEST_P(Gemma3Multimodal, ReadsAnAdapterSavedUnderTransformers450Names) {
+  const std::string src = fixture_dir() + "/peft/adapter";
+  const std::string old = test::make_temp_dir("gemma3mm_old_names");
+  auto file = io::SafetensorsFile::open(src + "/adapter_model.safetensors");
+  const std::string now = "base_model.model.model.language_model.";
+  const std::string then = "base_model.model.language_model.model.";
+  std::vector<std::pair<std::string, at::Tensor>> renamed;
+  for (const auto& t : file->tensors()) {
+    ASSERT_EQ(t.name.rfind(now, 0), 0u) << t.name;
+    renamed.emplace_back(then + t.name.substr(now.size()), file->tensor(t.name));
+  }
+  io::save_file(renamed, old + "/adapter_model.safetensors");
+  json cfg = io::read_json(src + "/adapter_config.json");
+  // PEFT's fixture regex matches either tree; this one only the old paths.
+  ASSERT_EQ(cfg.at("target_modules"), ".*language_model.*\\.(q_proj|v_proj|down_proj)");
+  cfg["target_modules"] =
+      "language_model\\.model\\.layers\\.[0-9]+\\.(self_attn\\.(q_proj|v_proj)|mlp\\.down_proj)";
+  io::write_file_atomic(old + "/adapter_config.json", cfg.dump(2));
+
+  model::CausalLM m = model::load_model(fixture_dir() + "/" + GetParam());
+  m->eval();
+  lora::load_adapter(old, *m);
+  EXPECT_EQ(lora::adapter_tensors(*m).size(), 3u * 3u * 2u);
+  auto ref = io::SafetensorsFile::open(fixture_dir() + "/peft/ref.safetensors");
+  const double diff = max_diff(logits_of(*m, ref->tensor("input_ids")), ref->tensor("logits"));
+  EXPECT_LE(diff, 1e-4);
+  std::cout << GetParam() << ": PEFT's adapter under 4.50 names: max |logit diff| " << diff << "\n";
+
+  // One factor under both names: which one PEFT would use is undefined.
+  renamed.emplace_back(file->tensors().front().name, file->tensor(file->tensors().front().name));
+  io::save_file(renamed, old + "/adapter_model.safetensors");
+  model::CausalLM again = model::load_model(fixture_dir() + "/" + GetParam());
+  try {
+    lora::load_adapter(old, *again);
+    ADD_FAILURE() << "an adapter with a factor under both names was loaded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(file->tensors().front().name), std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("would both be read as"), std::string::npos) << e.what();
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Layouts, Gemma3Multimodal, ::testing::Values("hub", "nested"));
 
 // (b) training, (d) loratune's adapter in PEFT, (c) merge in both layouts.

@@ -18,6 +18,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -77,6 +78,11 @@ class SafetensorsFile {
 
   uint64_t file_size() const;
   uint64_t header_size() const { return header_size_; }
+
+  // Renames every tensor to `new_name(name)` in this object only (the file is
+  // not touched), for readers of files saved under another naming scheme.
+  // Throws io::Error(kCorrupt) naming both tensors when two map to one name.
+  void rename(const std::function<std::string(const std::string&)>& new_name);
 
  private:
   SafetensorsFile() = default;

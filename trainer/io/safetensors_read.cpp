@@ -243,6 +243,22 @@ const TensorInfo* SafetensorsFile::find(const std::string& name) const {
   return it == by_name_.end() ? nullptr : &tensors_[it->second];
 }
 
+void SafetensorsFile::rename(const std::function<std::string(const std::string&)>& new_name) {
+  std::unordered_map<std::string, size_t> by_name;
+  std::vector<std::string> names;
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    names.push_back(new_name(tensors_[i].name));
+    auto [it, fresh] = by_name.emplace(names.back(), i);
+    if (!fresh) {
+      throw Error(path_ + ": tensors '" + tensors_[it->second].name + "' and '" + tensors_[i].name +
+                      "' would both be read as '" + names.back() + "'",
+                  ErrorKind::kCorrupt);
+    }
+  }
+  for (size_t i = 0; i < tensors_.size(); ++i) tensors_[i].name = std::move(names[i]);
+  by_name_ = std::move(by_name);
+}
+
 const uint8_t* SafetensorsFile::data(const TensorInfo& info) const {
   return map_->data() + 8 + header_size_ + info.begin;
 }

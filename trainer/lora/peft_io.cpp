@@ -139,6 +139,54 @@ void read_targets(const std::string& file, const json& cfg, LoraSpec& spec) {
   }
 }
 
+// transformers 4.50 and 4.51 built a multimodal Gemma 3 as
+// language_model.{model,lm_head}; 4.52 moved them to model.language_model and
+// lm_head, and PEFT names an adapter's modules after the tree it was trained
+// on. The older names, as PEFT path <-> current PEFT path:
+constexpr const char* kOldTower = "language_model.model.";
+constexpr const char* kNewTower = "model.language_model.";
+constexpr const char* kOldHead = "language_model.lm_head";
+
+bool has_prefix(const std::string& s, const std::string& p) {
+  return s.rfind(p, 0) == 0;
+}
+
+std::string to_old_path(const std::string& path) {
+  if (has_prefix(path, kNewTower)) return kOldTower + path.substr(std::string(kNewTower).size());
+  if (path == "lm_head") return kOldHead;
+  return path;
+}
+
+std::string from_old_path(const std::string& path) {
+  if (has_prefix(path, kOldTower)) return kNewTower + path.substr(std::string(kOldTower).size());
+  if (path == kOldHead) return "lm_head";
+  return path;
+}
+
+// True when `linears` are a multimodal Gemma 3's and `file` was saved under
+// the 4.50/4.51 names (then its tensors are renamed to the current ones).
+bool read_old_multimodal_names(io::SafetensorsFile& file,
+                               const std::vector<model::LinearShape>& linears) {
+  const bool multimodal = std::any_of(linears.begin(), linears.end(),
+                                      [](const auto& l) { return has_prefix(l.path, kNewTower); });
+  if (!multimodal) return false;
+  const std::string old_prefix = std::string("base_model.model.") + "language_model.";
+  const bool old =
+      std::any_of(file.tensors().begin(), file.tensors().end(),
+                  [&](const io::TensorInfo& t) { return has_prefix(t.name, old_prefix); });
+  if (!old) return false;
+  file.rename([](const std::string& name) {
+    const std::string base = "base_model.model.";
+    if (!has_prefix(name, base)) return name;
+    // The module path ends before ".lora_A.weight", ".lora_magnitude_vector", ...
+    const std::string rest = name.substr(base.size());
+    const size_t lora = rest.find(".lora_");
+    if (lora == std::string::npos) return name;
+    return base + from_old_path(rest.substr(0, lora)) + rest.substr(lora);
+  });
+  return true;
+}
+
 std::shared_ptr<io::SafetensorsFile> open_weights(const std::string& dir) {
   const std::string path = (fs::path(dir) / kWeightsFile).string();
   if (!fs::exists(path)) {
@@ -354,9 +402,18 @@ CheckedAdapter open_adapter(const std::string& dir,
   const std::string config = (fs::path(dir) / kConfigFile).string();
   CheckedAdapter a;
   a.spec = read_adapter_config(dir);
-  a.modules = plan_lora(a.spec, linears, config + ": target_modules", ErrorKind::kCorrupt,
-                        /*every_name_must_match=*/false);
   a.file = open_weights(dir);
+  if (read_old_multimodal_names(*a.file, linears)) {
+    // target_modules, rank_pattern and alpha_pattern use the old paths too.
+    std::vector<model::LinearShape> old = linears;
+    for (auto& l : old) l.path = to_old_path(l.path);
+    a.modules = plan_lora(a.spec, old, config + ": target_modules", ErrorKind::kCorrupt,
+                          /*every_name_must_match=*/false);
+    for (auto& m : a.modules) m.path = from_old_path(m.path);
+  } else {
+    a.modules = plan_lora(a.spec, linears, config + ": target_modules", ErrorKind::kCorrupt,
+                          /*every_name_must_match=*/false);
+  }
   check_adapter_tensors(*a.file, a.modules, linears, config);
   return a;
 }
@@ -422,8 +479,9 @@ void load_adapter_weights(const std::string& dir, model::CausalLMImpl& model) {
   if (modules.empty())
     throw Error("load_adapter_weights " + dir + ": the model has no LoRA adapters");
   auto file = open_weights(dir);
-  check_adapter_tensors(*file, modules, linear_shapes_of(model),
-                        (fs::path(dir) / kConfigFile).string());
+  const std::vector<model::LinearShape> linears = linear_shapes_of(model);
+  read_old_multimodal_names(*file, linears);
+  check_adapter_tensors(*file, modules, linears, (fs::path(dir) / kConfigFile).string());
   copy_weights(*file, model);
 }
 

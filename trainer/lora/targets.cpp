@@ -88,7 +88,8 @@ bool is_targeted(const LoraSpec& spec, const std::string& path) {
   // target_modules as the language model's paths.)
   if (all_linear) {
     return path.rfind("model.layers.", 0) == 0 ||
-           path.rfind("model.language_model.layers.", 0) == 0;
+           path.rfind("model.language_model.layers.", 0) == 0 ||
+           path.rfind("language_model.model.layers.", 0) == 0;  // transformers 4.50, 4.51
   }
   if (std::find(spec.target_modules.begin(), spec.target_modules.end(), path) !=
       spec.target_modules.end()) {
