@@ -115,7 +115,6 @@ class Trainer::GradReducer {
       std::unique_ptr<dist::Group::Pending> p = std::move(b.pending);
       p->wait();
     }
-    next_ = 0;
   }
 
  private:
@@ -143,6 +142,9 @@ class Trainer::GradReducer {
 
   void on_ready(size_t index) {
     std::lock_guard<std::mutex> lock(mu_);
+    // seen_ guards the count: a parameter whose accumulator ran twice in one
+    // backward (used in two reentrant-checkpoint segments) must not release
+    // its bucket early.
     if (!armed_ || seen_[index]) return;
     seen_[index] = 1;
     --buckets_[bucket_of_[index]].left;
