@@ -248,6 +248,18 @@ TEST_P(Gemma3Multimodal, ReadsAnAdapterSavedUnderTransformers450Names) {
   EXPECT_LE(diff, 1e-4);
   std::cout << GetParam() << ": PEFT's adapter under 4.50 names: max |logit diff| " << diff << "\n";
 
+  // A factor missing: the error names it as read and says why it looks so.
+  io::save_file({renamed.begin() + 1, renamed.end()}, old + "/adapter_model.safetensors");
+  try {
+    lora::load_adapter(old, *model::load_model(fixture_dir() + "/" + GetParam()));
+    ADD_FAILURE() << "an adapter without " << renamed.front().first << " was loaded";
+  } catch (const Error& e) {
+    const std::string missing = now + renamed.front().first.substr(then.size());
+    EXPECT_NE(std::string(e.what()).find(missing), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("transformers 4.50/4.51 names"), std::string::npos)
+        << e.what();
+  }
+
   // One factor under both names: which one PEFT would use is undefined.
   renamed.emplace_back(file->tensors().front().name, file->tensor(file->tensors().front().name));
   io::save_file(renamed, old + "/adapter_model.safetensors");

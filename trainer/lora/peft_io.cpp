@@ -146,6 +146,10 @@ void read_targets(const std::string& file, const json& cfg, LoraSpec& spec) {
 constexpr const char* kOldTower = "language_model.model.";
 constexpr const char* kNewTower = "model.language_model.";
 constexpr const char* kOldHead = "language_model.lm_head";
+// Appended to an error about such a file, whose names the error shows renamed.
+constexpr const char* kOldNamesNote =
+    " (this adapter uses transformers 4.50/4.51 names: its language_model.model.* tensors are "
+    "named model.language_model.* here)";
 
 bool has_prefix(const std::string& s, const std::string& p) {
   return s.rfind(p, 0) == 0;
@@ -403,18 +407,23 @@ CheckedAdapter open_adapter(const std::string& dir,
   CheckedAdapter a;
   a.spec = read_adapter_config(dir);
   a.file = open_weights(dir);
-  if (read_old_multimodal_names(*a.file, linears)) {
-    // target_modules, rank_pattern and alpha_pattern use the old paths too.
-    std::vector<model::LinearShape> old = linears;
-    for (auto& l : old) l.path = to_old_path(l.path);
-    a.modules = plan_lora(a.spec, old, config + ": target_modules", ErrorKind::kCorrupt,
-                          /*every_name_must_match=*/false);
-    for (auto& m : a.modules) m.path = from_old_path(m.path);
-  } else {
+  if (!read_old_multimodal_names(*a.file, linears)) {
     a.modules = plan_lora(a.spec, linears, config + ": target_modules", ErrorKind::kCorrupt,
                           /*every_name_must_match=*/false);
+    check_adapter_tensors(*a.file, a.modules, linears, config);
+    return a;
   }
-  check_adapter_tensors(*a.file, a.modules, linears, config);
+  // target_modules, rank_pattern and alpha_pattern use the old paths too.
+  std::vector<model::LinearShape> old = linears;
+  for (auto& l : old) l.path = to_old_path(l.path);
+  a.modules = plan_lora(a.spec, old, config + ": target_modules", ErrorKind::kCorrupt,
+                        /*every_name_must_match=*/false);
+  for (auto& m : a.modules) m.path = from_old_path(m.path);
+  try {
+    check_adapter_tensors(*a.file, a.modules, linears, config);
+  } catch (const Error& e) {
+    throw Error(e.what() + std::string(kOldNamesNote), e.kind());
+  }
   return a;
 }
 
@@ -480,8 +489,13 @@ void load_adapter_weights(const std::string& dir, model::CausalLMImpl& model) {
     throw Error("load_adapter_weights " + dir + ": the model has no LoRA adapters");
   auto file = open_weights(dir);
   const std::vector<model::LinearShape> linears = linear_shapes_of(model);
-  read_old_multimodal_names(*file, linears);
-  check_adapter_tensors(*file, modules, linears, (fs::path(dir) / kConfigFile).string());
+  const bool old = read_old_multimodal_names(*file, linears);
+  try {
+    check_adapter_tensors(*file, modules, linears, (fs::path(dir) / kConfigFile).string());
+  } catch (const Error& e) {
+    if (!old) throw;
+    throw Error(e.what() + std::string(kOldNamesNote), e.kind());
+  }
   copy_weights(*file, model);
 }
 
