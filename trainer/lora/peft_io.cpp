@@ -146,10 +146,7 @@ void read_targets(const std::string& file, const json& cfg, LoraSpec& spec) {
 constexpr const char* kOldTower = "language_model.model.";
 constexpr const char* kNewTower = "model.language_model.";
 constexpr const char* kOldHead = "language_model.lm_head";
-// Appended to an error about such a file, whose names the error shows renamed.
-constexpr const char* kOldNamesNote =
-    " (this adapter uses transformers 4.50/4.51 names: its language_model.model.* tensors are "
-    "named model.language_model.* here)";
+constexpr const char* kKeyPrefix = "base_model.model.";  // PEFT's, before the module path
 
 bool has_prefix(const std::string& s, const std::string& p) {
   return s.rfind(p, 0) == 0;
@@ -174,21 +171,36 @@ bool read_old_multimodal_names(io::SafetensorsFile& file,
   const bool multimodal = std::any_of(linears.begin(), linears.end(),
                                       [](const auto& l) { return has_prefix(l.path, kNewTower); });
   if (!multimodal) return false;
-  const std::string old_prefix = std::string("base_model.model.") + "language_model.";
+  const std::string old_prefix = std::string(kKeyPrefix) + "language_model.";
   const bool old =
       std::any_of(file.tensors().begin(), file.tensors().end(),
                   [&](const io::TensorInfo& t) { return has_prefix(t.name, old_prefix); });
   if (!old) return false;
   file.rename([](const std::string& name) {
-    const std::string base = "base_model.model.";
-    if (!has_prefix(name, base)) return name;
+    if (!has_prefix(name, kKeyPrefix)) return name;
     // The module path ends before ".lora_A.weight", ".lora_magnitude_vector", ...
-    const std::string rest = name.substr(base.size());
+    const std::string rest = name.substr(std::string(kKeyPrefix).size());
     const size_t lora = rest.find(".lora_");
     if (lora == std::string::npos) return name;
-    return base + from_old_path(rest.substr(0, lora)) + rest.substr(lora);
+    return kKeyPrefix + from_old_path(rest.substr(0, lora)) + rest.substr(lora);
   });
   return true;
+}
+
+// check_adapter_tensors; for a file read_old_multimodal_names renamed, the
+// error says why the tensor names it shows are not the file's.
+void check_tensors(const io::SafetensorsFile& file, const std::vector<AdaptedModule>& modules,
+                   const std::vector<model::LinearShape>& linears, const std::string& config,
+                   bool renamed) {
+  try {
+    check_adapter_tensors(file, modules, linears, config);
+  } catch (const Error& e) {
+    if (!renamed) throw;
+    throw Error(std::string(e.what()) +
+                    " (this adapter uses transformers 4.50/4.51 names: its "
+                    "language_model.model.* tensors are named model.language_model.* here)",
+                e.kind());
+  }
 }
 
 std::shared_ptr<io::SafetensorsFile> open_weights(const std::string& dir) {
@@ -407,23 +419,19 @@ CheckedAdapter open_adapter(const std::string& dir,
   CheckedAdapter a;
   a.spec = read_adapter_config(dir);
   a.file = open_weights(dir);
-  if (!read_old_multimodal_names(*a.file, linears)) {
-    a.modules = plan_lora(a.spec, linears, config + ": target_modules", ErrorKind::kCorrupt,
-                          /*every_name_must_match=*/false);
-    check_adapter_tensors(*a.file, a.modules, linears, config);
-    return a;
+  const bool old = read_old_multimodal_names(*a.file, linears);
+  // An old file's target_modules, rank_pattern and alpha_pattern name the
+  // old paths too.
+  std::vector<model::LinearShape> planned = linears;
+  if (old) {
+    for (auto& l : planned) l.path = to_old_path(l.path);
   }
-  // target_modules, rank_pattern and alpha_pattern use the old paths too.
-  std::vector<model::LinearShape> old = linears;
-  for (auto& l : old) l.path = to_old_path(l.path);
-  a.modules = plan_lora(a.spec, old, config + ": target_modules", ErrorKind::kCorrupt,
+  a.modules = plan_lora(a.spec, planned, config + ": target_modules", ErrorKind::kCorrupt,
                         /*every_name_must_match=*/false);
-  for (auto& m : a.modules) m.path = from_old_path(m.path);
-  try {
-    check_adapter_tensors(*a.file, a.modules, linears, config);
-  } catch (const Error& e) {
-    throw Error(e.what() + std::string(kOldNamesNote), e.kind());
+  if (old) {
+    for (auto& m : a.modules) m.path = from_old_path(m.path);
   }
+  check_tensors(*a.file, a.modules, linears, config, old);
   return a;
 }
 
@@ -490,12 +498,7 @@ void load_adapter_weights(const std::string& dir, model::CausalLMImpl& model) {
   auto file = open_weights(dir);
   const std::vector<model::LinearShape> linears = linear_shapes_of(model);
   const bool old = read_old_multimodal_names(*file, linears);
-  try {
-    check_adapter_tensors(*file, modules, linears, (fs::path(dir) / kConfigFile).string());
-  } catch (const Error& e) {
-    if (!old) throw;
-    throw Error(e.what() + std::string(kOldNamesNote), e.kind());
-  }
+  check_tensors(*file, modules, linears, (fs::path(dir) / kConfigFile).string(), old);
   copy_weights(*file, model);
 }
 
