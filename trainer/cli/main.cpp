@@ -61,7 +61,8 @@ std::string parse_error_line(const CLI::App& app, const CLI::ParseError& e) {
 int main(int argc, char** argv) {
   CLI::App app{
       "loratune: LoRA fine-tuning of Hugging Face decoder models (Llama, Mistral, Qwen2, "
-      "Qwen3) on LibTorch.\nRun `loratune <command> --help` for the options of a command.\n"
+      "Qwen3, Gemma 2, Gemma 3, Phi-3/Phi-4) on LibTorch.\nRun `loratune <command> --help` for the "
+      "options of a command.\n"
       "Exit codes: 0 ok, 1 config or option, 2 internal, 3 data, 4 file system, 5 corrupt "
       "input file, 6 unsupported, 7 out of memory or a safety limit, 130/143 interrupted."};
   app.require_subcommand(1);
