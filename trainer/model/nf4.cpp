@@ -174,14 +174,17 @@ void dequantize_cpu_into(const Nf4Weight& q, const float* scales, T* out) {
   std::array<float, 16> code{};
   for (size_t i = 0; i < code.size(); ++i) code[i] = static_cast<float>(kNf4Codes[i]);
   at::parallel_for(0, q.blocks(), 256, [&](int64_t b0, int64_t b1) {
+    std::array<T, 16> value{};  // the block's 16 values, code * scale rounded to T once
     for (int64_t b = b0; b < b1; ++b) {
-      const float s = scales[b];
+      for (size_t k = 0; k < value.size(); ++k) value[k] = static_cast<T>(code[k] * scales[b]);
       const int64_t end = std::min(n, (b + 1) * kNf4BlockSize);
-      for (int64_t i = b * kNf4BlockSize; i < end; ++i) {
+      int64_t i = b * kNf4BlockSize;  // even: a byte never spans two blocks
+      for (; i + 1 < end; i += 2) {
         const uint8_t byte = p[i >> 1];
-        const float v = code[(i & 1) ? (byte & 0xF) : (byte >> 4)] * s;
-        out[i] = static_cast<T>(v);
+        out[i] = value[byte >> 4];
+        out[i + 1] = value[byte & 0xF];
       }
+      if (i < end) out[i] = value[p[i >> 1] >> 4];  // an odd count: the last high nibble
     }
   });
 }
