@@ -105,7 +105,7 @@ def part_logits(a, torch):
             for key in ("float32", "bfloat16"):
                 out = f"{a.work}/logits-{variant}-{key}-{t}.safetensors"
                 run([a.loratune, "logits", "--model", path, "--ids", ids, "--out", out,
-                     "--dtype", key, "--device", a.device])
+                     "--overwrite", "--dtype", key, "--device", a.device])
                 from safetensors.torch import load_file
                 got[key] = load_file(out)["logits"]
             want32, want16 = ref[("float32", t)], ref[("bfloat16", t)]

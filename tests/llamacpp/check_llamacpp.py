@@ -169,7 +169,7 @@ def compare(a, name, model, adapter, d, prompts, texts, known_fn, text_of, types
     for k, ids in enumerate(prompts):
         out = os.path.join(d, f"logits{k}.safetensors")
         run([lt, "logits", "--model", model, "--adapter", adapter, "--ids",
-             " ".join(map(str, ids)), "--out", out])
+             " ".join(map(str, ids)), "--out", out, "--overwrite"])
         ref.append(softmax_last(out))
     vocab = len(ref[0])  # the embedding rows
     greedy_ref = json.loads(run([lt, "generate", "--model", model, "--adapter", adapter, "--ids",
@@ -311,9 +311,9 @@ def smollm2(a, work):
     # merged and base + LoRA checks below would not see a mistake in it.
     base_out, tuned_out = os.path.join(d, "base0.safetensors"), os.path.join(d, "tuned0.safetensors")
     ids0 = " ".join(map(str, prompts[0]))
-    run([lt, "logits", "--model", a.smollm2, "--ids", ids0, "--out", base_out])
+    run([lt, "logits", "--model", a.smollm2, "--ids", ids0, "--out", base_out, "--overwrite"])
     run([lt, "logits", "--model", a.smollm2, "--adapter", adapter, "--ids", ids0, "--out",
-         tuned_out])
+         tuned_out, "--overwrite"])
     moved = float(np.abs(softmax_last(base_out) - softmax_last(tuned_out)).max())
     print(f"smollm2: the adapter moves next-token probabilities by max |dp| {moved:.3e}",
           flush=True)

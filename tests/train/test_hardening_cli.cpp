@@ -7,6 +7,7 @@
 // training. Every refusal is one line with the exit code of its kind.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <chrono>
 #include <filesystem>
@@ -253,6 +254,57 @@ TEST(OutputPaths, TrainRefusesAnOutputDirOverItsModelOrData) {
   expect_one_error(res, 1, {"' contains the data.train[0]"});
 }
 
+TEST(OutputPaths, NothingIsReplacedUnaskedOrUnlikeWhatTheCommandWrites) {
+  const std::string root = test::make_temp_dir("replace");
+  const std::string m = test::quote(model_dir());
+  const std::string kept = root + "/kept.safetensors", fifo = root + "/fifo";
+  test::write_file(kept, "precious");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0644), 0);
+  // An existing file needs --overwrite.
+  auto r = test::run(bin() + " logits --model " + m + " --ids '1 2' --out " + kept + " 2>&1");
+  expect_one_error(r, 1, {"--out: '" + kept + "' already exists (pass --overwrite"});
+  EXPECT_EQ(test::read_file(kept), "precious");
+  // What is not a regular file is never replaced, not even with --overwrite
+  // (as root, `--out /dev/null` would otherwise replace the system's).
+  r = test::run(bin() + " logits --model " + m + " --ids '1 2' --out " + fifo +
+                " --overwrite 2>&1");
+  expect_one_error(r, 4, {fifo + ": is a FIFO, not a regular file; refusing to replace it"});
+  EXPECT_TRUE(fs::is_fifo(fifo));
+  // A directory output over a file, a file output over a directory.
+  const std::string adapter = trained_adapter("replace_a", "0.0");
+  r = test::run(bin() + " merge --model " + m + " --adapter " + test::quote(adapter) + " --out " +
+                kept + " --overwrite 2>&1");
+  expect_one_error(r, 4, {kept + ": is a file, not a directory; refusing to replace it"});
+  EXPECT_EQ(test::read_file(kept), "precious");
+  r = test::run(bin() + " export-gguf --model " + m + " --out " + root + " --overwrite 2>&1");
+  expect_one_error(r, 4, {root + ": is a directory, not a regular file"});
+  EXPECT_TRUE(fs::is_fifo(fifo));
+  // With --overwrite a regular file is replaced.
+  r = test::run(bin() + " logits --model " + m + " --ids '1 2' --out " + kept +
+                " --overwrite 2>&1");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_TRUE(io::SafetensorsFile::open(kept)->tensor("logits").defined());
+}
+
+TEST(OutputPaths, ARunThatCannotStartLeavesTheRunItWouldReplace) {
+  // output.overwrite replaces an earlier run only once the new one is set up:
+  // bad data (or a bad model) leaves the earlier adapter, metrics and config.
+  RunDir r = make_run("replace_run", 1);
+  ASSERT_EQ(run_train(r).status, 0);
+  const auto before = tree_digest(r.dir);
+  ASSERT_TRUE(before.count("adapter/adapter_model.safetensors"));
+  const std::string bad = r.root + "/bad.jsonl";
+  test::write_file(bad, "garbage\n");
+  auto res = run_train(r, "output.overwrite=true data.train=" + bad);
+  EXPECT_EQ(res.status, 3) << res.out;
+  EXPECT_EQ(error_lines(res.out).size(), 1u) << res.out;
+  EXPECT_EQ(tree_digest(r.dir), before);
+  // A run that starts replaces it.
+  res = run_train(r, "output.overwrite=true train.max_steps=2");
+  ASSERT_EQ(res.status, 0) << res.out;
+  EXPECT_NE(tree_digest(r.dir), before);
+}
+
 // ---- one writer per output ------------------------------------------------------------
 
 TEST(Lock, ASecondTrainOnALiveRunDirIsRefusedNamingThePid) {
@@ -343,6 +395,14 @@ TEST(Resume, AConfigThatChangesTrainingIsRefusedUnlessAllowed) {
   expect_one_error(res, 1,
                    {"--resume: this config changes training against " + r.dir + "/config.yaml",
                     "seed 3 -> 9", "train.optimizer.lr 0.005 -> 0.01", "--allow-config-change"});
+  // The adapter's shape cannot change, allowed or not: one line naming the key.
+  res = run_train(r, "--resume --allow-config-change lora.r=8");
+  expect_one_error(
+      res, 1,
+      {"--resume: lora.r cannot change on resume (4 in " + r.dir + "/config.yaml, 8 now)",
+       "resume with lora.r=4"});
+  res = run_train(r, "--resume --allow-config-change lora.use_dora=true");
+  expect_one_error(res, 1, {"--resume: lora.use_dora cannot change on resume"});
   // Logging and checkpoint cadence may change freely.
   auto neutral =
       run_train(r, "--resume train.log_every=2 train.keep_checkpoints=3 --stop-after-step 3");

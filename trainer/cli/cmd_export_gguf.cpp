@@ -11,6 +11,7 @@
 #include "trainer/gguf/export.h"
 #include "trainer/gguf/gguf.h"
 #include "trainer/io/error.h"
+#include "trainer/io/file_util.h"
 #include "trainer/io/lock.h"
 
 namespace loratune::cli {
@@ -59,6 +60,7 @@ void add_export_gguf_command(CLI::App& app) {
   cmd->callback([opt, type, modelfile, modelfile_base] {
     refuse_output_over_inputs("--out", opt->out_path,
                               {{"--model", opt->model_dir}, {"--adapter", opt->adapter_dir}});
+    io::refuse_unreplaceable(opt->out_path, /*want_dir=*/false);
     opt->type = gguf::parse_out_type(!type->empty() ? *type : opt->adapter_only ? "f32" : "f16");
     if (opt->adapter_only && opt->adapter_dir.empty()) {
       throw Error("--adapter-only needs --adapter DIR (the PEFT adapter to write as GGUF)");

@@ -4,6 +4,7 @@
 #include <torch/csrc/autograd/grad_mode.h>
 
 #include <cctype>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -12,6 +13,7 @@
 #include "trainer/cli/paths.h"
 #include "trainer/gguf/gguf.h"
 #include "trainer/io/error.h"
+#include "trainer/io/file_util.h"
 #include "trainer/io/safetensors.h"
 #include "trainer/lora/peft_io.h"
 #include "trainer/model/loader.h"
@@ -26,6 +28,7 @@ struct LogitsOptions {
   std::string out;
   std::string dtype = "float32";
   std::string device = "cpu";
+  bool overwrite = false;
 };
 
 }  // namespace
@@ -66,6 +69,11 @@ namespace {
 void run_logits(LogitsOptions o) {
   refuse_output_over_inputs("--out", o.out,
                             {{"--model", o.model_dir}, {"--adapter", o.adapter_dir}});
+  std::error_code ec;
+  if (std::filesystem::exists(std::filesystem::symlink_status(o.out, ec)) && !o.overwrite) {
+    throw Error("--out: '" + o.out + "' already exists (pass --overwrite to replace it)");
+  }
+  io::refuse_unreplaceable(o.out, /*want_dir=*/false);
   o.model_dir = gguf::resolve_model_path(o.model_dir);  // a .gguf: its import
   model::LoadOptions lo;
   lo.dtype = model::parse_dtype(o.dtype);
@@ -104,7 +112,11 @@ void add_logits_command(CLI::App& app) {
   cmd->add_option("--adapter", opts->adapter_dir,
                   "PEFT adapter directory applied on top of the model (not merged)");
   cmd->add_option("--ids", opts->ids, "token ids, separated by spaces or commas")->required();
-  cmd->add_option("--out", opts->out, "output .safetensors file (written atomically)")->required();
+  cmd->add_option("--out", opts->out,
+                  "output .safetensors file (written atomically; must not exist unless "
+                  "--overwrite)")
+      ->required();
+  cmd->add_flag("--overwrite", opts->overwrite, "replace an existing --out file");
   cmd->add_option("--dtype", opts->dtype,
                   "dtype to load the weights in: float32, bfloat16, float16")
       ->capture_default_str();

@@ -264,6 +264,7 @@ void merge_adapter(const MergeOptions& opt) {
   if (fs::exists(opt.out_dir) && !opt.overwrite) {
     throw Error(opt.out_dir + ": already exists (pass --overwrite to replace it)");
   }
+  io::refuse_unreplaceable(opt.out_dir, /*want_dir=*/true);
   // The base is checked as load_model checks it and the adapter as
   // load_adapter does (generate, eval, logits), so the merge applies exactly
   // the LoRA layers PEFT would create, with their ranks and scales.

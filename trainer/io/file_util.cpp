@@ -24,6 +24,25 @@ std::atomic<unsigned> g_temp_counter{0};
 
 // "<path>.tmp.<pid>.<n>": unique per process and call, in the same directory
 // as `path` so the final rename never crosses a file system.
+// What is at `path` when it is neither absent nor of the kind an atomic
+// write may replace ("" when it may be replaced). rename() would put a file
+// over a device node, FIFO or socket as readily as over a file; as root,
+// `--out /dev/null` would then replace the system's /dev/null.
+std::string unreplaceable(const std::string& path, bool want_dir) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) return "";  // absent (or unreadable: rename reports it)
+  if (S_ISLNK(st.st_mode)) {
+    if (::stat(path.c_str(), &st) != 0) return want_dir ? "a dangling symbolic link" : "";
+  }
+  if (want_dir)
+    return S_ISDIR(st.st_mode) ? "" : (S_ISREG(st.st_mode) ? "a file" : "a special file");
+  if (S_ISREG(st.st_mode)) return "";
+  if (S_ISDIR(st.st_mode)) return "a directory";
+  if (S_ISFIFO(st.st_mode)) return "a FIFO";
+  if (S_ISSOCK(st.st_mode)) return "a socket";
+  return "a device";
+}
+
 std::string temp_name(const std::string& path) {
   return path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(g_temp_counter++);
 }
@@ -112,6 +131,15 @@ void remove_stale_temp_dirs(const std::string& target) {
 
 }  // namespace
 
+void refuse_unreplaceable(const std::string& path, bool want_dir) {
+  const std::string what = unreplaceable(path, want_dir);
+  if (!what.empty()) {
+    throw Error(path + ": is " + what + ", not " + (want_dir ? "a directory" : "a regular file") +
+                    "; refusing to replace it (choose another output path)",
+                ErrorKind::kIo);
+  }
+}
+
 nlohmann::json parse_json(const std::string& text, const std::string& source, ErrorKind kind) {
   DuplicateKeyCheck check(source, kind);
   try {
@@ -183,6 +211,7 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
 // --- AtomicFile ---------------------------------------------------------------
 
 AtomicFile::AtomicFile(std::string path) : path_(std::move(path)), tmp_(temp_name(path_)) {
+  refuse_unreplaceable(path_, /*want_dir=*/false);
   fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd_ < 0) throw sys_error(path_, "cannot create temp file " + tmp_);
 }
@@ -210,6 +239,7 @@ void AtomicFile::commit() {
   int rc = ::close(fd_);
   fd_ = -1;
   if (rc != 0) throw sys_error(path_, "close failed");
+  refuse_unreplaceable(path_, /*want_dir=*/false);  // again: it may have appeared meanwhile
   if (::rename(tmp_.c_str(), path_.c_str()) != 0) throw sys_error(path_, "rename failed");
   committed_ = true;
   fsync_path(parent_dir(path_), true);
@@ -220,6 +250,7 @@ void AtomicFile::commit() {
 AtomicDir::AtomicDir(std::string target, bool overwrite)
     : target_(std::move(target)), overwrite_(overwrite) {
   while (!target_.empty() && target_.size() > 1 && target_.back() == '/') target_.pop_back();
+  refuse_unreplaceable(target_, /*want_dir=*/true);
   remove_stale_temp_dirs(target_);
   tmp_ = temp_name(target_);
   if (::mkdir(tmp_.c_str(), 0755) != 0) {
@@ -246,6 +277,7 @@ void AtomicDir::commit() {
   std::string old;
   if (exists) {
     if (!overwrite_) throw Error(target_ + ": already exists (refusing to overwrite)");
+    refuse_unreplaceable(target_, /*want_dir=*/true);
     old = temp_name(target_ + ".old");
     if (::rename(target_.c_str(), old.c_str()) != 0) {
       throw sys_error(target_, "cannot move the existing target aside");

@@ -14,6 +14,13 @@ namespace loratune::io {
 // temp file is removed and `path` is untouched; throws io::Error naming path.
 void write_file_atomic(const std::string& path, const std::string& bytes);
 
+// Throws io::Error (kIo) naming `path` when something exists there that an
+// atomic write must not replace: for a file (`want_dir` false) anything but a
+// regular file or a link to one (a device node, FIFO, socket, directory); for
+// a directory anything but a directory or a link to one. AtomicFile and
+// AtomicDir check it themselves; commands call it first to fail before work.
+void refuse_unreplaceable(const std::string& path, bool want_dir);
+
 // Streams data into `<path>.tmp.<pid>.<n>`; commit() fsyncs and renames it
 // over `path`. Destroyed without commit(), it removes the temp file.
 class AtomicFile {

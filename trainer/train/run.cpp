@@ -166,8 +166,11 @@ void remove_run_files(const fs::path& out) {
   }
 }
 
-// Refuses to clobber runs; clears our own files when output.overwrite.
-void prepare_run_dir(const config::TrainConfig& cfg, bool resume) {
+// Refuses to clobber runs. Returns true when output.overwrite is to replace
+// an earlier run's files: the caller removes them (remove_run_files) only
+// once the new run's setup (model, data) succeeded, so a run that cannot
+// start leaves the earlier one as it was.
+bool prepare_run_dir(const config::TrainConfig& cfg, bool resume) {
   const fs::path out(cfg.output.dir);
   const bool finished = fs::exists(out / "adapter");
   if (resume) {
@@ -175,7 +178,7 @@ void prepare_run_dir(const config::TrainConfig& cfg, bool resume) {
       throw Error("output.dir '" + out.string() + "' holds a finished run (" +
                   (out / "adapter").string() + " exists); nothing to resume");
     }
-    return;
+    return false;
   }
   // Empty but for the lock file `loratune train` holds (io/lock.h).
   bool empty = true;
@@ -187,7 +190,7 @@ void prepare_run_dir(const config::TrainConfig& cfg, bool resume) {
   }
   if (empty) {
     fs::create_directories(out);
-    return;
+    return false;
   }
   if (!cfg.output.overwrite) {
     if (finished) {
@@ -202,7 +205,7 @@ void prepare_run_dir(const config::TrainConfig& cfg, bool resume) {
     throw Error("output.dir '" + out.string() +
                 "' is not empty; choose another directory or set output.overwrite=true");
   }
-  remove_run_files(out);
+  return true;
 }
 
 // Every input id in [0, vocab) and every label -100 or in [0, vocab): a
@@ -331,12 +334,20 @@ std::string run_summary(int64_t steps, int64_t tokens, double seconds, const c10
   return line;
 }
 
+// What open_run_dir decided: the checkpoint a resume continues from ("" for
+// a fresh run) and whether an earlier run's files are to be replaced once the
+// new run is set up.
+struct RunDirPlan {
+  std::string resume_from;
+  bool replace_earlier = false;
+};
+
 // The run directory policy: refuses to clobber other runs (prepare_run_dir)
-// and names the checkpoint a resume continues from ("" for a fresh run).
-// A torchrun restart (`elastic_restart`: the group's earlier attempt failed)
-// continues from the newest checkpoint the failed attempt wrote, or starts
-// again in the directory that attempt opened when it wrote none.
-std::string open_run_dir(const config::TrainConfig& cfg, bool resume, bool elastic_restart) {
+// and names the checkpoint a resume continues from. A torchrun restart
+// (`elastic_restart`: the group's earlier attempt failed) continues from the
+// newest checkpoint the failed attempt wrote, or starts again in the
+// directory that attempt opened when it wrote none.
+RunDirPlan open_run_dir(const config::TrainConfig& cfg, bool resume, bool elastic_restart) {
   if (elastic_restart && !resume) {
     if (!latest_checkpoint(cfg.output.dir).empty()) {
       resume = true;
@@ -344,13 +355,27 @@ std::string open_run_dir(const config::TrainConfig& cfg, bool resume, bool elast
       remove_run_files(cfg.output.dir);
     }
   }
-  prepare_run_dir(cfg, resume);
-  if (!resume) return "";
-  std::string from = latest_checkpoint(cfg.output.dir);
-  if (from.empty()) {
+  RunDirPlan plan;
+  plan.replace_earlier = prepare_run_dir(cfg, resume);
+  if (!resume) return plan;
+  plan.resume_from = latest_checkpoint(cfg.output.dir);
+  if (plan.resume_from.empty()) {
     throw Error("--resume: no complete checkpoint under '" + cfg.output.dir + "/checkpoints'");
   }
-  return from;
+  // Keys that give the adapter its shape: the checkpoint's adapter has the
+  // run's values, so no --allow-config-change can change them.
+  const std::string run_config = cfg.output.dir + "/config.yaml";
+  if (fs::exists(run_config)) {
+    for (const ConfigChange& c : config_changes(io::read_file(run_config), config::to_yaml(cfg))) {
+      if (c.key == "lora.r" || c.key == "lora.target_modules" || c.key == "lora.use_dora") {
+        throw Error("--resume: " + c.key + " cannot change on resume (" + printable(c.before, 200) +
+                    " in " + run_config + ", " + printable(c.after, 200) +
+                    " now): the checkpoint's adapter has the run's shape; resume with " + c.key +
+                    "=" + printable(c.before, 200) + " or start a new run");
+      }
+    }
+  }
+  return plan;
 }
 
 // One training run in three phases: the constructor sets everything up
@@ -710,7 +735,9 @@ RunResult run_training(const config::TrainConfig& cfg, const RunOptions& opts) {
   }
   dist::Group* group = opts.group;
   if (group == nullptr) {
-    TrainingRun run(cfg, opts, open_run_dir(cfg, opts.resume, /*elastic_restart=*/false));
+    const RunDirPlan plan = open_run_dir(cfg, opts.resume, /*elastic_restart=*/false);
+    TrainingRun run(cfg, opts, plan.resume_from);
+    if (plan.replace_earlier) remove_run_files(cfg.output.dir);
     RunResult result = run.loop();
     if (result.stopped_by_signal == 0) run.finish(result);
     return result;
@@ -718,16 +745,16 @@ RunResult run_training(const config::TrainConfig& cfg, const RunOptions& opts) {
   // Distributed: rank 0 opens the run directory; each phase ends with every
   // rank learning whether any failed (one clear error, never a hang).
   std::exception_ptr error;
-  std::string resume_from;
+  RunDirPlan plan;
   if (group->is_main()) {
     try {
-      resume_from = open_run_dir(cfg, opts.resume, group->env().restart_count > 0);
+      plan = open_run_dir(cfg, opts.resume, group->env().restart_count > 0);
     } catch (...) {
       error = std::current_exception();
     }
   }
   group->check_all_ok("opening output.dir", error);
-  resume_from = group->share_string("resume_from", resume_from);
+  const std::string resume_from = group->share_string("resume_from", plan.resume_from);
   std::unique_ptr<TrainingRun> run;
   try {
     run = std::make_unique<TrainingRun>(cfg, opts, resume_from);
@@ -735,6 +762,7 @@ RunResult run_training(const config::TrainConfig& cfg, const RunOptions& opts) {
     error = std::current_exception();
   }
   group->check_all_ok("setup (model, data, checkpoint)", error);
+  if (plan.replace_earlier) remove_run_files(cfg.output.dir);  // rank 0 only: it writes
   RunResult result = run->loop();
   if (result.stopped_by_signal == 0) run->finish(result);
   return result;
