@@ -88,6 +88,30 @@ TEST(Generate, LogitsProcessorsFollowTransformers) {
   EXPECT_EQ((s > -std::numeric_limits<float>::infinity()).sum().item<int64_t>(), 1);
 }
 
+TEST(Generate, ATemperatureTooSmallToScaleByIsTheGreedyLimit) {
+  // 1 / 1e-40 overflows float: the scaled logits would be inf and the
+  // probabilities NaN. The limit T -> 0 puts all mass on the largest logit.
+  at::Tensor logits = at::tensor({2.0, -1.0, 0.0, 3.0, -2.0}, at::kFloat);
+  generate::SamplingOptions opt;
+  for (double t : {1e-40, 1e-300, 1e-39}) {
+    SCOPED_TRACE(t);
+    opt.temperature = t;
+    at::Tensor s = generate::process_logits(logits, {}, opt);
+    EXPECT_FALSE(s.isnan().any().item<bool>());
+    EXPECT_EQ(s.argmax().item<int64_t>(), 3);
+    EXPECT_EQ((s > -std::numeric_limits<float>::infinity()).sum().item<int64_t>(), 1);
+  }
+  opt.temperature = 0.5;  // an ordinary one is plain division
+  EXPECT_FLOAT_EQ(generate::process_logits(logits, {}, opt)[0].item<float>(), 4.0f);
+  model::CausalLM m = model::load_model(model_dir("qwen2"));
+  m->eval();
+  generate::SamplingOptions greedy;
+  greedy.max_new_tokens = 8;
+  opt = greedy;
+  opt.temperature = 1e-40;
+  EXPECT_EQ(generate::generate(*m, {3, 4, 5}, opt), generate::generate(*m, {3, 4, 5}, greedy));
+}
+
 TEST(Generate, PromptPastTheContextIsAnError) {
   model::CausalLM m = model::load_model(model_dir("qwen2"));
   generate::SamplingOptions opt;

@@ -6,7 +6,10 @@
 For every tiny variant (no adapter) and every PEFT case (PeftModel with the
 case's adapter): a seeded random prompt of 7 ids, then
 generate(do_sample=False, max_new_tokens=NEW) with EOS disabled so all NEW
-tokens are produced. Writes [{"variant", "adapter" (dir or null), "prompt",
+tokens are produced. A longrope variant (Phi-3) also gets prompts of
+original_max_position_embeddings - 4, + 0 and + 1 ids and 12 new tokens: the
+first two cross the original context while generating, where transformers
+drops the cache and runs the whole sequence again with the long factors. Writes [{"variant", "adapter" (dir or null), "prompt",
 "generated"}] to OUT.json.
 """
 import argparse
@@ -25,8 +28,11 @@ def greedy(model, prompt, new):
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
     with torch.no_grad():
-        out = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=new,
-                             min_new_tokens=0)
+        # An explicit mask: without one, generate() infers it from pad_token_id
+        # and would mask (and shift the positions past) any id 0 in the prompt.
+        ids = torch.tensor([prompt])
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                             max_new_tokens=new, min_new_tokens=0)
     return out[0, len(prompt):].tolist()
 
 
@@ -51,6 +57,13 @@ def main():
         prompt = torch.randint(0, model.config.vocab_size, (7,), generator=g).tolist()
         results.append({"variant": variant, "adapter": adapter, "prompt": prompt,
                         "generated": greedy(model, prompt, a.new)})
+        rope = getattr(model.config, "rope_parameters", None) or {}
+        if adapter is None and rope.get("rope_type") == "longrope":
+            orig = model.config.original_max_position_embeddings
+            for n in (orig - 4, orig, orig + 1):
+                prompt = torch.randint(0, model.config.vocab_size, (n,), generator=g).tolist()
+                results.append({"variant": variant, "adapter": None, "prompt": prompt,
+                                "generated": greedy(model, prompt, 12)})
     with open(a.out, "w") as f:
         json.dump(results, f)
 

@@ -4,6 +4,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/argmax.h>
+#include <ATen/ops/full_like.h>
 #include <ATen/ops/multinomial.h>
 #include <ATen/ops/softmax.h>
 #include <ATen/ops/sort.h>
@@ -31,7 +32,15 @@ at::Tensor process_logits(const at::Tensor& logits, const std::vector<int64_t>& 
     s.index_put_({idx}, g);
   }
   if (opt.temperature <= 0.0) return s;  // greedy: only the penalty applies
-  s = s / opt.temperature;
+  {
+    // A temperature so small that the scaled logits overflow (1e-40, or 1e-38
+    // with logits above 3.4) is the limit T -> 0 of softmax(s / T): all the
+    // probability on the largest logits. Without this the overflow gives
+    // inf - inf = NaN probabilities. No host sync: chosen on the device.
+    at::Tensor scaled = s / opt.temperature;  // [V]
+    at::Tensor limit = at::where(s == s.max(), at::zeros_like(s), at::full_like(s, -inf));
+    s = at::where(scaled.isfinite().all(), scaled, limit);
+  }
   if (opt.top_k > 0) {
     int64_t k = std::min<int64_t>(opt.top_k, s.size(0));
     at::Tensor kth = std::get<0>(at::topk(s, k)).select(0, k - 1);
@@ -92,6 +101,18 @@ std::vector<int64_t> generate(model::CausalLMImpl& model, const std::vector<int6
     bool eos = std::find(opt.eos_ids.begin(), opt.eos_ids.end(), next) != opt.eos_ids.end();
     if (!keep_going || (eos && !opt.ignore_eos)) break;
     input = at::tensor({next}, dev_opts.dtype(at::kLong)).unsqueeze(0);  // [1,1]
+    // Longrope (Phi-3): positions past the original context rotate with the
+    // long factors, and a forward call picks the factors from its largest
+    // position, so the cached keys of a prompt that fit the original context
+    // were rotated with the short ones. As transformers does (Phi3ForCausalLM.
+    // prepare_inputs_for_generation), the first step past it drops the cache
+    // and runs the whole sequence again.
+    const int64_t orig = cfg.rope.original_max_position_embeddings;
+    if (cfg.rope.type == "longrope" && cache.length <= orig &&
+        static_cast<int64_t>(seen.size()) >= orig + 1) {
+      cache.length = 0;
+      input = at::tensor(seen, dev_opts.dtype(at::kLong)).unsqueeze(0);  // [1,L]
+    }
   }
   return out;
 }
