@@ -95,7 +95,14 @@ int main(int argc, char** argv) {
   } catch (const std::length_error& e) {
     return report(ErrorKind::kResource, std::string("size limit exceeded: ") + e.what());
   } catch (const std::filesystem::filesystem_error& e) {  // permission, disk full, ...
-    return report(ErrorKind::kIo, e.what());
+    // "PATH: reason" rather than the library's "filesystem error: status: ... [PATH]".
+    const std::string path = e.path1().string();
+    if (path.empty()) return report(ErrorKind::kIo, e.what());
+    return report(
+        ErrorKind::kIo,
+        "'" + loratune::printable(path, 160) + "': " + e.code().message() +
+            (e.path2().empty() ? ""
+                               : " (and '" + loratune::printable(e.path2().string(), 160) + "')"));
   } catch (const c10::Error& e) {
     return report(ErrorKind::kInternal, e.what_without_backtrace());
   } catch (const std::exception& e) {

@@ -209,11 +209,26 @@ std::string suggest_key(const std::string& prefix, const std::string& key) {
 void apply_map(TrainConfig& cfg, const YAML::Node& map, const std::string& prefix,
                const Source& src, Origins& origins);
 
+// A NUL byte in a value ("\0" in a double-quoted YAML string) would cut a
+// path where the operating system reads it, so another file would be used.
+void refuse_nul(const YAML::Node& node, const std::string& where, const std::string& path) {
+  if (node.IsScalar() && node.Scalar().find('\0') != std::string::npos) {
+    throw Error(where + ": " + path +
+                ": the value contains a NUL byte (\\x00): " + printable(node.Scalar(), 120));
+  }
+  if (node.IsSequence()) {
+    for (size_t i = 0; i < node.size(); ++i) refuse_nul(node[i], where, path);
+  } else if (node.IsMap()) {
+    for (const auto& kv : node) refuse_nul(kv.second, where, path);
+  }
+}
+
 // Sets the key at `path` (a leaf or a whole section) from `node`.
 void apply_value(TrainConfig& cfg, const std::string& path, const YAML::Node& node,
                  const std::string& where, const Source& src, Origins& origins) {
   const Schema& s = schema();
   if (auto it = s.leaves.find(path); it != s.leaves.end()) {
+    refuse_nul(node, where, path);
     it->second->read(cfg, node, {where, path});
     origins[path] = where;
     return;
@@ -328,6 +343,20 @@ size_t count_documents(const std::string& text, const std::string& name, size_t 
   return n;
 }
 
+// yaml-cpp 0.7 ends a double- or single-quoted scalar that the file never
+// closes at the end of the file, without an error ("dir: \"/runs/x" is read as
+// "/runs/x "). A key appended after the text shows it: a well-formed file
+// keeps it as a top-level key, an open quote swallows it.
+bool quote_left_open(const std::string& text) {
+  static const char* kProbe = "loratune_end_of_file_probe";
+  try {
+    const YAML::Node again = YAML::Load(text + "\n" + kProbe + ": 0\n");
+    return again.IsMap() && !again[kProbe].IsDefined();
+  } catch (const YAML::Exception&) {
+    return false;  // not this case (e.g. a "..." document end): nothing to add
+  }
+}
+
 TrainConfig parse_document(const std::string& text, const std::string& name,
                            const std::vector<std::string>& overrides) {
   constexpr size_t kMaxCounted = 16;
@@ -343,6 +372,11 @@ TrainConfig parse_document(const std::string& text, const std::string& name,
                                             : ":" + std::to_string(e.mark.line + 1) + ":" +
                                                   std::to_string(e.mark.column + 1);
     throw Error(name + pos + ": YAML syntax error: " + e.msg);
+  }
+  if (count == 1 && docs[0].IsMap() && quote_left_open(text)) {
+    throw Error(name +
+                ": YAML syntax error: a quoted value is not closed before the end of the "
+                "file (a \" or ' without its closing quote)");
   }
   if (count > 1) {
     throw Error(name + ": expected one YAML document, found " +
