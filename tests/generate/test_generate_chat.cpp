@@ -122,4 +122,27 @@ TEST(GenerateChat, ExitEndsTheChatAndAnUnknownTemplateIsAOneLineError) {
   EXPECT_NE(bad.out.find("chatml"), std::string::npos) << bad.out;
 }
 
+TEST(GenerateChat, AChatFileThatCannotBeUsedIsNamed) {
+  const std::string dir = test::make_temp_dir("chat-file");
+  const std::string cmd = test::quote(test::loratune_bin()) + " generate --model " +
+                          test::quote(model_dir()) + " --max-new-tokens 2 --chat ";
+  test::write_file(dir + "/empty.json", "[]");
+  auto r = test::run(cmd + test::quote(dir + "/empty.json") + " 2>&1");
+  EXPECT_EQ(r.status, 3) << r.out;
+  EXPECT_NE(r.out.find(dir + "/empty.json: the conversation has no messages"), std::string::npos)
+      << r.out;
+  // Missing: the file is named (not the template), exit 4.
+  r = test::run(cmd + test::quote(dir + "/missing.json") + " --chat-template llama2 2>&1");
+  EXPECT_EQ(r.status, 4) << r.out;
+  EXPECT_NE(r.out.find(dir + "/missing.json"), std::string::npos) << r.out;
+  // A template's own refusal of the file's messages names the file too.
+  test::write_file(dir + "/odd.json", R"([{"role": "assistant", "content": "Hi"}])");
+  r = test::run(cmd + test::quote(dir + "/odd.json") + " --chat-template llama2 2>&1");
+  EXPECT_EQ(r.status, 3) << r.out;
+  EXPECT_NE(r.out.find(dir + "/odd.json: chat template line 1: raise_exception: Conversation "
+                             "roles must alternate"),
+            std::string::npos)
+      << r.out;
+}
+
 }  // namespace

@@ -168,14 +168,25 @@ std::vector<int64_t> render_prompt(const chat::ChatTemplate& tpl, const tokenize
 
 std::vector<int64_t> chat_prompt(const tokenizer::Tokenizer& tok, const std::string& file,
                                  const std::string& name) {
-  chat::ChatTemplate tpl = load_template(tok, name, file);
+  // The file first: a missing or malformed one is named before the template.
   chat::Json messages = chat::Json::parse(io::read_file(file), nullptr, false);
-  if (messages.is_discarded()) throw Error(file + ": not valid JSON");
+  if (messages.is_discarded()) throw Error(file + ": not valid JSON", ErrorKind::kData);
   if (messages.is_object() && messages.contains("messages")) messages = messages["messages"];
   if (!messages.is_array()) {
-    throw Error(file + ": expected a list of {\"role\", \"content\"} messages");
+    throw Error(file + ": expected a list of {\"role\", \"content\"} messages", ErrorKind::kData);
   }
-  return render_prompt(tpl, tok, messages);
+  if (messages.empty()) {
+    throw Error(file +
+                    ": the conversation has no messages (give at least one {\"role\", "
+                    "\"content\"})",
+                ErrorKind::kData);
+  }
+  chat::ChatTemplate tpl = load_template(tok, name, file);
+  try {
+    return render_prompt(tpl, tok, messages);
+  } catch (const Error& e) {
+    throw Error(file + ": " + e.what(), e.kind());
+  }
 }
 
 // The interactive chat (no --prompt/--chat/--ids): one user message per

@@ -2,12 +2,13 @@
 // cmd_tokenize_chat.h).
 #include "trainer/cli/cmd_tokenize_chat.h"
 
+#include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <sstream>
 
 #include "trainer/chat/chat_template.h"
 #include "trainer/io/error.h"
+#include "trainer/io/file_util.h"
 #include "trainer/tokenizer/tokenizer.h"
 
 namespace loratune::cli {
@@ -16,12 +17,14 @@ namespace {
 std::string template_source(const ChatTokenizeArgs& a, const tokenizer::Tokenizer& tok,
                             const std::string& model_dir) {
   if (!a.template_name.empty()) {
-    std::ifstream f(a.template_name);
-    if (f) {
-      std::stringstream ss;
-      ss << f.rdbuf();
-      return ss.str();
+    std::error_code ec;
+    const auto st = std::filesystem::status(a.template_name, ec);
+    if (std::filesystem::is_directory(st)) {
+      throw Error("--chat-template: '" + a.template_name +
+                      "' is a directory; give a Jinja file or a built-in template name",
+                  ErrorKind::kIo);
     }
+    if (std::filesystem::exists(st)) return io::read_file(a.template_name);
     return chat::builtin_template(a.template_name);
   }
   if (auto s = tok.chat_template()) return *s;
@@ -58,6 +61,10 @@ void run_chat_tokenize(const ChatTokenizeArgs& a, const std::string& model_dir) 
   chat::EncodeChatOptions enc;
   enc.control_tokens =
       a.hf_control_tokens ? chat::ControlTokens::kEverywhere : chat::ControlTokens::kTemplateOnly;
+  std::error_code ec;
+  if (std::filesystem::is_directory(a.chat_file, ec)) {
+    throw Error(a.chat_file + ": is a directory, not a JSONL file", ErrorKind::kIo);
+  }
   std::ifstream in(a.chat_file);
   if (!in) throw Error(a.chat_file + ": cannot open file", ErrorKind::kIo);
   const auto replace = nlohmann::json::error_handler_t::replace;
