@@ -194,6 +194,24 @@ TEST(ChatTemplate, AssistantFirstIsAnErrorWhenTheTurnHoldsScaffolding) {
   }
 }
 
+TEST(ChatTemplate, AssistantFirstOnATemplateThatCannotRenderNoMessages) {
+  // Qwen3's template reads messages[0], so messages[:0] does not render; the
+  // opening turn's generation prompt is what the template appends to a
+  // one-message conversation ("<|im_start|>assistant\n").
+  const Json& t = reference()["templates"]["qwen3"];
+  ChatTemplate tpl(t["source"].get<std::string>());
+  Json msgs = Json::parse(R"([{"role": "assistant", "content": "Hello!"},
+                              {"role": "user", "content": "hi"},
+                              {"role": "assistant", "content": "yo"}])");
+  auto r = tpl.render(msgs, loratune::chat::RenderOptions{});
+  ASSERT_EQ(r.assistant_spans.size(), 2u);
+  EXPECT_EQ(r.text.substr(0, r.assistant_spans[0].begin), "<|im_start|>assistant\n");
+  EXPECT_EQ(r.text.substr(r.assistant_spans[0].begin,
+                          r.assistant_spans[0].end - r.assistant_spans[0].begin),
+            "Hello!<|im_end|>\n");
+  EXPECT_NE(r.text.substr(r.assistant_spans[1].begin).find("yo"), std::string::npos);
+}
+
 TEST(ChatTemplate, NullKeysDroppedAndReasoningAliasedAsTransformers) {
   ChatTemplate tpl("{% for m in messages %}{{ m|tojson }}\n{% endfor %}");
   Json msgs = Json::parse(R"([{"role": "user", "content": "q", "tool_calls": null},

@@ -102,6 +102,19 @@ std::string ChatTemplate::render_text(const Json& messages, const RenderOptions&
   return run(normalize_messages(messages), opts, opts.add_generation_prompt, false).text;
 }
 
+std::optional<std::string> ChatTemplate::generation_prompt_probe(const RenderOptions& opts) const {
+  const Json one = Json::array({Json{{"role", "user"}, {"content", ""}}});
+  try {
+    const std::string with = run(one, opts, true, false).text;
+    const std::string without = run(one, opts, false, false).text;
+    if (with.size() > without.size() && with.compare(0, without.size(), without) == 0) {
+      return with.substr(without.size());
+    }
+  } catch (const Error&) {
+  }
+  return std::nullopt;  // none: the caller reports its own failure
+}
+
 Rendered ChatTemplate::render(const Json& messages, const RenderOptions& opts) const {
   Json msgs = normalize_messages(messages);
   jinja::RenderOutput full = run(msgs, opts, opts.add_generation_prompt, true);
@@ -126,15 +139,32 @@ Rendered ChatTemplate::render(const Json& messages, const RenderOptions& opts) c
     // messages[:i] when asked for one, i.e. the output past its last message.
     Json prefix(msgs.begin(), msgs.begin() + static_cast<std::ptrdiff_t>(i));
     if (prefix.is_null()) prefix = Json::array();
+    const jinja::Span seg = segs[0];
     jinja::RenderOutput p;
     try {
       p = run(prefix, opts, true, true);
     } catch (const Error& e) {
+      // An assistant message first: templates that read messages[0] cannot
+      // render an empty conversation. Its generation prompt is then what the
+      // template appends to a one-message conversation when asked for one.
+      const std::optional<std::string> probe =
+          i == 0 ? generation_prompt_probe(opts) : std::nullopt;
+      if (probe) {
+        const std::string& probe_prompt = *probe;
+        if (seg.end - seg.begin < probe_prompt.size() ||
+            r.text.compare(seg.begin, probe_prompt.size(), probe_prompt) != 0) {
+          throw Error(where + "its turn does not start with the generation prompt '" +
+                          one_line(probe_prompt) +
+                          "'; add {% generation %} to the template to mark it",
+                      ErrorKind::kUnsupported);
+        }
+        r.assistant_spans.push_back({seg.begin + probe_prompt.size(), seg.end});
+        continue;
+      }
       throw Error(where + "rendering messages[:" + std::to_string(i) +
                       "] with add_generation_prompt failed: ",
                   e);
     }
-    const jinja::Span seg = segs[0];
     // After the last message's output in that prefix render; when no message
     // wrote anything there (only a system block outside the loop, or no
     // message), after the text the full render has before this turn.

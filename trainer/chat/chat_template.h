@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -92,6 +93,10 @@ class ChatTemplate {
  private:
   jinja::RenderOutput run(const Json& messages, const RenderOptions& opts, bool agp,
                           bool track) const;
+  // What the template appends to a one-message conversation (an empty user
+  // message) when asked for a generation prompt; nullopt when that does not
+  // render or is not an extension of the render without it.
+  std::optional<std::string> generation_prompt_probe(const RenderOptions& opts) const;
 
   std::string source_;
   jinja::Template template_;
