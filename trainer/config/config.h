@@ -85,8 +85,9 @@ struct ModelSection {
 };
 
 struct LoraConfig {
-  // lora.r: adapter rank, in [1, 65536] (and <= the model's hidden size,
-  // checked at load). Default 8 (PEFT's default).
+  // lora.r: adapter rank, in [1, 65536]. Default 8 (PEFT's default). As in
+  // PEFT, r may exceed a projection's dimensions (the update then has full
+  // rank); the pissa and olora inits need r <= min(in, out), checked at load.
   int64_t r = 8;
   // lora.alpha: scaling numerator, > 0. Default 16. The update is scaled by
   // alpha / r, or alpha / sqrt(r) with use_rslora.

@@ -211,15 +211,22 @@ void apply_map(TrainConfig& cfg, const YAML::Node& map, const std::string& prefi
 
 // A NUL byte in a value ("\0" in a double-quoted YAML string) would cut a
 // path where the operating system reads it, so another file would be used.
-void refuse_nul(const YAML::Node& node, const std::string& where, const std::string& path) {
+// And an application tag ("!foo 3") means something to another program only;
+// read as its plain value it would pass unnoticed.
+void check_value_node(const YAML::Node& node, const std::string& where, const std::string& path) {
+  const std::string& tag = node.Tag();
+  if (!tag.empty() && tag != "?" && tag != "!" && tag.rfind("tag:yaml.org,2002:", 0) != 0) {
+    throw Error(where + ": " + path + ": unknown YAML tag '" + printable(tag, 60) +
+                "' (write the plain value)");
+  }
   if (node.IsScalar() && node.Scalar().find('\0') != std::string::npos) {
     throw Error(where + ": " + path +
                 ": the value contains a NUL byte (\\x00): " + printable(node.Scalar(), 120));
   }
   if (node.IsSequence()) {
-    for (size_t i = 0; i < node.size(); ++i) refuse_nul(node[i], where, path);
+    for (size_t i = 0; i < node.size(); ++i) check_value_node(node[i], where, path);
   } else if (node.IsMap()) {
-    for (const auto& kv : node) refuse_nul(kv.second, where, path);
+    for (const auto& kv : node) check_value_node(kv.second, where, path);
   }
 }
 
@@ -228,7 +235,7 @@ void apply_value(TrainConfig& cfg, const std::string& path, const YAML::Node& no
                  const std::string& where, const Source& src, Origins& origins) {
   const Schema& s = schema();
   if (auto it = s.leaves.find(path); it != s.leaves.end()) {
-    refuse_nul(node, where, path);
+    check_value_node(node, where, path);
     it->second->read(cfg, node, {where, path});
     origins[path] = where;
     return;
