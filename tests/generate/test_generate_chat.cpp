@@ -122,6 +122,23 @@ TEST(GenerateChat, ExitEndsTheChatAndAnUnknownTemplateIsAOneLineError) {
   EXPECT_NE(bad.out.find("chatml"), std::string::npos) << bad.out;
 }
 
+TEST(GenerateChat, ALineThatIsNotUtf8IsNotSentAndTheChatGoesOn) {
+  const std::string dir = test::make_temp_dir("chat-utf8");
+  test::write_file(dir + "/in.txt", "\xff\xfe bad\nhi\n");
+  auto r = test::run("(" + test::quote(test::loratune_bin()) + " generate --model " +
+                     test::quote(model_dir()) + " --json --max-new-tokens 2 < " +
+                     test::quote(dir + "/in.txt") + " 2> " + test::quote(dir + "/err.txt") + ")");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(test::read_file(dir + "/err.txt"),
+            "loratune: error: input line 1: invalid UTF-8 at byte 0; message not sent\n");
+  // Only "hi" was sent: one reply whose prompt holds it alone.
+  std::istringstream lines(r.out);
+  std::string line;
+  int replies = 0;
+  while (std::getline(lines, line)) replies += line.rfind("{", 0) == 0;
+  EXPECT_EQ(replies, 1) << r.out;
+}
+
 TEST(GenerateChat, AChatFileThatCannotBeUsedIsNamed) {
   const std::string dir = test::make_temp_dir("chat-file");
   const std::string cmd = test::quote(test::loratune_bin()) + " generate --model " +

@@ -23,6 +23,7 @@
 #include "trainer/lora/peft_io.h"
 #include "trainer/model/config.h"
 #include "trainer/model/loader.h"
+#include "trainer/tokenizer/pipeline.h"
 #include "trainer/tokenizer/tokenizer.h"
 
 namespace loratune::cli {
@@ -206,9 +207,17 @@ void chat_repl(model::CausalLMImpl& m, const tokenizer::Tokenizer& tok, const Ge
   const bool tty = ::isatty(STDIN_FILENO) != 0;
   chat::Json messages = chat::Json::array();
   std::string line;
+  int64_t line_no = 0;
   while ((tty && std::fprintf(stderr, "> ") >= 0), std::getline(std::cin, line)) {
+    ++line_no;
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.empty()) continue;
+    try {
+      tokenizer::check_utf8(line, "input line " + std::to_string(line_no));
+    } catch (const Error& e) {  // the message is not sent; the chat goes on
+      std::fprintf(stderr, "loratune: error: %s; message not sent\n", e.what());
+      continue;
+    }
     if (line == "/exit") break;
     if (line == "/reset") {
       messages = chat::Json::array();
@@ -221,7 +230,7 @@ void chat_repl(model::CausalLMImpl& m, const tokenizer::Tokenizer& tok, const Ge
       prompt = render_prompt(tpl, tok, messages);
     } catch (const Error& e) {  // e.g. a template that refuses the conversation
       messages.erase(messages.size() - 1);
-      std::fprintf(stderr, "error: %s\n", e.what());
+      std::fprintf(stderr, "loratune: error: %s\n", e.what());
       continue;
     }
     const int64_t room = context - static_cast<int64_t>(prompt.size());
