@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import struct
 import subprocess
 import sys
@@ -260,6 +261,20 @@ def main():
           ["merge", "--model", base, "--adapter", adapter_src, "--out", P.path("model_link"),
            "--overwrite"], CONFIG, [base])
 
+    # Outputs replace nothing unasked, and never what is not the kind of thing
+    # the command writes (as root, `--out /dev/null` would replace /dev/null).
+    kept = P.write("kept.safetensors", "precious")
+    P.run("outputs", "logits --out an existing file (no --overwrite)",
+          ["logits", "--model", base] + ids + ["--out", kept], CONFIG, [kept])
+    os.mkfifo(P.path("fifo"))
+    P.run("outputs", "logits --out a FIFO --overwrite",
+          ["logits", "--model", base] + ids + ["--out", P.path("fifo"), "--overwrite"], IO)
+    P.check("outputs", "the FIFO is still a FIFO", stat.S_ISFIFO(os.stat(P.path("fifo")).st_mode),
+            "os.stat(fifo)")
+    P.run("outputs", "merge --out an existing file --overwrite",
+          ["merge", "--model", tied, "--adapter", adapter_src, "--out", kept, "--overwrite"], IO,
+          [kept])
+
     # --- training configs ------------------------------------------------------
     def config(tag, extra="", lora="dropout: 0.0", steps=2, model=None, train=None):
         text = (f"model: {{path: {model or base}, dtype: float32}}\ndevice: cpu\nseed: 3\n"
@@ -290,6 +305,13 @@ def main():
     P.run("train", "(setup) a run stopped at step 2", ["train", "--plain", c, "--stop-after-step", "2"],
           143, [base])
     train("--resume with lr changed", c, ["--resume", "train.optimizer.lr=1e-2"], CONFIG)
+    train("--resume --allow-config-change lora.r=8", c,
+          ["--resume", "--allow-config-change", "lora.r=8"], CONFIG)
+    train("YAML: a NUL byte in model.path", P.write("nul.yaml", 'model: {path: "/tmp\\0x"}\n'),
+          [], CONFIG)
+    unclosed = P.write("unclosed.yaml", open(config("unclosed")).read().rstrip("\n")
+                       .rsplit("output:", 1)[0] + 'output:\n  dir: "' + P.path("run_q") + "\n")
+    train("YAML: a quote left open at the end", unclosed, [], CONFIG)
     bad = P.write("oov.jsonl", '{"input_ids": [1, 2, 5000, 3]}\n' * 8)
     train("token id 5000 >= vocab 1000", config("oov", train=bad), [], DATA, [bad])
     bad = P.write("broken.jsonl", '{"input_ids": [1, 2, 3]}\n{"input_ids": [1, 2\n')
@@ -298,6 +320,12 @@ def main():
     train("empty data file", config("empty", train=bad), [], DATA, [bad])
     bad = P.write("bytes.yaml", b"seed: 1\nse\xffd: 2\n", "wb")
     train("non-UTF-8 bytes in a config key (shown as \\xFF)", bad, [], CONFIG, [bad])
+    done = config("done", steps=1)
+    P.run("train", "(setup) a finished run", ["train", "--plain", done], 0, [base])
+    finished = P.path("run_done")
+    train("output.overwrite=true with bad data keeps the finished run", done,
+          ["output.overwrite=true", f"data.train={P.write('garbage.jsonl', 'garbage')}"], DATA,
+          [finished])
     P.run("train", "data file missing", ["train", "--plain", config("missing", train=P.path("nope.jsonl"))],
           IO, [base])
 
