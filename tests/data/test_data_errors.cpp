@@ -92,6 +92,13 @@ TEST_F(DataErrors, LabelsLongerOrShorterThanInputIds) {
                     "'labels' has 1 entries but 'input_ids' has 2");
 }
 
+TEST_F(DataErrors, AnAttentionMaskThatHidesPositionsIsRefused) {
+  expect_line_error(error_for({R"({"input_ids": [1, 2, 0], "attention_mask": [1, 1, 0]})"}), 1,
+                    "'attention_mask'[2] is 0: masked (padded) positions are not supported");
+  expect_line_error(error_for({R"({"input_ids": [1, 2], "attention_mask": [1]})"}), 1,
+                    "'attention_mask' must be a list as long as 'input_ids' (2)");
+}
+
 TEST_F(DataErrors, TokenIdsOutsideVocabulary) {
   expect_line_error(error_for({R"({"input_ids": [1, 99999999]})"}), 1,
                     "'input_ids'[1] = 99999999 is outside the vocabulary");

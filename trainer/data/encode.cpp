@@ -279,6 +279,22 @@ struct ExampleEncoder::Impl {
     Example ex;
     ex.input_ids = get_ids(rec, "input_ids", vocab, false);
     if (ex.input_ids.empty()) bad_record("'input_ids' is empty");
+    // A mask that hides positions would be ignored (loratune pads and packs
+    // batches itself), so those tokens would train: only all ones is read.
+    if (auto m = rec.find("attention_mask"); m != rec.end() && !m->is_null()) {
+      if (!m->is_array() || m->size() != ex.input_ids.size()) {
+        bad_record("'attention_mask' must be a list as long as 'input_ids' (" +
+                   std::to_string(ex.input_ids.size()) + ")");
+      }
+      for (size_t i = 0; i < m->size(); ++i) {
+        const Json& v = (*m)[i];
+        if (!v.is_number_integer() || v.get<int64_t>() != 1) {
+          bad_record("'attention_mask'[" + std::to_string(i) + "] is " + printable(v.dump(), 40) +
+                     ": masked (padded) positions are not supported in pre-tokenized data; "
+                     "drop them from 'input_ids' (batches are padded and packed by loratune)");
+        }
+      }
+    }
     auto l = rec.find("labels");
     if (l == rec.end() || l->is_null()) {
       ex.labels = ex.input_ids;
