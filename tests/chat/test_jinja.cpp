@@ -203,6 +203,87 @@ const std::vector<Snippet> kSnippets = {
      "tc.arguments | tojson }}"
      "{{- '}\\n</tool_call>' }}",
      "{\"tc\": {\"name\": \"get\", \"arguments\": {\"city\": \"Zürich\", \"days\": 3}}}"},
+    // Python semantics the probe found missing: 64-bit integer arithmetic,
+    // title/unique/round/int/float filters, full Unicode case mapping, str
+    // methods, printf-style '%' formatting, loop.changed
+    {"{{ 9223372036854775807 - 1 }}|{{ -9223372036854775807 - 1 }}|{{ 3037000499 * 3037000499 "
+     "}}|{{ 2 ** 62 }}|{{ (-2) ** 63 }}|{{ -7 // 2 }}|{{ 7 // -2 }}|{{ -7 % 2 }}|{{ 7 % -2 }}|{{ x "
+     "// -1 }}|{{ x % -1 }}|{{ 2 ** -1 }}|{{ 0 ** 0 }}|{{ 'abc'[1::9223372036854775807] }}|{{ [1, "
+     "2, 3][-1::-9223372036854775807] }}",
+     "{\"x\": -9223372036854775807}"},
+    {"{{ 7.5 // 2 }}|{{ -7.5 // 2 }}|{{ -7.5 % 2 }}|{{ 7.5 % -2 }}|{{ 6.0 % 3 }}|{{ -6.0 % 3 }}|{{ "
+     "1 // 0.3 }}|{{ -true }}|{{ l|sum }}|{{ l|sum(start=10) }}|{{ [1, 2.5]|sum }}|{{ [[1], "
+     "[2]]|sum(start=[]) }}|{{ [true, true]|sum }}",
+     "{\"l\": [1, 2, 3]}"},
+    {"{{ \"say 'a' \\\"q\\\" x\"|title }}|{{ 'hello-world (foo) [bar] {baz} <qux> o\\'neil "
+     "mcDONALD'|title }}|{{ 'ßa ǆb ﬁx'|title }}|{{ 'aΣ bΣc'|title }}|{{ \"it's x\".title() }}|{{ "
+     "'ßa ǆb ﬁx'.title() }}",
+     "{}"},
+    {"{{ ['a', 'A', 'b']|unique|list }}|{{ ['a', 'A', 'b']|unique(true)|list }}|{{ ['a', "
+     "'A']|unique(case_sensitive=true)|list }}|{{ l|unique(attribute='n')|list }}|{{ [1, 1.0, "
+     "true, 2]|unique|list }}|{{ [(1, 2), (1, 2)]|unique|list }}",
+     "{\"l\": [{\"n\": \"X\", \"i\": 1}, {\"n\": \"x\", \"i\": 2}, {\"n\": \"y\", \"i\": 3}]}"},
+    {"{{ 7|round }}|{{ 7.5|round }}|{{ 6.5|round }}|{{ 7|round(1) }}|{{ 75|round(-1) }}|{{ "
+     "65|round(-1) }}|{{ -65|round(-1) }}|{{ 2.675|round(2) }}|{{ 7|round(0, 'ceil') }}|{{ "
+     "7.21|round(1, 'ceil') }}|{{ 7.29|round(1, 'floor') }}|{{ -7.5|round(0, 'floor') }}|{{ "
+     "true|round }}|{{ 1234.5|round(-2) }}|{{ 42.55|round }}",
+     "{}"},
+    {"{{ '1_000'|int }}|{{ '0x1A'|int(0, 16) }}|{{ '0x1A'|int(0, 0) }}|{{ '0b11'|int(0, 2) }}|{{ "
+     "'11'|int(0, 2) }}|{{ ' 12 '|int }}|{{ '1e3'|int }}|{{ '1_0.5'|int }}|{{ '_1'|int(7) }}|{{ "
+     "'1__0'|int(7) }}|{{ '0o17'|int(0, 0) }}|{{ '017'|int(5, 0) }}|{{ '00'|int(5, 0) }}|{{ "
+     "'z'|int(5, 36) }}|{{ '+5'|int }}|{{ '-0x10'|int(0, 16) }}|{{ 'inf'|int(3) }}|{{ 'nan'|int(3) "
+     "}}|{{ '2.9'|int }}|{{ '-2.9'|int }}|{{ '0x_1f'|int(0, 16) }}|{{ '12'|int(0, 1) }}|{{ "
+     "'١٢'|int }}|{{ none|int(4) }}|{{ 2.9|int }}|{{ '9223372036854775807'|int }}|{{ "
+     "'-9223372036854775808'|int }}",
+     "{}"},
+    {"{{ '1_0.5'|float }}|{{ '1e3'|float }}|{{ ' -inf '|float }}|{{ '0x10'|float(-1) }}|{{ "
+     "'1abc'|float(-1) }}|{{ '.5'|float }}|{{ '5.'|float }}|{{ '1._5'|float(-1) }}|{{ true|float "
+     "}}|{{ none|float(2) }}",
+     "{}"},
+    {"{{ 'straße'|upper }}|{{ 'ﬁx ﬀ ﬃ ﬆ ﬓ ŉ ǰ ΐ ΰ և ẖ ẚ ᾳ ᾼ'|upper }}|{{ 'ΣΑΣ'|lower }}|{{ 'ΣΑΣ "
+     "ΣΑΣ. Σ aΣ\\'s'|lower }}|{{ 'İx'|lower }}|{{ 'İx'|lower|length }}|{{ 'straße'.upper() }}|{{ "
+     "'ΣΑΣ'.lower() }}|{{ 'ßx'|capitalize }}|{{ 'ǆX ΣΑΣ'|capitalize }}|{{ 'ﬁx'.capitalize() }}|{{ "
+     "'ΣΑΣ ǅ'.title() }}|{{ 'ß' is upper }}|{{ 'ß' is lower }}",
+     "{}"},
+    {"{{ s.count('a') }}|{{ s.count('a', 2) }}|{{ s.count('a', 1, -2) }}|{{ s.count('') }}|{{ "
+     "s.count('', 20) }}|{{ s.find('a', 1) }}|{{ s.rfind('a', 0, 3) }}|{{ s.index('n') }}|{{ "
+     "s.rindex('a') }}|{{ s.find('', 20) }}|{{ s.startswith('an', 1) }}|{{ s.startswith(('x', "
+     "'b')) }}|{{ s.endswith('an', 0, 4) }}|{{ s.endswith(('na', 'x'), 2) }}",
+     "{\"s\": \"banana\"}"},
+    {"{{ s.rsplit(',', 1) }}|{{ s.rsplit(',') }}|{{ s.split(',', 1) }}|{{ ' a b  c '.rsplit(None, "
+     "1) }}|{{ ' a b  c '.split(None, 1) }}|{{ ' a b  c '.rsplit() }}|{{ 'a,,b'.rsplit(',', "
+     "maxsplit=1) }}|{{ 'a\\nb\\r\\nc\\x0bd\\u2028e\\n'.splitlines() }}|{{ "
+     "'a\\nb\\r\\n'.splitlines(true) }}|{{ ''.splitlines() }}",
+     "{\"s\": \"a,b,c\"}"},
+    {"{{ s.partition('.') }}|{{ s.rpartition('.') }}|{{ s.partition('x') }}|{{ s.rpartition('x') "
+     "}}|[{{ 'ab'.center(7, '*') }}|{{ 'ab'.center(6) }}|{{ 'abc'.center(6) }}|{{ 'ab'.ljust(5, "
+     "'-') }}|{{ 'ab'.rjust(5) }}|{{ 'é'.rjust(3, 'ü') }}|{{ '42'.zfill(5) }}|{{ '-42'.zfill(5) "
+     "}}|{{ '+x'.zfill(4) }}|{{ 'abc'.zfill(2) }}]",
+     "{\"s\": \"a.b.c\"}"},
+    {"{{ 'ab'.replace('', '-') }}|{{ 'ab'.replace('', '-', 2) }}|{{ 'aaa'.replace('a', 'b', 2) "
+     "}}|{{ 'abc'.isascii() }}|{{ 'é'.isascii() }}|{{ ''.isascii() }}|{{ '12'.isdecimal() }}|{{ "
+     "''.isdecimal() }}",
+     "{}"},
+    {"{{ '%s' % 'x' }}|{{ '%s-%d' % ('a', 3) }}|{{ '%r' % 'x' }}|{{ "
+     "'%5.2f|%-4d|%04d|%+d|%x|%X|%o|%e|%g|%c|%%' % (3.14159, 7, 7, 7, 255, 255, 8, 12345.678, "
+     "0.0001, 65) }}|{{ '%s' % [1, 2] }}|{{ '%(a)s=%(b)05.1f' % {'a': 1, 'b': 2.25} }}|{{ '%s' % "
+     "{'a': 1} }}|{{ '%d' % 2.7 }}|{{ '%s %s' % (1.0, none) }}|{{ '%i' % true }}|{{ '%.3s' % "
+     "'abcdef' }}|{{ '%5s|%-5s|' % ('ab', 'cd') }}|{{ '%c' % 'z' }}|{{ '%#x|%#o|%#05x' % (255, 8, "
+     "255) }}|{{ '% d' % 5 }}|{{ '%*d|%-*d|' % (5, 3, 4, 2) }}|{{ '%x' % -255 }}|{{ '%05.3d' % 5 "
+     "}}|{{ '%.2x' % -5 }}|{{ 'abc' % () }}|{{ 'abc' % [1] }}|{{ '%s' % (none,) }}",
+     "{}"},
+    {"{{ '%s and %s'|format('a', 'b') }}|{{ '%(x)s!'|format(x='hi') }}|{{ '%.1f%%'|format(12.34) "
+     "}}|{{ 5|format }}",
+     "{}"},
+    {"{% for x in l %}{{ loop.changed(x) }},{% endfor %}|{% for x in l %}{% if loop.changed(x, "
+     "loop.index // 3) %}{{ x }}{% endif %}{% endfor %}|{% for x in [1, 1] %}{{ loop.changed() "
+     "}}{% endfor %}|{% for x in l %}{% for y in [1, 1] %}{{ loop.changed(y) }}{% endfor %};{% "
+     "endfor %}",
+     "{\"l\": [1, 1, 2, 2, 1]}"},
+    {"{% for m in messages %}{% if loop.changed(m.role) %}[{{ m.role }}]{% endif %}{{ m.content "
+     "}}{{ loop.cycle('.', '!') }}{% endfor %}",
+     "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"user\", \"content\": "
+     "\"b\"}, {\"role\": \"assistant\", \"content\": \"c\"}]}"},
     // refusals
     {"{{ raise_exception('Conversation roles must alternate') }}", "{}"},
     {"{{ 'a' + 1 }}", "{}"},
@@ -318,6 +399,93 @@ TEST(Jinja, TracksOutputPerLoopItemByIdentity) {
   EXPECT_TRUE(out.tracked_segments[0].empty());   // wrote nothing
   ASSERT_EQ(out.tracked_segments[1].size(), 1u);  // the slice loop wrote nothing
   EXPECT_EQ(out.tracked_segments[1][0], (loratune::jinja::Span{0, 3}));
+}
+
+// The kind and message of rendering `source` with `context`.
+std::pair<loratune::ErrorKind, std::string> failure_of(const std::string& source,
+                                                       const std::string& context = "{}") {
+  try {
+    Template t(source);
+    Value ctx = Value::from_json(Json::parse(context));
+    t.render(ctx.dict_data());
+  } catch (const loratune::Error& e) {
+    return {e.kind(), e.what()};
+  }
+  return {loratune::ErrorKind::kInternal, "(no error)"};
+}
+
+std::string render(const std::string& source, const std::string& context = "{}") {
+  Template t(source);
+  Value ctx = Value::from_json(Json::parse(context));
+  return t.render(ctx.dict_data()).text;
+}
+
+// Python has big integers; loratune's are 64 bits. A result outside them is
+// an unsupported-feature error (exit 6), never a wrapped value or UB.
+TEST(JinjaErrors, IntegerOverflowIsUnsupportedNotAWrongValue) {
+  const std::string big =
+      "chat template line 1: integer result does not fit in 64 bits (Python would use a big "
+      "integer)";
+  const char* ctx = R"({"min": -9223372036854775808, "max": 9223372036854775807})";
+  for (const char* source :
+       {"{{ 9223372036854775807 + 1 }}", "{{ min - 1 }}", "{{ 2**70 }}", "{{ 2 ** 63 }}",
+        "{{ (-3) ** 41 }}", "{{ 3037000500 * 3037000500 }}", "{{ -min }}", "{{ min|abs }}",
+        "{{ min // -1 }}", "{{ [max, 1]|sum }}", "{{ 1e100|int }}", "{{ 1e19|int }}",
+        "{{ '1e100'|int }}", "{{ '9223372036854775808'|int }}",
+        "{{ '0x8000000000000000'|int(0, 16) }}", "{{ '%d' % 1e19 }}", "{{ max|round(-1) }}"}) {
+    SCOPED_TRACE(source);
+    auto [kind, message] = failure_of(source, ctx);
+    EXPECT_EQ(message, big);
+    EXPECT_EQ(kind, loratune::ErrorKind::kUnsupported);
+  }
+  // The edges still fit (values as Python prints them).
+  EXPECT_EQ(
+      render("{{ min }}|{{ min % -1 }}|{{ max - 1 + 1 }}|{{ (-2) ** 63 }}|{{ -9.2e18|int }}", ctx),
+      "-9223372036854775808|0|9223372036854775807|-9223372036854775808|-9200000000000000000");
+  // Python raises for these too: a data error.
+  EXPECT_EQ(failure_of("{{ (x * 10)|int }}", R"({"x": 1e308})").second,
+            "chat template line 1: cannot convert float infinity to integer");
+}
+
+// The probe's findings, with the output Python's jinja2 (transformers'
+// environment) gives.
+TEST(Jinja, ProbeFindingsRenderLikeJinja2) {
+  EXPECT_EQ(render("{{ \"say 'a' \\\"q\\\" x\"|title }}"), "Say 'a' \"q\" X");
+  EXPECT_EQ(render("{{ ['a','A','b']|unique|list }}"), "['a', 'b']");
+  EXPECT_EQ(render("{{ 7|round }}|{{ 7.5|round }}|{{ 7|round(0, 'ceil') }}"), "7|8.0|7.0");
+  EXPECT_EQ(render("{{ '1_000'|int }}|{{ '0x1A'|int(0, 16) }}|{{ '0x1A'|int(0, 0) }}"),
+            "1000|26|26");
+  EXPECT_EQ(
+      render("{{ 'straße'|upper }}|{{ 'ﬁx'|upper }}|{{ 'ΣΑΣ'|lower }}|{{ 'İ'|lower|length }}"),
+      "STRASSE|FIX|σας|2");
+  EXPECT_EQ(render("{{ m.content.count('x') }}", R"({"m": {"content": "x-x-y"}})"), "2");
+  EXPECT_EQ(render("{{ '%s' % x }}|{{ '%s: %d' % (x, 2) }}", R"({"x": "hi"})"), "hi|hi: 2");
+  EXPECT_EQ(render("{% for x in l %}{% if loop.changed(x) %}{{ x }}{% endif %}{% endfor %}",
+                   R"({"l": [1, 1, 2, 1]})"),
+            "121");
+}
+
+// Python features loratune does not implement are the template's problem
+// (kUnsupported, exit 6), not the data's.
+TEST(JinjaErrors, MissingPythonFeaturesAreUnsupported) {
+  for (const auto& [source, message] : std::vector<std::pair<const char*, const char*>>{
+           {"{{ 'x'.swapcase() }}", "chat template line 1: str.swapcase() is not supported"},
+           {"{{ 'x'.casefold() }}", "chat template line 1: str.casefold() is not supported"},
+           {"{{ '%a' % 1 }}",
+            "chat template line 1: printf-style format character 'a' is not supported"}}) {
+    SCOPED_TRACE(source);
+    auto [kind, got] = failure_of(source);
+    EXPECT_EQ(got, message);
+    EXPECT_EQ(kind, loratune::ErrorKind::kUnsupported);
+  }
+  // What Python itself refuses stays a data error.
+  EXPECT_EQ(failure_of("{{ '%s %s' % (1,) }}").first, loratune::ErrorKind::kData);
+  EXPECT_EQ(failure_of("{{ '%s' % (1, 2) }}").second,
+            "chat template line 1: not all arguments converted during string formatting");
+  EXPECT_EQ(failure_of("{% for x in [1] %}{{ loop.cycle() }}{% endfor %}").second,
+            "chat template line 1: no items for cycling given");
+  EXPECT_EQ(failure_of("{{ 'abc'.index('z') }}").second,
+            "chat template line 1: substring not found");
 }
 
 }  // namespace

@@ -8,10 +8,13 @@
 //
 // Supported: {{ }}, {% if/elif/else %}, {% for %} (tuple targets, "if"
 // filter, else, loop.index/index0/revindex/revindex0/first/last/length/
-// previtem/nextitem/cycle), {% set %} (tuples, namespace attributes, block
-// set), {% macro %}, {% filter %}, {% raw %}, comments, whitespace control,
-// Python literals, arithmetic, comparisons, in/not in, slicing, common str/
-// dict/list methods, and the filters/tests listed in jinja_filters.cpp.
+// previtem/nextitem/cycle/changed), {% set %} (tuples, namespace attributes,
+// block set), {% macro %}, {% filter %}, {% raw %}, comments, whitespace
+// control, Python literals, arithmetic, printf-style '%' formatting,
+// comparisons, in/not in, slicing, common str/dict/list methods (Python's
+// full Unicode case mapping: jinja_unicode.h), and the filters/tests listed
+// in jinja_filters.cpp. Integers are 64-bit: a result Python would need a
+// big integer for is an error (kUnsupported), never a wrapped value.
 // Undefined follows jinja2.Undefined: it prints as "", is false, iterates
 // empty, and fails on attribute access, arithmetic and calls.
 //

@@ -136,6 +136,20 @@ bool contains(const Value& container, const Value& item);
 // semantics, and the globals a template sees under its own variables.
 Value binary_op(const std::string& op, const Value& a, const Value& b);
 void install_globals(std::unordered_map<std::string, Value>& globals);
+// Python int arithmetic on 64 bits: a result that does not fit throws
+// Failure (kUnsupported; Python would switch to a big integer) instead of
+// wrapping.
+[[noreturn]] void int_overflow();
+int64_t int_add(int64_t a, int64_t b);
+int64_t int_sub(int64_t a, int64_t b);
+int64_t int_mul(int64_t a, int64_t b);
+int64_t int_neg(int64_t a);
+// Python int(d) for a float: truncates; nan/inf throw Failure (kData), a
+// value outside 64 bits int_overflow().
+int64_t float_to_int(double d);
+// Python's printf-style `fmt % args`: args is a tuple (its items are the
+// arguments), a dict (for %(key)s) or any other single value.
+std::string percent_format(const std::string& fmt, const Value& args);
 // Python str methods used by filters too.
 std::string py_strip(const std::string& s, const Value* chars, bool left, bool right);
 std::string py_upper(const std::string& s);

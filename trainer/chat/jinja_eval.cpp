@@ -6,6 +6,7 @@
 // macro body sees only the template's top-level scope and its parameters.
 #include <ctime>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 
@@ -272,12 +273,17 @@ class Evaluator {
     return Flow::kNormal;
   }
 
+  // What loop.changed() last saw, shared by a loop's iterations (unset: not
+  // called yet). Cleared when the loop ends, so that a value holding the
+  // callable itself leaves no reference cycle behind.
+  using ChangedState = std::shared_ptr<std::optional<List>>;
+
   // jinja2's `loop` in iteration i over `items` (distinct keys: appended
   // directly; Value::dict computes the sizes).
-  static Value loop_variable(const List& items, int64_t i) {
+  static Value loop_variable(const List& items, int64_t i, const ChangedState& changed) {
     const int64_t n = static_cast<int64_t>(items.size());
     Dict loop;
-    loop.items.reserve(12);
+    loop.items.reserve(13);
     loop.items.emplace_back("index", Value(i + 1));
     loop.items.emplace_back("index0", Value(i));
     loop.items.emplace_back("revindex", Value(n - i));
@@ -292,9 +298,20 @@ class Evaluator {
     loop.items.emplace_back("nextitem", i + 1 < n ? items[static_cast<size_t>(i + 1)]
                                                   : Value::undefined("there is no next item"));
     loop.items.emplace_back("cycle", Value::callable("loop.cycle", [i](Args& a) -> Value {
-                              if (a.pos.empty())
-                                throw Failure{"loop.cycle() needs at least one argument"};
+                              if (a.pos.empty()) throw Failure{"no items for cycling given"};
                               return a.pos[static_cast<size_t>(i) % a.pos.size()];
+                            }));
+    // True when called with other values than at the previous call (or first).
+    loop.items.emplace_back("changed", Value::callable("loop.changed", [changed](Args& a) -> Value {
+                              if (!a.kw.empty())
+                                throw Failure{"loop.changed() takes no keyword arguments"};
+                              std::optional<List>& last = *changed;
+                              bool same = last && last->size() == a.pos.size();
+                              for (size_t k = 0; same && k < a.pos.size(); ++k)
+                                same = equals((*last)[k], a.pos[k]);
+                              if (same) return Value(false);
+                              last = a.pos;
+                              return Value(true);
                             }));
     return Value::dict(std::move(loop));
   }
@@ -325,13 +342,18 @@ class Evaluator {
     // One scope, emptied for each iteration (nothing keeps a loop scope alive:
     // macros see only the top-level scope).
     auto frame = std::make_shared<Frame>();
+    auto changed = std::make_shared<std::optional<List>>();
+    struct ClearChanged {
+      ChangedState& state;
+      ~ClearChanged() { state->reset(); }
+    } clear_changed{changed};
     for (int64_t i = 0; i < n; ++i) {
       count_iteration();
       const Value& item = (*items)[static_cast<size_t>(i)];
       frame->clear();
       scopes_.push_back(frame);
       assign(s.targets, item);
-      if (s.uses_loop) (*frame)["loop"] = loop_variable(*items, i);
+      if (s.uses_loop) (*frame)["loop"] = loop_variable(*items, i, changed);
       size_t begin = out_->size();
       Flow f = exec_body(s.body);
       scopes_.pop_back();
@@ -468,7 +490,9 @@ class Evaluator {
         Value v = eval(*e.args[0]);
         if (e.name == "not") return Value(!v.truthy());
         if (v.is_undefined()) fail_undefined(v);
-        if (v.kind() == Value::Kind::kInt) return Value(e.name == "-" ? -v.as_int() : v.as_int());
+        if (v.kind() == Value::Kind::kBool) v = Value(int64_t{v.as_bool()});
+        if (v.kind() == Value::Kind::kInt)
+          return Value(e.name == "-" ? int_neg(v.as_int()) : v.as_int());
         if (v.kind() == Value::Kind::kFloat)
           return Value(e.name == "-" ? -v.as_double() : v.as_double());
         throw Failure{"bad operand type for unary " + e.name + ": '" + v.type_name() + "'"};

@@ -3,38 +3,230 @@
 // (json.dumps(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)).
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <initializer_list>
 #include <map>
 #include <string>
 
 #include "trainer/chat/jinja_ast.h"
+#include "trainer/chat/jinja_unicode.h"
 
 namespace loratune::jinja {
 namespace {
 
-int64_t to_int(const Value& v) {
-  switch (v.kind()) {
-    case Value::Kind::kInt:
-      return v.as_int();
-    case Value::Kind::kBool:
-      return v.as_bool();
-    case Value::Kind::kFloat:
-      return static_cast<int64_t>(v.as_double());
-    case Value::Kind::kString: {
-      try {
-        size_t used = 0;
-        std::string s = py_strip(v.str(), nullptr, true, true);
-        int64_t x = std::stoll(s, &used);
-        if (used == s.size()) return x;
-        return static_cast<int64_t>(std::stod(s));
-      } catch (const std::exception&) {
-        return 0;
+// Python's int()/float() read any Unicode decimal digit and space: the
+// ASCII text they parse (empty when some other non-ASCII code point makes
+// the string invalid), stripped.
+std::string python_number_text(const std::string& s) {
+  std::string out;
+  for (char32_t c : decode_utf8(s)) {
+    if (is_py_space(c)) {
+      out += ' ';
+    } else if (c < 0x80) {
+      out += static_cast<char>(c);
+    } else {
+      const int d = unicode::decimal_value(c);
+      if (d < 0) return "";
+      out += static_cast<char>('0' + d);
+    }
+  }
+  const size_t b = out.find_first_not_of(" \t\n\r\f\v");
+  if (b == std::string::npos) return "";
+  return out.substr(b, out.find_last_not_of(" \t\n\r\f\v") - b + 1);
+}
+
+// Python int(s, base) (base 0 or 2..36): false where Python raises
+// ValueError; a value outside 64 bits is int_overflow().
+bool parse_py_int(const std::string& text, int64_t base, int64_t& out) {
+  const std::string s = python_number_text(text);
+  size_t i = 0;
+  bool neg = false;
+  if (i < s.size() && (s[i] == '+' || s[i] == '-')) neg = s[i++] == '-';
+  bool prefixed = false;
+  if (s.size() - i >= 2 && s[i] == '0') {
+    const char p = static_cast<char>(std::tolower(static_cast<unsigned char>(s[i + 1])));
+    const int64_t pb = p == 'x' ? 16 : p == 'o' ? 8 : p == 'b' ? 2 : 0;
+    if (pb != 0 && (base == 0 || base == pb)) {
+      base = pb;
+      i += 2;
+      prefixed = true;
+    }
+  }
+  // Base 0 without a prefix is decimal, where a leading zero makes only 0 valid.
+  const bool zeros_only = base == 0 && i < s.size() && s[i] == '0';
+  if (base == 0) base = 10;
+  unsigned __int128 acc = 0;
+  bool any = false, underscore = false, overflow = false;
+  for (; i < s.size(); ++i) {
+    const char c = s[i];
+    if (c == '_') {
+      if ((!any && !prefixed) || underscore) return false;  // only between digits / after 0x
+      underscore = true;
+      continue;
+    }
+    const int d = std::isdigit(static_cast<unsigned char>(c)) ? c - '0'
+                  : std::isalpha(static_cast<unsigned char>(c))
+                      ? std::tolower(static_cast<unsigned char>(c)) - 'a' + 10
+                      : 99;
+    if (d >= base) return false;
+    if (zeros_only && d != 0) return false;
+    acc = acc * static_cast<unsigned>(base) + static_cast<unsigned>(d);
+    if (acc > (static_cast<unsigned __int128>(1) << 64)) {
+      overflow = true;  // keep validating: an invalid string is ValueError, not a big int
+      acc = static_cast<unsigned __int128>(1) << 64;
+    }
+    any = true;
+    underscore = false;
+  }
+  if (!any || underscore) return false;
+  const unsigned __int128 limit = (static_cast<unsigned __int128>(1) << 63) - (neg ? 0 : 1);
+  if (overflow || acc > limit) int_overflow();
+  out = neg ? static_cast<int64_t>(uint64_t{0} - static_cast<uint64_t>(acc))
+            : static_cast<int64_t>(acc);
+  return true;
+}
+
+// Python float(s): false where Python raises ValueError.
+bool parse_py_float(const std::string& text, double& out) {
+  const std::string s = python_number_text(text);
+  std::string clean;
+  size_t i = 0;
+  if (i < s.size() && (s[i] == '+' || s[i] == '-')) clean += s[i++];
+  std::string word;
+  for (size_t k = i; k < s.size(); ++k)
+    word += static_cast<char>(std::tolower(static_cast<unsigned char>(s[k])));
+  if (word == "inf" || word == "infinity" || word == "nan") {
+    const double v = word == "nan" ? std::nan("") : HUGE_VAL;
+    out = !clean.empty() && clean[0] == '-' ? -v : v;
+    return true;
+  }
+  // digit (_? digit)*
+  auto digits = [&]() {
+    size_t n = 0;
+    while (i < s.size()) {
+      if (std::isdigit(static_cast<unsigned char>(s[i]))) {
+        clean += s[i++];
+        ++n;
+      } else if (s[i] == '_' && n > 0 && i + 1 < s.size() &&
+                 std::isdigit(static_cast<unsigned char>(s[i + 1]))) {
+        ++i;
+      } else {
+        break;
       }
     }
-    default:
-      return 0;
+    return n;
+  };
+  size_t n = digits();
+  if (i < s.size() && s[i] == '.') {
+    clean += s[i++];
+    n += digits();
   }
+  if (n == 0) return false;
+  if (i < s.size() && (s[i] == 'e' || s[i] == 'E')) {
+    clean += s[i++];
+    if (i < s.size() && (s[i] == '+' || s[i] == '-')) clean += s[i++];
+    if (digits() == 0) return false;
+  }
+  if (i != s.size()) return false;
+  out = std::strtod(clean.c_str(), nullptr);
+  return true;
+}
+
+// jinja2's do_int: int(value, base) for a str, else int(value); when that
+// raises TypeError/ValueError, int(float(value)); when that fails too, the
+// default.
+Value int_filter(const Value& in, const Args& a) {
+  const Value* dflt = a.get(0, "default");
+  const Value fallback = dflt ? *dflt : Value(int64_t{0});
+  switch (in.kind()) {
+    case Value::Kind::kInt:
+      return in;
+    case Value::Kind::kBool:
+      return Value(int64_t{in.as_bool()});
+    case Value::Kind::kFloat:
+      if (std::isnan(in.as_double())) return fallback;  // ValueError, and again via float()
+      return Value(float_to_int(in.as_double()));       // inf: OverflowError is not caught
+    case Value::Kind::kString: {
+      const Value* b = a.get(1, "base");
+      int64_t base = 10;
+      bool base_ok = true;  // else int() raises TypeError/ValueError
+      if (b) {
+        base_ok = b->kind() == Value::Kind::kInt || b->kind() == Value::Kind::kBool;
+        base = b->kind() == Value::Kind::kBool ? int64_t{b->as_bool()} : b->as_int();
+        base_ok = base_ok && (base == 0 || (base >= 2 && base <= 36));
+      }
+      int64_t r = 0;
+      if (base_ok && parse_py_int(in.str(), base, r)) return Value(r);
+      double d = 0;
+      if (!parse_py_float(in.str(), d) || std::isnan(d) || std::isinf(d)) return fallback;
+      return Value(float_to_int(d));
+    }
+    default:
+      return fallback;
+  }
+}
+
+// Python round(x, ndigits) (jinja2's method 'common'): an int stays an int.
+Value py_round(const Value& in, int64_t ndigits) {
+  if (in.kind() == Value::Kind::kInt || in.kind() == Value::Kind::kBool) {
+    const int64_t v = in.kind() == Value::Kind::kBool ? int64_t{in.as_bool()} : in.as_int();
+    if (ndigits >= 0) return Value(v);
+    if (ndigits < -38) return Value(int64_t{0});  // |v| < 10^19 <= 10^38 / 2
+    __int128 pw = 1;
+    for (int64_t k = 0; k < -ndigits; ++k) pw *= 10;
+    __int128 q = v / pw, r = v % pw;
+    if (r < 0) r += pw, --q;                               // floor division
+    if (2 * r > pw || (2 * r == pw && (q & 1) != 0)) ++q;  // half to even
+    const __int128 result = q * pw;
+    if (result < INT64_MIN || result > INT64_MAX) int_overflow();
+    return Value(static_cast<int64_t>(result));
+  }
+  const double x = in.as_double();
+  if (!std::isfinite(x) || ndigits > 323) return Value(x);
+  if (ndigits < -308) return Value(0.0 * x);
+  if (ndigits >= 0) {
+    // printf rounds the exact binary value half to even, as Python's dtoa does.
+    char buf[720];
+    std::snprintf(buf, sizeof buf, "%.*f", static_cast<int>(ndigits), x);
+    return Value(std::strtod(buf, nullptr));
+  }
+  const double pw = std::pow(10.0, static_cast<double>(-ndigits));
+  return Value(std::nearbyint(x / pw) * pw);
+}
+
+// A unique filter key must be hashable, as in Python's set().
+void check_hashable(const Value& v) {
+  if (v.is_dict() || v.kind() == Value::Kind::kNamespace ||
+      (v.is_list() && v.flavor() != Value::Flavor::kTuple))
+    throw Failure{"unhashable type: '" + v.type_name() + "'"};
+  if (v.is_list()) {
+    for (const auto& e : v.items()) check_hashable(e);
+  }
+}
+
+// jinja2's title filter: splits at runs of whitespace and -({[< and writes
+// each piece's first code point in upper case and the rest in lower case.
+std::string jinja_title(const std::string& s) {
+  auto separator = [](char32_t c) {
+    return c == '-' || c == '(' || c == '{' || c == '[' || c == '<' || is_py_space(c);
+  };
+  std::u32string u = decode_utf8(s);
+  std::string out;
+  size_t i = 0;
+  while (i < u.size()) {
+    if (separator(u[i])) {
+      out += encode_utf8(u.substr(i, 1));
+      ++i;
+      continue;
+    }
+    size_t j = i + 1;
+    while (j < u.size() && !separator(u[j])) ++j;
+    out +=
+        py_upper(encode_utf8(u.substr(i, 1))) + py_lower(encode_utf8(u.substr(i + 1, j - i - 1)));
+    i = j;
+  }
+  return out;
 }
 
 // Dotted attribute path as the attribute= argument of map/selectattr/sort.
@@ -180,7 +372,7 @@ const std::map<std::string, Filter>& filters() {
       return Value(py_lower(to_str(in)));
     });
     add({"title"}, [](const std::string&, const Value& in, Args&) -> Value {
-      return Value(py_title(to_str(in)));
+      return Value(jinja_title(to_str(in)));
     });
     add({"capitalize"}, [](const std::string&, const Value& in, Args&) -> Value {
       return Value(py_capitalize(to_str(in)));
@@ -246,37 +438,44 @@ const std::map<std::string, Filter>& filters() {
       std::reverse(items.begin(), items.end());
       return Value::list(std::move(items));
     });
-    add({"int"}, [](const std::string&, const Value& in, Args& a) -> Value {
-      const Value* dflt = a.get(0, "default");
-      if (in.is_string() || in.is_number() || in.kind() == Value::Kind::kBool) {
-        if (in.is_string()) {
-          std::string s = py_strip(in.str(), nullptr, true, true);
-          bool numeric = !s.empty() && s.find_first_not_of("+-0123456789._eE") == std::string::npos;
-          if (!numeric) return dflt ? *dflt : Value(int64_t{0});
-        }
-        return Value(to_int(in));
-      }
-      return dflt ? *dflt : Value(int64_t{0});
-    });
+    add({"int"},
+        [](const std::string&, const Value& in, Args& a) -> Value { return int_filter(in, a); });
     add({"float"}, [](const std::string&, const Value& in, Args& a) -> Value {
       if (in.is_number()) return Value(in.as_double());
-      try {
-        return Value(std::stod(to_str(in)));
-      } catch (const std::exception&) {
-        const Value* dflt = a.get(0, "default");
-        return dflt ? *dflt : Value(0.0);
-      }
+      if (in.kind() == Value::Kind::kBool) return Value(in.as_bool() ? 1.0 : 0.0);
+      double d = 0;
+      if (in.is_string() && parse_py_float(in.str(), d)) return Value(d);
+      const Value* dflt = a.get(0, "default");
+      return dflt ? *dflt : Value(0.0);
     });
     add({"abs"}, [](const std::string&, const Value& in, Args&) -> Value {
+      if (in.kind() == Value::Kind::kBool) return Value(int64_t{in.as_bool()});
       if (in.kind() == Value::Kind::kInt)
-        return Value(in.as_int() < 0 ? -in.as_int() : in.as_int());
+        return Value(in.as_int() < 0 ? int_neg(in.as_int()) : in.as_int());
       if (in.is_number()) return Value(std::fabs(in.as_double()));
       throw Failure{"bad operand type for abs(): '" + in.type_name() + "'"};
     });
     add({"round"}, [](const std::string&, const Value& in, Args& a) -> Value {
       const Value* p = a.get(0, "precision");
-      double scale = std::pow(10.0, p ? static_cast<double>(p->as_int()) : 0.0);
-      return Value(std::nearbyint(in.as_double() * scale) / scale);
+      const Value* m = a.get(1, "method");
+      const std::string method = m ? to_str(*m) : "common";
+      if (method != "common" && method != "ceil" && method != "floor")
+        throw Failure{"method must be common, ceil or floor"};
+      if (p && p->kind() != Value::Kind::kInt && p->kind() != Value::Kind::kBool)
+        throw Failure{"'" + p->type_name() + "' object cannot be interpreted as an integer"};
+      const int64_t digits = !p ? 0 : p->kind() == Value::Kind::kBool ? p->as_bool() : p->as_int();
+      if (!in.is_number() && in.kind() != Value::Kind::kBool)
+        throw Failure{"type " + in.type_name() + " doesn't define __round__ method"};
+      if (method == "common") return py_round(in, digits);
+      // func(value * 10**digits) / 10**digits: always a float. For an int
+      // and digits >= 0 that is float(value) exactly.
+      const double x = in.kind() == Value::Kind::kBool ? in.as_bool() : in.as_double();
+      if (in.kind() != Value::Kind::kFloat && digits >= 0) return Value(x);
+      if (!std::isfinite(x)) throw Failure{"cannot convert float " + float_repr(x) + " to integer"};
+      const double scale =
+          std::pow(10.0, static_cast<double>(std::clamp<int64_t>(digits, -400, 400)));
+      const double y = x * scale;
+      return Value((method == "ceil" ? std::ceil(y) : std::floor(y)) / scale);
     });
     add({"replace"}, [](const std::string&, const Value& in, Args& a) -> Value {
       const Value* from = a.get(0, "old");
@@ -317,29 +516,18 @@ const std::map<std::string, Filter>& filters() {
       return Value(out);
     });
     add({"format"}, [](const std::string&, const Value& in, Args& a) -> Value {
-      if (!in.is_string()) throw Failure{"format filter expects a string"};
-      const std::string& s = in.str();
-      std::string out;
-      size_t ai = 0;
-      for (size_t i = 0; i < s.size(); ++i) {
-        if (s[i] != '%') {
-          out += s[i];
-          continue;
-        }
-        if (i + 1 >= s.size()) throw Failure{"format: incomplete format"};
-        char c = s[++i];
-        if (c == '%') {
-          out += '%';
-          continue;
-        }
-        if (c != 's' && c != 'd')
-          throw Failure{std::string("format: unsupported conversion %") + c};
-        if (ai >= a.pos.size()) throw Failure{"format: not enough arguments for format string"};
-        std::string piece = c == 'd' ? std::to_string(to_int(a.pos[ai++])) : to_str(a.pos[ai++]);
-        check_value_bytes(out.size() + piece.size() + s.size(), "format result");
-        out += piece;
+      if (!a.pos.empty() && !a.kw.empty())
+        throw Failure{
+            "format filter: can't handle positional and keyword arguments at the same time"};
+      Value args;
+      if (a.kw.empty()) {
+        args = Value::list(a.pos, Value::Flavor::kTuple);
+      } else {
+        Dict d;
+        for (const auto& [k, v] : a.kw) d.set(k, v);
+        args = Value::dict(std::move(d));
       }
-      return Value(out);
+      return Value(percent_format(to_str(in), args));
     });
     add({"map"}, [](const std::string&, const Value& in, Args& a) -> Value {
       List out;
@@ -371,14 +559,29 @@ const std::map<std::string, Filter>& filters() {
     });
     add({"sort"},
         [](const std::string&, const Value& in, Args& a) -> Value { return sort_list(in, a); });
-    add({"unique"}, [](const std::string&, const Value& in, Args&) -> Value {
-      List out;
+    add({"unique"}, [](const std::string&, const Value& in, Args& a) -> Value {
+      const Value* cs = a.get(0, "case_sensitive");
+      const Value* attr = a.get(1, "attribute");
+      const bool case_sensitive = cs && cs->truthy();
+      auto key = [&](const Value& e) {
+        Value k = !attr || attr->is_none() ? e
+                  : attr->is_string()      ? attr_path(e, attr->str())
+                                           : get_item(e, *attr);
+        if (!case_sensitive && k.is_string()) k = Value(py_lower(k.str()));
+        check_hashable(k);
+        return k;
+      };
+      List out, seen;
       size_t work = 0;
       for (const auto& e : iterate(in)) {
-        bool seen = false;
-        for (const auto& o : out) seen = seen || equals(o, e);
-        if (!seen) out.push_back(e);
-        if ((work += out.size()) > 100000) work = 0, check_render_time();  // quadratic
+        Value k = key(e);
+        bool found = false;
+        for (const auto& o : seen) found = found || equals(o, k);
+        if (!found) {
+          seen.push_back(k);
+          out.push_back(e);
+        }
+        if ((work += seen.size()) > 100000) work = 0, check_render_time();  // quadratic
       }
       return Value::list(std::move(out));
     });
@@ -393,19 +596,16 @@ const std::map<std::string, Filter>& filters() {
       return best;
     });
     add({"sum"}, [](const std::string&, const Value& in, Args& a) -> Value {
-      const Value* attr = a.get(SIZE_MAX, "attribute");
-      const Value* start = a.get(SIZE_MAX, "start");
-      bool is_float = false;
-      double fs = start ? start->as_double() : 0.0;
-      int64_t is = start && start->kind() == Value::Kind::kInt ? start->as_int() : 0;
+      // Python sum(iterable, start): start + item + item ..., checked like `+`.
+      const Value* attr = a.get(0, "attribute");
+      const Value* start = a.get(1, "start");
+      Value total = start ? *start : Value(int64_t{0});
+      if (total.is_string()) throw Failure{"sum() can't sum strings [use ''.join(seq) instead]"};
       for (const auto& e : iterate(in)) {
-        Value v = attr ? attr_path(e, to_str(*attr)) : e;
-        if (!v.is_number()) throw Failure{"sum: unsupported operand type '" + v.type_name() + "'"};
-        is_float = is_float || v.kind() == Value::Kind::kFloat;
-        fs += v.as_double();
-        if (v.kind() == Value::Kind::kInt) is += v.as_int();
+        Value v = attr && !attr->is_none() ? attr_path(e, to_str(*attr)) : e;
+        total = binary_op("+", total, v);
       }
-      return is_float ? Value(fs) : Value(is);
+      return total;
     });
     add({"wordcount"}, [](const std::string&, const Value& in, Args&) -> Value {
       Args none;

@@ -2,9 +2,13 @@
 // iteration and the Python str/dict/list methods chat templates call.
 #include <utf8proc.h>
 
+#include <algorithm>
 #include <string>
+#include <string_view>
+#include <utility>
 
 #include "trainer/chat/jinja_ast.h"
+#include "trainer/chat/jinja_unicode.h"
 
 namespace loratune::jinja {
 namespace {
@@ -45,7 +49,10 @@ std::vector<int64_t> slice_indices(int64_t n, const Value& start, const Value& s
   int64_t b = clamp(as_int(start, "start"), st > 0 ? 0 : n - 1);
   int64_t e = clamp(as_int(stop, "stop"), st > 0 ? n : -1);
   std::vector<int64_t> idx;
-  for (int64_t i = b; st > 0 ? i < e : i > e; i += st) idx.push_back(i);
+  for (int64_t i = b; st > 0 ? i < e : i > e;) {
+    idx.push_back(i);
+    if (__builtin_add_overflow(i, st, &i)) break;  // past either end: done
+  }
   return idx;
 }
 
@@ -53,6 +60,39 @@ std::vector<int64_t> slice_indices(int64_t n, const Value& start, const Value& s
 void check_parts(size_t parts, const std::string& s) {
   check_value_bytes(saturating_mul(sizeof(Value), static_cast<int64_t>(parts)) + s.size(),
                     "split result");
+}
+
+// A positional-only argument (Python's str methods take most that way).
+const Value* positional(const Args& a, size_t i) {
+  return a.get(i, "\x01");
+}
+
+int64_t int_arg(const Value* v, const std::string& method, int64_t dflt) {
+  if (!v || v->is_none()) return dflt;
+  if (v->kind() == Value::Kind::kBool) return v->as_bool();
+  if (v->kind() != Value::Kind::kInt)
+    throw Failure{"'" + v->type_name() + "' object cannot be interpreted as an integer (" + method +
+                  "())"};
+  return v->as_int();
+}
+
+// Python's optional start/end arguments (at positions i, i + 1), adjusted
+// like slice bounds for a string of n code points. begin may exceed end.
+std::pair<int64_t, int64_t> sub_range(const Args& a, size_t i, int64_t n,
+                                      const std::string& method) {
+  auto adjust = [n](int64_t x) { return x < 0 ? std::max<int64_t>(x + n, 0) : std::min(x, n); };
+  int64_t b = int_arg(positional(a, i), method, 0);
+  int64_t e = int_arg(positional(a, i + 1), method, n);
+  return {b < 0 ? std::max<int64_t>(b + n, 0) : b, adjust(e)};
+}
+
+// Python's str.find/rfind over u[b:e]: a code point index or -1.
+int64_t find_in(const std::u32string& u, const std::u32string& w, int64_t b, int64_t e,
+                bool reverse) {
+  if (e - b < static_cast<int64_t>(w.size())) return -1;
+  std::u32string_view hay(u.data() + b, static_cast<size_t>(e - b));
+  size_t p = reverse ? hay.rfind(w) : hay.find(w);
+  return p == std::u32string_view::npos ? -1 : b + static_cast<int64_t>(p);
 }
 
 std::vector<std::string> py_split(const std::string& s, const Value* sep, int64_t maxsplit) {
@@ -64,9 +104,7 @@ std::vector<std::string> py_split(const std::string& s, const Value* sep, int64_
       while (i < u.size() && is_py_space(u[i])) ++i;
       if (i >= u.size()) break;
       if (maxsplit >= 0 && static_cast<int64_t>(out.size()) == maxsplit) {
-        std::u32string rest = u.substr(i);
-        while (!rest.empty() && is_py_space(rest.back())) rest.pop_back();
-        out.push_back(encode_utf8(rest));
+        out.push_back(encode_utf8(u.substr(i)));  // Python keeps its trailing space
         break;
       }
       size_t j = i;
@@ -93,35 +131,120 @@ std::vector<std::string> py_split(const std::string& s, const Value* sep, int64_
   }
 }
 
-bool string_method(const std::string& s, const std::string& name, Args& a, Value& r) {
-  auto prefix_test = [&](bool ends) {
-    const Value* p = a.get(0, "prefix");
-    if (!p) throw Failure{name + "() takes at least 1 argument"};
-    List options = p->is_list() ? p->items() : List{*p};
-    for (const auto& o : options) {
-      if (!o.is_string()) throw Failure{name + "() argument must be str or a tuple of str"};
-      const std::string& x = o.str();
-      if (x.size() <= s.size() && s.compare(ends ? s.size() - x.size() : 0, x.size(), x) == 0)
-        return true;
+// Python's str.rsplit: split() from the right (parts returned in order).
+std::vector<std::string> py_rsplit(const std::string& s, const Value* sep, int64_t maxsplit) {
+  std::vector<std::string> out;
+  if (!sep || sep->is_none()) {
+    std::u32string u = decode_utf8(s);
+    size_t i = u.size();
+    while (true) {
+      while (i > 0 && is_py_space(u[i - 1])) --i;
+      if (i == 0) break;
+      if (maxsplit >= 0 && static_cast<int64_t>(out.size()) == maxsplit) {
+        out.push_back(encode_utf8(u.substr(0, i)));  // Python keeps its leading space
+        break;
+      }
+      size_t j = i;
+      while (j > 0 && !is_py_space(u[j - 1])) --j;
+      check_parts(out.size() + 1, s);
+      out.push_back(encode_utf8(u.substr(j, i - j)));
+      i = j;
     }
-    return false;
-  };
+  } else {
+    if (!sep->is_string()) throw Failure{"rsplit() separator must be str or None"};
+    const std::string& d = sep->str();
+    if (d.empty()) throw Failure{"rsplit(): empty separator"};
+    size_t end = s.size();
+    while (true) {
+      size_t f = end >= d.size() ? s.rfind(d, end - d.size()) : std::string::npos;
+      if (f == std::string::npos ||
+          (maxsplit >= 0 && static_cast<int64_t>(out.size()) == maxsplit)) {
+        out.push_back(s.substr(0, end));
+        break;
+      }
+      check_parts(out.size() + 1, s);
+      out.push_back(s.substr(f + d.size(), end - f - d.size()));
+      end = f;
+    }
+  }
+  std::reverse(out.begin(), out.end());
+  return out;
+}
+
+// Python's str.splitlines line boundaries.
+bool is_line_break(char32_t c) {
+  return c == '\n' || c == '\r' || c == 0x0b || c == 0x0c || c == 0x1c || c == 0x1d || c == 0x1e ||
+         c == 0x85 || c == 0x2028 || c == 0x2029;
+}
+
+// str.center/ljust/rjust(width, fillchar=' ').
+std::string py_pad(const std::string& s, const std::string& name, const Args& a) {
+  int64_t width = int_arg(positional(a, 0), name, -1);
+  if (!positional(a, 0)) throw Failure{name + "() takes at least 1 argument"};
+  char32_t fill = ' ';
+  if (const Value* f = positional(a, 1)) {
+    std::u32string fu = f->is_string() ? decode_utf8(f->str()) : std::u32string();
+    if (fu.size() != 1)
+      throw Failure{"The fill character must be exactly one character long (" + name + "())"};
+    fill = fu[0];
+  }
+  std::u32string u = decode_utf8(s);
+  const int64_t len = static_cast<int64_t>(u.size());
+  if (width <= len) return s;
+  check_value_bytes(saturating_mul(4, width), name + "() result");
+  const int64_t marg = width - len;
+  int64_t left = name == "ljust" ? 0 : name == "rjust" ? marg : marg / 2 + (marg & width & 1);
+  std::u32string out(static_cast<size_t>(left), fill);
+  out += u;
+  out.append(static_cast<size_t>(marg - left), fill);
+  return encode_utf8(out);
+}
+
+// Python str methods loratune does not implement: naming them is a
+// template feature missing here, not a problem with the data.
+bool is_unimplemented_str_method(const std::string& name) {
+  static const char* const kNames[] = {"casefold",     "encode",    "expandtabs",  "format_map",
+                                       "isidentifier", "isnumeric", "isprintable", "istitle",
+                                       "maketrans",    "swapcase",  "translate"};
+  for (const char* n : kNames) {
+    if (name == n) return true;
+  }
+  return false;
+}
+
+bool string_method(const std::string& s, const std::string& name, Args& a, Value& r) {
   if (name == "startswith" || name == "endswith") {
-    r = Value(prefix_test(name == "endswith"));
+    const Value* p = positional(a, 0);
+    if (!p) throw Failure{name + "() takes at least 1 argument"};
+    std::u32string u = decode_utf8(s);
+    auto [b, e] = sub_range(a, 1, static_cast<int64_t>(u.size()), name);
+    const bool tuple = p->is_list() && p->flavor() == Value::Flavor::kTuple;
+    if (!p->is_string() && !tuple)
+      throw Failure{name + " first arg must be str or a tuple of str, not " + p->type_name()};
+    List options = tuple ? p->items() : List{*p};
+    bool found = false;
+    for (const auto& o : options) {
+      if (!o.is_string())
+        throw Failure{"tuple for " + name + " must only contain str, not " + o.type_name()};
+      std::u32string x = decode_utf8(o.str());
+      const int64_t xn = static_cast<int64_t>(x.size());
+      if (b > static_cast<int64_t>(u.size()) || e - b < xn) continue;
+      const int64_t at = name == "endswith" ? e - xn : b;
+      found = found || u.compare(static_cast<size_t>(at), x.size(), x) == 0;
+    }
+    r = Value(found);
   } else if (name == "strip" || name == "lstrip" || name == "rstrip") {
     r = Value(py_strip(s, a.get(0, "chars"), name != "rstrip", name != "lstrip"));
   } else if (name == "split" || name == "rsplit") {
-    const Value* m = a.get(1, "maxsplit");
-    int64_t maxsplit = m ? m->as_int() : -1;
-    if (name == "rsplit" && maxsplit >= 0)
-      throw Failure{"rsplit() with maxsplit is not supported", ErrorKind::kUnsupported};
+    const int64_t maxsplit = int_arg(a.get(1, "maxsplit"), name, -1);
     List parts;
-    for (auto& p : py_split(s, a.get(0, "sep"), maxsplit)) parts.emplace_back(std::move(p));
+    for (auto& p : name == "split" ? py_split(s, a.get(0, "sep"), maxsplit)
+                                   : py_rsplit(s, a.get(0, "sep"), maxsplit))
+      parts.emplace_back(std::move(p));
     r = Value::list(std::move(parts));
   } else if (name == "replace") {
-    const Value* c = a.get(2, "count");
     r = Value(py_replace(s, arg_str(a, 0, "old", name), arg_str(a, 1, "new", name),
-                         c ? c->as_int() : -1));
+                         int_arg(a.get(2, "count"), name, -1)));
   } else if (name == "upper") {
     r = Value(py_upper(s));
   } else if (name == "lower") {
@@ -130,18 +253,55 @@ bool string_method(const std::string& s, const std::string& name, Args& a, Value
     r = Value(py_title(s));
   } else if (name == "capitalize") {
     r = Value(py_capitalize(s));
-  } else if (name == "find" || name == "rfind" || name == "count") {
-    std::string sub = arg_str(a, 0, "sub", name);
-    std::u32string u = decode_utf8(s), w = decode_utf8(sub);
+  } else if (name == "find" || name == "rfind" || name == "index" || name == "rindex" ||
+             name == "count") {
+    const Value* sub = positional(a, 0);
+    if (!sub || !sub->is_string())
+      throw Failure{name + "() argument must be str, not " +
+                    (sub ? sub->type_name() : std::string("nothing"))};
+    std::u32string u = decode_utf8(s), w = decode_utf8(sub->str());
+    auto [b, e] = sub_range(a, 1, static_cast<int64_t>(u.size()), name);
     if (name == "count") {
       int64_t n = 0;
-      for (size_t p = u.find(w); p != std::u32string::npos;
-           p = u.find(w, p + std::max<size_t>(w.size(), 1)))
-        ++n;
+      if (e - b >= static_cast<int64_t>(w.size())) {
+        std::u32string_view hay(u.data() + b, static_cast<size_t>(e - b));
+        for (size_t p = hay.find(w); p != std::u32string_view::npos;
+             p = hay.find(w, p + std::max<size_t>(w.size(), 1)))
+          ++n;
+      }
       r = Value(n);
     } else {
-      size_t p = name == "find" ? u.find(w) : u.rfind(w);
-      r = Value(p == std::u32string::npos ? int64_t{-1} : static_cast<int64_t>(p));
+      const int64_t p = find_in(u, w, b, e, name == "rfind" || name == "rindex");
+      if (p < 0 && (name == "index" || name == "rindex")) throw Failure{"substring not found"};
+      r = Value(p);
+    }
+  } else if (name == "partition" || name == "rpartition") {
+    std::string sep = arg_str(a, 0, "sep", name);
+    if (sep.empty()) throw Failure{"empty separator"};
+    const size_t f = name == "partition" ? s.find(sep) : s.rfind(sep);
+    List parts;
+    if (f == std::string::npos) {
+      if (name == "partition")
+        parts = {Value(s), Value(""), Value("")};
+      else
+        parts = {Value(""), Value(""), Value(s)};
+    } else {
+      parts = {Value(s.substr(0, f)), Value(sep), Value(s.substr(f + sep.size()))};
+    }
+    r = Value::list(std::move(parts), Value::Flavor::kTuple);
+  } else if (name == "center" || name == "ljust" || name == "rjust") {
+    r = Value(py_pad(s, name, a));
+  } else if (name == "zfill") {
+    if (!positional(a, 0)) throw Failure{"zfill() takes exactly one argument"};
+    const int64_t width = int_arg(positional(a, 0), name, 0);
+    const int64_t len = static_cast<int64_t>(decode_utf8(s).size());
+    if (width <= len) {
+      r = Value(s);
+    } else {
+      check_value_bytes(saturating_mul(1, width) + s.size(), "zfill() result");
+      const size_t sign = !s.empty() && (s[0] == '+' || s[0] == '-') ? 1 : 0;
+      r = Value(s.substr(0, sign) + std::string(static_cast<size_t>(width - len), '0') +
+                s.substr(sign));
     }
   } else if (name == "join") {
     const Value* it = a.get(0, "iterable");
@@ -158,14 +318,19 @@ bool string_method(const std::string& s, const std::string& name, Args& a, Value
     }
     r = Value(out);
   } else if (name == "splitlines") {
+    const Value* keep = a.get(0, "keepends");
+    const bool keepends = keep && keep->truthy();
+    std::u32string u = decode_utf8(s);
     List parts;
     size_t pos = 0;
-    while (pos < s.size()) {
-      size_t f = s.find_first_of("\r\n", pos);
-      if (f == std::string::npos) f = s.size();
+    while (pos < u.size()) {
+      size_t f = pos;
+      while (f < u.size() && !is_line_break(u[f])) ++f;
+      size_t next = f == u.size() ? f : f + 1;
+      if (f + 1 < u.size() && u[f] == '\r' && u[f + 1] == '\n') next = f + 2;
       check_parts(parts.size() + 1, s);
-      parts.emplace_back(s.substr(pos, f - pos));
-      pos = f + ((f + 1 < s.size() && s[f] == '\r' && s[f + 1] == '\n') ? 2 : 1);
+      parts.emplace_back(encode_utf8(u.substr(pos, (keepends ? next : f) - pos)));
+      pos = next;
     }
     r = Value::list(std::move(parts));
   } else if (name == "removeprefix" || name == "removesuffix") {
@@ -174,9 +339,9 @@ bool string_method(const std::string& s, const std::string& name, Args& a, Value
     bool has = x.size() <= s.size() && s.compare(pre ? 0 : s.size() - x.size(), x.size(), x) == 0;
     r = Value(has ? (pre ? s.substr(x.size()) : s.substr(0, s.size() - x.size())) : s);
   } else if (name == "isspace" || name == "isdigit" || name == "isalpha" || name == "isalnum" ||
-             name == "islower" || name == "isupper") {
+             name == "islower" || name == "isupper" || name == "isdecimal" || name == "isascii") {
     std::u32string u = decode_utf8(s);
-    bool ok = !u.empty();
+    bool ok = !u.empty() || name == "isascii";
     bool any_cased = false;
     for (char32_t c : u) {
       auto cat = utf8proc_category(static_cast<utf8proc_int32_t>(c));
@@ -184,8 +349,10 @@ bool string_method(const std::string& s, const std::string& name, Args& a, Value
       bool digit = cat == UTF8PROC_CATEGORY_ND;
       if (name == "isspace")
         ok = ok && is_py_space(c);
-      else if (name == "isdigit")
+      else if (name == "isdigit" || name == "isdecimal")
         ok = ok && digit;
+      else if (name == "isascii")
+        ok = ok && c < 0x80;
       else if (name == "isalpha")
         ok = ok && letter;
       else if (name == "isalnum")
@@ -231,6 +398,8 @@ bool string_method(const std::string& s, const std::string& name, Args& a, Value
       }
     }
     r = Value(out);
+  } else if (is_unimplemented_str_method(name)) {
+    throw Failure{"str." + name + "() is not supported", ErrorKind::kUnsupported};
   } else {
     return false;
   }
@@ -259,43 +428,62 @@ std::string py_strip(const std::string& s, const Value* chars, bool left, bool r
 }
 
 std::string py_upper(const std::string& s) {
-  std::u32string u = decode_utf8(s);
-  for (auto& c : u) c = static_cast<char32_t>(utf8proc_toupper(static_cast<utf8proc_int32_t>(c)));
-  return encode_utf8(u);
+  std::u32string u = decode_utf8(s), out;
+  out.reserve(u.size());
+  for (char32_t c : u) unicode::append_upper(c, out);
+  return encode_utf8(out);
 }
 
 std::string py_lower(const std::string& s) {
-  std::u32string u = decode_utf8(s);
-  for (auto& c : u) c = static_cast<char32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(c)));
-  return encode_utf8(u);
+  std::u32string u = decode_utf8(s), out;
+  out.reserve(u.size());
+  for (size_t i = 0; i < u.size(); ++i) unicode::append_lower(u, i, out);
+  return encode_utf8(out);
 }
 
 std::string py_title(const std::string& s) {
-  std::u32string u = decode_utf8(s);
+  std::u32string u = decode_utf8(s), out;
+  out.reserve(u.size());
   bool prev_cased = false;
-  for (auto& c : u) {
-    bool cased = is_cased(c);
-    auto ci = static_cast<utf8proc_int32_t>(c);
-    c = static_cast<char32_t>(prev_cased ? utf8proc_tolower(ci) : utf8proc_totitle(ci));
-    prev_cased = cased;
+  for (size_t i = 0; i < u.size(); ++i) {
+    if (prev_cased)
+      unicode::append_lower(u, i, out);
+    else
+      unicode::append_title(u[i], out);
+    prev_cased = unicode::is_cased(u[i]);
   }
-  return encode_utf8(u);
+  return encode_utf8(out);
 }
 
 std::string py_capitalize(const std::string& s) {
-  std::u32string u = decode_utf8(s);
+  std::u32string u = decode_utf8(s), out;
+  out.reserve(u.size());
   for (size_t i = 0; i < u.size(); ++i) {
-    auto ci = static_cast<utf8proc_int32_t>(u[i]);
-    u[i] = static_cast<char32_t>(i == 0 ? utf8proc_totitle(ci) : utf8proc_tolower(ci));
+    if (i == 0)
+      unicode::append_title(u[i], out);
+    else
+      unicode::append_lower(u, i, out);
   }
-  return encode_utf8(u);
+  return encode_utf8(out);
 }
 
 std::string py_replace(const std::string& s, const std::string& from, const std::string& to,
                        int64_t count) {
-  if (from.empty())
-    throw Failure{"replace() with an empty pattern is not supported", ErrorKind::kUnsupported};
   std::string out;
+  if (from.empty()) {
+    // Python inserts `to` before every code point and at the end.
+    std::u32string u = decode_utf8(s);
+    int64_t n = 0;
+    for (size_t i = 0; i <= u.size(); ++i) {
+      if (count < 0 || n < count) {
+        check_value_bytes(out.size() + to.size() + s.size(), "replace result");
+        out += to;
+        ++n;
+      }
+      if (i < u.size()) out += encode_utf8(u.substr(i, 1));
+    }
+    return out;
+  }
   size_t pos = 0;
   int64_t n = 0;
   while (count < 0 || n < count) {

@@ -91,8 +91,12 @@ void run_chat_tokenize(const ChatTokenizeArgs& a, const std::string& model_dir) 
       chat::ChatEncoding e = chat::encode_chat(tpl, *tok, j["messages"], opts, enc);
       out = {{"text", e.text}, {"ids", e.ids}, {"assistant_mask", e.assistant_mask}};
     } catch (const Error& e) {
-      // A template over its budgets (jinja_budgets.h) is hostile, not this record: stop.
-      if (e.kind() == ErrorKind::kResource) throw Error(where + ": ", e);
+      // A template over its budgets (jinja_budgets.h) is hostile, and one that
+      // uses what the engine does not support fails every record the same
+      // way: neither is this record's fault, so stop with its own kind.
+      if (e.kind() == ErrorKind::kResource || e.kind() == ErrorKind::kUnsupported) {
+        throw Error(where + ": ", e);
+      }
       out = {{"error", e.what()}};
       if (failed++ == 0) first_failure = where + ": " + e.what();
     }
