@@ -86,6 +86,12 @@ print(json.dumps({"times": times, "losses": losses, "tokens_per_step": ids.numel
 
 def run_child(cmd, env):
     """Runs cmd; returns (stdout, wall seconds, peak RSS bytes of that child from wait4)."""
+    out, _, wall, rss = run_child_full(cmd, env)
+    return out, wall, rss
+
+
+def run_child_full(cmd, env):
+    """run_child that also returns stderr: (stdout, stderr, wall s, peak RSS bytes)."""
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     out = p.stdout.read().decode()
@@ -95,7 +101,7 @@ def run_child(cmd, env):
     wall = time.perf_counter() - t0
     if p.returncode != 0:
         sys.exit(f"command failed ({p.returncode}): {' '.join(cmd)}\n{err[-4000:]}")
-    return out, wall, ru.ru_maxrss * 1024
+    return out, err, wall, ru.ru_maxrss * 1024
 
 
 def make_data(path, n_rows, seq_len, vocab, seed):
