@@ -6,7 +6,9 @@
 // loratune's own, are checked for the construct and the line they name.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/test_env.h"
@@ -332,6 +334,61 @@ TEST(Jinja, SnippetsRenderLikeTransformersEnvironment) {
   std::printf("jinja snippets identical: %d/%zu\n", identical, ref.size());
 }
 
+// Python's str predicates and case methods read Unicode properties the
+// general category does not show (Other_Lowercase 'ª', Other_Uppercase 'Ⓐ',
+// Numeric_Type '²' '½' '五', CaseFolding 'ß'): every code point of the
+// blocks where they live, and multi-code-point strings for the rules
+// (Final_Sigma, istitle's runs), render as in transformers' environment.
+TEST(Jinja, StrPropertiesMatchPythonAcrossUnicodeBlocks) {
+  const std::vector<std::pair<char32_t, char32_t>> blocks = {
+      {0x20, 0x58F},    {0x1E00, 0x1FFF}, {0x2070, 0x24FF},   {0x2C60, 0x2C7F},
+      {0x3000, 0x303F}, {0x4E00, 0x4E10}, {0xA640, 0xA7FF},   {0xAB70, 0xABBF},
+      {0xFB00, 0xFB06}, {0xFF10, 0xFF5A}, {0x10100, 0x1013F}, {0x1F100, 0x1F1FF}};
+  std::u32string chars;
+  for (auto [a, b] : blocks)
+    for (char32_t c = a; c <= b; ++c) chars += c;
+  Json words = Json::array({"ΣΑΣ ΑΣ.", "Hello World", "HeLLo", "ǅungla Ǆ", "ⓐⓑ", "ª", "Ⅻ", "Straße",
+                            "ΣΑΣ", "ǈ", "A1 B", "1a", "", " ", "½²五", "Ⅰⅰ", "ꭰꭱ"});
+  const std::string source =
+      "{% for c in s %}{{ c }}:{{ c.islower() }}{{ c.isupper() }}{{ c.istitle() }}"
+      "{{ c.isdigit() }}{{ c.isnumeric() }}{{ c.isdecimal() }}{{ c.isalnum() }}{{ c.isalpha() }}"
+      "{{ c.swapcase() }}{{ c.casefold() }}{{ c.upper() }}{{ c.lower() }}\n{% endfor %}"
+      "{% for w in words %}[{{ w.islower() }}{{ w.isupper() }}{{ w.istitle() }}{{ w.isdigit() }}"
+      "{{ w.isnumeric() }}{{ w.isalnum() }}|{{ w.swapcase() }}|{{ w.casefold() }}]{% endfor %}";
+  Json context = {{"s", loratune::jinja::encode_utf8(chars)}, {"words", words}};
+
+  const std::string dir = loratune::test::make_temp_dir("jinja_unicode");
+  Json in = Json::array({{{"source", source}, {"context", context}}});
+  loratune::test::write_file(dir + "/in.json", in.dump());
+  loratune::test::run_python("tests/python/ref_chat_jinja.py",
+                             dir + "/in.json " + dir + "/out.json");
+  Json ref = Json::parse(loratune::test::read_file(dir + "/out.json"));
+  ASSERT_EQ(ref.size(), 1u);
+  ASSERT_TRUE(ref[0].contains("text")) << ref[0].dump();
+  Value ctx = Value::from_json(context);
+  const std::string got = Template(source).render(ctx.dict_data()).text;
+  const std::string want = ref[0]["text"].get<std::string>();
+  // Line by line, so a mismatch names the code point.
+  auto lines = [](const std::string& text) {
+    std::vector<std::string> out;
+    size_t b = 0;
+    for (size_t e; (e = text.find('\n', b)) != std::string::npos; b = e + 1)
+      out.push_back(text.substr(b, e - b));
+    out.push_back(text.substr(b));
+    return out;
+  };
+  std::vector<std::string> g = lines(got), w = lines(want);
+  ASSERT_EQ(g.size(), w.size());
+  int mismatched = 0;
+  for (size_t i = 0; i < g.size(); ++i) {
+    if (g[i] != w[i] && ++mismatched <= 10)
+      ADD_FAILURE() << "loratune " << g[i] << "\npython   " << w[i];
+  }
+  EXPECT_EQ(mismatched, 0);
+  std::printf("str properties: %zu code points, %zu strings, %d mismatched\n", chars.size(),
+              words.size(), mismatched);
+}
+
 // The message of rendering (or compiling) `source` with `context`.
 std::string error_of(const std::string& source, const std::string& context = "{}") {
   try {
@@ -469,8 +526,8 @@ TEST(Jinja, ProbeFindingsRenderLikeJinja2) {
 // (kUnsupported, exit 6), not the data's.
 TEST(JinjaErrors, MissingPythonFeaturesAreUnsupported) {
   for (const auto& [source, message] : std::vector<std::pair<const char*, const char*>>{
-           {"{{ 'x'.swapcase() }}", "chat template line 1: str.swapcase() is not supported"},
-           {"{{ 'x'.casefold() }}", "chat template line 1: str.casefold() is not supported"},
+           {"{{ 'x'.expandtabs() }}", "chat template line 1: str.expandtabs() is not supported"},
+           {"{{ 'x'.translate({}) }}", "chat template line 1: str.translate() is not supported"},
            {"{{ '%a' % 1 }}",
             "chat template line 1: printf-style format character 'a' is not supported"}}) {
     SCOPED_TRACE(source);

@@ -132,6 +132,14 @@ TEST(TokenizerApi, ChatTemplatesStringAndNamedList) {
   EXPECT_EQ(*named->chat_template(), "A");
   EXPECT_EQ(*named->chat_template("tool_use"), "B");
   EXPECT_FALSE(named->chat_template("missing").has_value());
+  // One entry, not named "default": transformers' get_chat_template raises
+  // ("multiple chat templates with no default"), so there is no default.
+  cfg["chat_template"] = Json::array({{{"name", "tool_use"}, {"template", "B"}}});
+  auto lone = load_tokenizer(variant("qwen3", "tokenizer_config.json", cfg));
+  EXPECT_FALSE(lone->chat_template().has_value());
+  EXPECT_EQ(*lone->chat_template("tool_use"), "B");
+  EXPECT_EQ(lone->missing_chat_template(),
+            "has chat templates 'tool_use' but none named 'default'");
 }
 
 // transformers (>= 4.50) saves templates as files; loading that directory

@@ -23,11 +23,6 @@ std::string arg_str(const Args& a, size_t i, const std::string& name, const std:
   return v->str();
 }
 
-bool is_cased(char32_t c) {
-  auto cat = utf8proc_category(static_cast<utf8proc_int32_t>(c));
-  return cat == UTF8PROC_CATEGORY_LU || cat == UTF8PROC_CATEGORY_LL || cat == UTF8PROC_CATEGORY_LT;
-}
-
 // Normalises Python slice bounds for a sequence of length n.
 std::vector<int64_t> slice_indices(int64_t n, const Value& start, const Value& stop,
                                    const Value& step) {
@@ -203,9 +198,8 @@ std::string py_pad(const std::string& s, const std::string& name, const Args& a)
 // Python str methods loratune does not implement: naming them is a
 // template feature missing here, not a problem with the data.
 bool is_unimplemented_str_method(const std::string& name) {
-  static const char* const kNames[] = {"casefold",     "encode",    "expandtabs",  "format_map",
-                                       "isidentifier", "isnumeric", "isprintable", "istitle",
-                                       "maketrans",    "swapcase",  "translate"};
+  static const char* const kNames[] = {"encode",      "expandtabs", "format_map", "isidentifier",
+                                       "isprintable", "maketrans",  "translate"};
   for (const char* n : kNames) {
     if (name == n) return true;
   }
@@ -339,32 +333,66 @@ bool string_method(const std::string& s, const std::string& name, Args& a, Value
     bool has = x.size() <= s.size() && s.compare(pre ? 0 : s.size() - x.size(), x.size(), x) == 0;
     r = Value(has ? (pre ? s.substr(x.size()) : s.substr(0, s.size() - x.size())) : s);
   } else if (name == "isspace" || name == "isdigit" || name == "isalpha" || name == "isalnum" ||
-             name == "islower" || name == "isupper" || name == "isdecimal" || name == "isascii") {
+             name == "isdecimal" || name == "isnumeric" || name == "isascii") {
     std::u32string u = decode_utf8(s);
     bool ok = !u.empty() || name == "isascii";
-    bool any_cased = false;
     for (char32_t c : u) {
       auto cat = utf8proc_category(static_cast<utf8proc_int32_t>(c));
       bool letter = cat >= UTF8PROC_CATEGORY_LU && cat <= UTF8PROC_CATEGORY_LO;
-      bool digit = cat == UTF8PROC_CATEGORY_ND;
       if (name == "isspace")
         ok = ok && is_py_space(c);
-      else if (name == "isdigit" || name == "isdecimal")
-        ok = ok && digit;
+      else if (name == "isdecimal")
+        ok = ok && cat == UTF8PROC_CATEGORY_ND;
+      else if (name == "isdigit")
+        ok = ok && unicode::is_digit(c);
+      else if (name == "isnumeric")
+        ok = ok && unicode::is_numeric(c);
       else if (name == "isascii")
         ok = ok && c < 0x80;
       else if (name == "isalpha")
         ok = ok && letter;
-      else if (name == "isalnum")
-        ok = ok && (letter || digit);
-      else if (is_cased(c)) {
-        any_cased = true;
-        bool lower = cat == UTF8PROC_CATEGORY_LL;
-        ok = ok && (name == "islower" ? lower : cat == UTF8PROC_CATEGORY_LU);
+      else  // isalnum: isalpha or isdecimal or isdigit or isnumeric
+        ok = ok && (letter || unicode::is_numeric(c));
+    }
+    r = Value(ok);
+  } else if (name == "islower" || name == "isupper" || name == "istitle") {
+    // CPython's rules: islower is false at any upper- or titlecase code point
+    // and needs one lowercase one (isupper the mirror); istitle wants every
+    // cased run to start upper/titlecase and go on lowercase.
+    bool ok = true, any_cased = false, prev_cased = false;
+    for (char32_t c : decode_utf8(s)) {
+      const bool up = unicode::is_upper(c), lo = unicode::is_lower(c), ti = unicode::is_title(c);
+      if (name == "islower") {
+        ok = ok && !up && !ti;
+        any_cased = any_cased || lo;
+      } else if (name == "isupper") {
+        ok = ok && !lo && !ti;
+        any_cased = any_cased || up;
+      } else if (up || ti) {
+        ok = ok && !prev_cased;
+        prev_cased = any_cased = true;
+      } else if (lo) {
+        ok = ok && prev_cased;
+        prev_cased = any_cased = true;
+      } else {
+        prev_cased = false;
       }
     }
-    if (name == "islower" || name == "isupper") ok = ok && any_cased;
-    r = Value(ok);
+    r = Value(ok && any_cased);
+  } else if (name == "swapcase" || name == "casefold") {
+    std::u32string u = decode_utf8(s), out;
+    out.reserve(u.size());
+    for (size_t i = 0; i < u.size(); ++i) {
+      if (name == "casefold")
+        unicode::append_fold(u[i], out);
+      else if (unicode::is_upper(u[i]))
+        unicode::append_lower(u, i, out);
+      else if (unicode::is_lower(u[i]))
+        unicode::append_upper(u[i], out);
+      else
+        out += u[i];
+    }
+    r = Value(encode_utf8(out));
   } else if (name == "format") {
     std::string out;
     size_t auto_idx = 0;

@@ -1,4 +1,4 @@
-// trainer/chat/jinja_unicode.cpp — lookups in the generated case tables.
+// trainer/chat/jinja_unicode.cpp — lookups in the generated Unicode tables.
 #include "trainer/chat/jinja_unicode.h"
 
 #include <utf8proc.h>
@@ -50,6 +50,33 @@ int decimal_value(char32_t c) {
   return c - zero < 10 ? static_cast<int>(c - zero) : -1;
 }
 
+namespace {
+utf8proc_category_t category(char32_t c) {
+  return utf8proc_category(static_cast<utf8proc_int32_t>(c));
+}
+}  // namespace
+
+bool is_lower(char32_t c) {
+  return category(c) == UTF8PROC_CATEGORY_LL || in_ranges(kOtherLowercase, kOtherLowercaseSize, c);
+}
+
+bool is_upper(char32_t c) {
+  return category(c) == UTF8PROC_CATEGORY_LU || in_ranges(kOtherUppercase, kOtherUppercaseSize, c);
+}
+
+bool is_title(char32_t c) {
+  return category(c) == UTF8PROC_CATEGORY_LT;
+}
+
+bool is_digit(char32_t c) {
+  return category(c) == UTF8PROC_CATEGORY_ND ||
+         in_ranges(kDigitNotDecimal, kDigitNotDecimalSize, c);
+}
+
+bool is_numeric(char32_t c) {
+  return is_digit(c) || in_ranges(kNumericNotDigit, kNumericNotDigitSize, c);
+}
+
 void append_upper(char32_t c, std::u32string& out) {
   if (!append_special(kUpperSpecial, kUpperSpecialSize, c, out))
     out += static_cast<char32_t>(utf8proc_toupper(static_cast<utf8proc_int32_t>(c)));
@@ -76,6 +103,12 @@ void append_lower(const std::u32string& s, size_t i, std::u32string& out) {
     out += final_sigma ? char32_t{0x3C2} : char32_t{0x3C3};
     return;
   }
+  if (!append_special(kLowerSpecial, kLowerSpecialSize, c, out))
+    out += static_cast<char32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(c)));
+}
+
+void append_fold(char32_t c, std::u32string& out) {
+  if (append_special(kFoldSpecial, kFoldSpecialSize, c, out)) return;
   if (!append_special(kLowerSpecial, kLowerSpecialSize, c, out))
     out += static_cast<char32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(c)));
 }

@@ -148,9 +148,11 @@ chat::ChatTemplate load_template(const tokenizer::Tokenizer& tok, const std::str
   std::optional<std::string> src =
       own ? tok.chat_template() : std::optional<std::string>(chat::builtin_template(name));
   if (!src) {
-    throw Error(who + ": the model's tokenizer (" + tok.description() +
-                ") has no chat template; name a built-in one with --chat-template (llama2, "
-                "llama3, chatml, mistral, gemma, phi3)");
+    std::string names;
+    for (const auto& n : chat::builtin_template_names()) names += (names.empty() ? "" : ", ") + n;
+    throw Error(who + ": the model's tokenizer (" + tok.description() + ") " +
+                tok.missing_chat_template() + "; name a built-in one with --chat-template (" +
+                names + ")");
   }
   return chat::ChatTemplate(*src);
 }

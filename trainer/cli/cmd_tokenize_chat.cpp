@@ -30,9 +30,8 @@ std::string template_source(const ChatTokenizeArgs& a, const tokenizer::Tokenize
   if (auto s = tok.chat_template()) return *s;
   std::string names;
   for (const auto& n : chat::builtin_template_names()) names += (names.empty() ? "" : ", ") + n;
-  throw Error(
-      model_dir +
-      ": the tokenizer has no chat template; pass --chat-template with a file or one of: " + names);
+  throw Error(model_dir + ": the tokenizer " + tok.missing_chat_template() +
+              "; pass --chat-template with a file or one of: " + names);
 }
 
 }  // namespace

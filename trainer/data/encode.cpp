@@ -161,9 +161,8 @@ struct ExampleEncoder::Impl {
     const bool may_chat = cfg.format == DataFormat::kAuto || cfg.format == DataFormat::kChat;
     const std::string src = detail::chat_template_source(&t, cfg);
     if (src.empty() || !may_chat) {
-      no_template = t.description() +
-                    " has no chat template; set data.chat_template (eval: --chat-template) to a "
-                    "built-in name";
+      no_template = t.description() + " " + t.missing_chat_template() +
+                    "; set data.chat_template (eval: --chat-template) to a built-in name";
     } else {
       // Error messages start with where the template came from.
       const std::string name = cfg.chat_template == "auto"

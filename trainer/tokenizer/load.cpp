@@ -224,8 +224,14 @@ std::vector<int32_t> Tokenizer::encode(const std::string& text, const EncodeOpti
 std::optional<std::string> Tokenizer::chat_template(const std::string& name) const {
   for (const auto& t : chat_templates_)
     if (t.name == name) return t.source;
-  if (name == "default" && chat_templates_.size() == 1) return chat_templates_[0].source;
   return std::nullopt;
+}
+
+std::string Tokenizer::missing_chat_template() const {
+  if (chat_templates_.empty()) return "has no chat template";
+  std::string names;
+  for (const auto& t : chat_templates_) names += (names.empty() ? "'" : ", '") + t.name + "'";
+  return "has chat templates " + names + " but none named 'default'";
 }
 
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {

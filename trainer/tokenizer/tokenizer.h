@@ -110,8 +110,14 @@ class Tokenizer {
   const std::vector<int32_t>& eos_ids() const { return eos_ids_; }
   // Chat templates from tokenizer_config.json (empty when none).
   const std::vector<ChatTemplate>& chat_templates() const { return chat_templates_; }
-  // The template called "default" or the only one; nullopt when none.
+  // The template called `name`; nullopt when none. As in transformers, a
+  // tokenizer whose named templates include no "default" has no default
+  // one, even with a single entry.
   std::optional<std::string> chat_template(const std::string& name = "default") const;
+  // Why chat_template() is empty, for messages after description():
+  // "has no chat template" or "has chat templates 'tool_use' but none
+  // named 'default'".
+  std::string missing_chat_template() const;
   // What was loaded, for messages: "<dir>/tokenizer.json (LlamaTokenizer)".
   const std::string& description() const { return description_; }
 
