@@ -10,6 +10,8 @@
 #include <torch/csrc/autograd/autograd.h>
 
 #include <iostream>
+#include <utility>
+#include <vector>
 
 #include "common/test_env.h"
 #include "trainer/io/error.h"
@@ -61,11 +63,15 @@ TEST_P(Nf4Bitwise, StateAndDequantizedWeightsEqualBitsandbytes) {
     }
     const at::Tensor want32 = file->tensor(p + "deq_f32");
     expect_bitwise(model::dequantize_nf4(q, at::kFloat), want32, "dequantized float32");
+    expect_bitwise(model::detail::dequantize_nf4_cpu(q, at::kFloat, /*simd=*/false), want32,
+                   "dequantized float32 (scalar loop)");
     expect_bitwise(model::detail::dequantize_nf4_portable(q, at::kFloat), want32,
                    "dequantized float32 (portable path)");
     if (dq) {
       const at::Tensor want16 = file->tensor(p + "deq_bf16");
       expect_bitwise(model::dequantize_nf4(q, at::kBFloat16), want16, "dequantized bfloat16");
+      expect_bitwise(model::detail::dequantize_nf4_cpu(q, at::kBFloat16, /*simd=*/false), want16,
+                     "dequantized bfloat16 (scalar loop)");
       expect_bitwise(model::detail::dequantize_nf4_portable(q, at::kBFloat16), want16,
                      "dequantized bfloat16 (portable path)");
     }
@@ -74,6 +80,31 @@ TEST_P(Nf4Bitwise, StateAndDequantizedWeightsEqualBitsandbytes) {
 
 INSTANTIATE_TEST_SUITE_P(DoubleQuant, Nf4Bitwise, ::testing::Values(false, true),
                          [](const auto& info) { return info.param ? "nested" : "plain"; });
+
+// The CPU's AVX-512 loops, its scalar loop and the ATen-op path agree bit
+// for bit in every output dtype: odd sizes (a short last block), and scales
+// whose products overflow bfloat16 or are subnormal.
+TEST(Nf4, CpuLoopsAndPortablePathGiveTheSameBits) {
+  at::manual_seed(11);
+  for (auto [rows, cols] :
+       std::vector<std::pair<int64_t, int64_t>>{{3, 64}, {5, 100}, {130, 77}, {64, 256}, {1, 1}}) {
+    for (bool dq : {false, true}) {
+      model::Nf4Weight q = model::quantize_nf4(at::randn({rows, cols}) * 3, dq, "w");
+      if (!dq && q.absmax.numel() >= 3) {
+        q.absmax[0] = 3.4e38f;  // code 1.0 * 3.4e38 rounds past bfloat16's max
+        q.absmax[1] = 1e-40f;   // subnormal products
+        q.absmax[2] = -2.5f;
+      }
+      for (auto dtype : {at::kFloat, at::kBFloat16, at::kHalf}) {
+        SCOPED_TRACE(std::to_string(rows) + "x" + std::to_string(cols) + (dq ? " nested " : " ") +
+                     c10::toString(dtype));
+        const at::Tensor want = model::detail::dequantize_nf4_portable(q, dtype);
+        expect_bitwise(model::detail::dequantize_nf4_cpu(q, dtype, /*simd=*/true), want, "simd");
+        expect_bitwise(model::detail::dequantize_nf4_cpu(q, dtype, /*simd=*/false), want, "scalar");
+      }
+    }
+  }
+}
 
 TEST(Nf4, QuantizationErrorIsBoundedByHalfTheWidestCodeGap) {
   at::manual_seed(3);

@@ -93,8 +93,11 @@ at::Tensor nf4_linear(const at::Tensor& x, const Nf4Weight& q, const at::Tensor&
 
 namespace detail {
 // The device-generic dequantization (ATen ops) that CUDA uses; the CPU path
-// is a fused loop. Both give the same bits; exposed for the tests.
+// is a fused loop (AVX-512 for float32 and bfloat16 where the CPU has
+// AVX512BW and `simd`, else scalar). All give the same bits; exposed for the
+// tests.
 at::Tensor dequantize_nf4_portable(const Nf4Weight& q, at::ScalarType dtype);
+at::Tensor dequantize_nf4_cpu(const Nf4Weight& q, at::ScalarType dtype, bool simd);
 }  // namespace detail
 
 }  // namespace loratune::model
