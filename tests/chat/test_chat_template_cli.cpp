@@ -61,7 +61,7 @@ TEST(ChatCli, BrokenLineAndUnknownBuiltinAreErrors) {
                           " tokenize --model " + loratune::test::quote(model) + " --chat ";
   auto r = loratune::test::run(bin + dir + "/bad.jsonl --chat-template llama2");
   EXPECT_NE(r.status, 0);
-  EXPECT_NE(r.out.find("bad.jsonl:2: not valid JSON"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("bad.jsonl:2: invalid JSON at column 3"), std::string::npos) << r.out;
   r = loratune::test::run(bin + dir + "/bad.jsonl --chat-template lama2");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.out.find("did you mean 'llama2'"), std::string::npos) << r.out;

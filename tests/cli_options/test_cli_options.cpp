@@ -250,5 +250,22 @@ TEST(CliOptions, CommandLineSyntaxErrorsAreOneLineNamingTheCommandsHelp) {
                "The following argument was not expected: --bogus (see `loratune inspect --help`)");
 }
 
+// A path given as '' meant "no adapter" to generate and the working
+// directory's rename target to logits; a directory as --file read nothing.
+TEST(CliOptions, EmptyPathsAndADirectoryAsFileAreOneLineErrors) {
+  const std::string m = quote(tokmodel());
+  expect_error(run_loratune("logits --model " + m + " --ids 1 --out ''"), 1,
+               "--out: the path is empty (see `loratune logits --help`)");
+  expect_error(run_loratune("generate --model " + m + " --ids 1 --adapter ''"), 1,
+               "--adapter: the path is empty (see `loratune generate --help`)");
+  expect_error(run_loratune("tokenize --model " + m + " --file ''"), 1,
+               "--file: the path is empty (see `loratune tokenize --help`)");
+  expect_error(run_loratune("train ''"), 1,
+               "config: the path is empty (see `loratune train --help`)");
+  const std::string dir = make_temp_dir("cli_file_dir");
+  expect_error(run_loratune("tokenize --model " + m + " --file " + quote(dir)), 4,
+               dir + ": read failed: Is a directory");
+}
+
 }  // namespace
 }  // namespace loratune::test

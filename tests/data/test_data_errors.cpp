@@ -52,6 +52,20 @@ TEST_F(DataErrors, BrokenJsonLine) {
   EXPECT_EQ(kind_, ErrorKind::kData);
 }
 
+// A NUL byte ends nlohmann's input: the rest of the line would be ignored
+// and a broken record trained on. Deep nesting overflowed the stack of the
+// code that walks a record (chat messages' extra keys, tools).
+TEST_F(DataErrors, NulByteAndDeepNestingAreLineErrors) {
+  expect_line_error(error_for({std::string("{\"text\": \"w3 w4\"}\0{\"garbage", 27)}), 1,
+                    "invalid JSON at column 18: a NUL byte");
+  EXPECT_EQ(kind_, ErrorKind::kData);
+  const std::string deep = std::string(40000, '[') + std::string(40000, ']');
+  expect_line_error(
+      error_for({R"({"messages": [{"role": "user", "content": "hi", "x": )" + deep + "}]}"}), 1,
+      "JSON nested deeper than 256 levels");
+  EXPECT_EQ(kind_, ErrorKind::kData);
+}
+
 TEST_F(DataErrors, RecordErrorsAreDataErrors) {
   error_for({R"({"text": 5})"});
   EXPECT_EQ(kind_, ErrorKind::kData);

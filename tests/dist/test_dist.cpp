@@ -77,6 +77,12 @@ TEST(LaunchEnv, RefusesMissingOrMalformedVariablesByName) {
           .find("RANK='2' is not a whole number in [0, 1]"),
       std::string::npos);
   EXPECT_NE(message({{"WORLD_SIZE", "two"}}).find("WORLD_SIZE='two'"), std::string::npos);
+  // RANK alone: rank 0 (or LOCAL_RANK alone, -1 in HF scripts) is a plain
+  // run; another rank would be a second writer of rank 0's outputs.
+  EXPECT_NE(message({{"RANK", "1"}}).find("RANK='1' is set but WORLD_SIZE is not"),
+            std::string::npos);
+  EXPECT_FALSE(env_of({{"RANK", "0"}}).has_value());
+  EXPECT_FALSE(env_of({{"LOCAL_RANK", "-1"}}).has_value());
   EXPECT_NE(message({{"WORLD_SIZE", "2"}, {"RANK", "0"}, {"MASTER_ADDR", "h"}})
                 .find("MASTER_PORT is not"),
             std::string::npos);
@@ -515,6 +521,24 @@ std::pair<test::RunResult, test::RunResult> two_nodes(const std::string& root,
   r.second.out = test::read_file(log + "1");
   r.second.status = std::stoi(test::read_file(log + "1.rc"));
   return r;
+}
+
+// A rank whose rendezvous store never answers: one line naming
+// MASTER_ADDR:MASTER_PORT after train.dist_timeout_s (c10d's own retry
+// messages, each with a C++ stack trace, are not printed).
+TEST(DataParallel, AnUnreachableStoreIsOneLine) {
+  const std::string root = test::make_temp_dir("dp-nostore");
+  const std::string cfg = config(root, "llama-rope3-tied", "");
+  const test::RunResult r = test::run(
+      "env RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port()) +
+      " " + test::quote(test::loratune_bin()) + " train --plain " + test::quote(cfg) +
+      " train.dist_timeout_s=10 output.dir=" + root + "/out");
+  EXPECT_EQ(r.status, 4) << r.out;
+  EXPECT_NE(r.out.find("rank 1: cannot reach the rendezvous store at 127.0.0.1:"),
+            std::string::npos)
+      << r.out;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << "one line:\n" << r.out;
+  EXPECT_FALSE(fs::exists(root + "/out"));
 }
 
 TEST(DataParallel, OnlyRankZeroWritesAndABadRankIsOneClearErrorOnEveryRank) {

@@ -138,6 +138,26 @@ TEST(Json, ErrorAtEndOfInputAndDuplicateKeys) {
   EXPECT_EQ(parse_json(R"({"x": {"x": 1}, "y": {"x": 2}})", "ok")["y"]["x"], 2);
 }
 
+// nlohmann stops at a NUL byte and ignores the rest; the code that walks a
+// parsed value recurses, so 100000 levels of [ would overflow its stack.
+TEST(Json, NulBytesAndDeepNestingAreRefused) {
+  std::string msg = error_of([] { parse_json(std::string("{\"a\": 1}\0{garbage", 16), "t.json"); });
+  EXPECT_EQ(msg, "t.json:1:9: invalid JSON: a NUL byte");
+  msg = error_of(
+      [] { parse_ordered_json(std::string("[1,\0]", 5), "", loratune::ErrorKind::kData); });
+  EXPECT_EQ(msg, "invalid JSON at column 4: a NUL byte");
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  msg = error_of([&] { parse_json(deep, "deep.json"); });
+  EXPECT_EQ(msg, "deep.json: JSON nested deeper than 256 levels");
+  msg = error_of(
+      [&] { parse_ordered_json("{\"a\": " + deep + "}", "", loratune::ErrorKind::kData); });
+  EXPECT_EQ(msg, "JSON nested deeper than 256 levels");
+  // 256 levels are fine, 257 are not.
+  EXPECT_NO_THROW(parse_json(std::string(256, '[') + std::string(256, ']'), "ok"));
+  EXPECT_EQ(error_of([] { parse_json(std::string(257, '[') + std::string(257, ']'), "x"); }),
+            "x: JSON nested deeper than 256 levels");
+}
+
 TEST(Json, WriteJsonAtomicRoundTrips) {
   const std::string path = make_temp_dir("fu") + "/c.json";
   nlohmann::json j = {{"b", 1}, {"a", {1, 2}}};

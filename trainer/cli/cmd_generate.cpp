@@ -172,8 +172,7 @@ std::vector<int64_t> render_prompt(const chat::ChatTemplate& tpl, const tokenize
 std::vector<int64_t> chat_prompt(const tokenizer::Tokenizer& tok, const std::string& file,
                                  const std::string& name) {
   // The file first: a missing or malformed one is named before the template.
-  chat::Json messages = chat::Json::parse(io::read_file(file), nullptr, false);
-  if (messages.is_discarded()) throw Error(file + ": not valid JSON", ErrorKind::kData);
+  chat::Json messages = io::parse_ordered_json(io::read_file(file), file, ErrorKind::kData);
   if (messages.is_object() && messages.contains("messages")) messages = messages["messages"];
   if (!messages.is_array()) {
     throw Error(file + ": expected a list of {\"role\", \"content\"} messages", ErrorKind::kData);

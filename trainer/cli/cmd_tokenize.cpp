@@ -8,14 +8,15 @@
 // one object per input: {"ids": [...], "tokens": [...], "offsets": [[b, e], ...]}
 // (byte offsets into the input). Without --json it prints the ids, then the
 // tokens, one input per pair of lines.
-#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "trainer/cli/cmd_tokenize_chat.h"
 #include "trainer/cli/commands.h"
 #include "trainer/gguf/gguf.h"
 #include "trainer/io/error.h"
+#include "trainer/io/file_util.h"
 #include "trainer/tokenizer/tokenizer.h"
 
 namespace loratune::cli {
@@ -30,18 +31,16 @@ struct TokenizeArgs {
 // The inputs of --text or --file; errors name the file and line.
 std::vector<std::string> read_inputs(const TokenizeArgs& a) {
   if (a.file.empty()) return {a.text};
-  std::ifstream in(a.file);
-  if (!in) throw Error(a.file + ": cannot open file", ErrorKind::kIo);
+  std::istringstream in(io::read_file(a.file));  // a directory or unreadable file: kIo
   std::vector<std::string> out;
   std::string line;
   for (size_t n = 1; std::getline(in, line); ++n) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     nlohmann::json j;
     try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for 1e400
-      throw Error(a.file + ":" + std::to_string(n) + ": not valid JSON (" + e.what() + ")",
-                  ErrorKind::kData);
+      j = io::parse_json(line, "", ErrorKind::kData);
+    } catch (const Error& e) {
+      throw Error(a.file + ":" + std::to_string(n) + ": ", e);
     }
     if (j.is_string()) {
       out.push_back(j.get<std::string>());

@@ -75,9 +75,9 @@ void run_chat_tokenize(const ChatTokenizeArgs& a, const std::string& model_dir) 
     const std::string where = a.chat_file + ":" + std::to_string(n);
     chat::Json j;
     try {
-      j = chat::Json::parse(line);
-    } catch (const chat::Json::exception& e) {  // parse_error, or out_of_range for 1e400
-      throw Error(where + ": not valid JSON (" + std::string(e.what()) + ")", ErrorKind::kData);
+      j = io::parse_ordered_json(line, "", ErrorKind::kData);
+    } catch (const Error& e) {
+      throw Error(where + ": ", e);
     }
     if (!j.is_object() || !j.contains("messages") || !j["messages"].is_array()) {
       throw Error(where + ": expected an object with a \"messages\" array", ErrorKind::kData);

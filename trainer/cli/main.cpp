@@ -56,6 +56,23 @@ std::string parse_error_line(const CLI::App& app, const CLI::ParseError& e) {
   return msg + " (see `loratune " + (sub ? sub->get_name() + " " : std::string()) + "--help`)";
 }
 
+// Path options given as '' would mean "none" to some commands and the
+// working directory to others ("': rename failed"): refused by name.
+void refuse_empty_paths(CLI::App& app) {
+  static const char* const kPathOptions[] = {"--model", "--adapter", "--out", "--file", "--data",
+                                             "--chat",  "config",    "file",  "DIR"};
+  const CLI::Validator non_empty(
+      [](std::string& v) { return v.empty() ? std::string("the path is empty") : std::string(); },
+      "");
+  for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+    for (CLI::Option* opt : sub->get_options()) {
+      for (const char* name : kPathOptions) {
+        if (opt->get_name() == name) opt->check(non_empty);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -76,6 +93,7 @@ int main(int argc, char** argv) {
   loratune::cli::add_generate_command(app);
   loratune::cli::add_import_command(app);
   loratune::cli::add_export_gguf_command(app);
+  refuse_empty_paths(app);
   using loratune::ErrorKind;
   try {
     app.parse(argc, argv);

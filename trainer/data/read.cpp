@@ -2,6 +2,7 @@
 // truncation and filtering.
 #include <iostream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "trainer/data/data.h"
@@ -21,20 +22,6 @@ bool is_blank(const std::string& s, size_t b, size_t e) {
     if (c != ' ' && c != '\t' && c != '\r' && c != '\n') return false;
   }
   return true;
-}
-
-// nlohmann's "[json.exception.parse_error.101] parse error at line 1, column 5: ..."
-// without the bracketed id and the meaningless line 1.
-std::string json_problem(const std::string& what) {
-  std::string s = what;
-  if (s.rfind("[json.exception.", 0) == 0) {
-    size_t close = s.find("] ");
-    if (close != std::string::npos) s = s.substr(close + 2);
-  }
-  const std::string at = "parse error at line 1, ";
-  if (s.rfind(at, 0) == 0) s = s.substr(at.size());
-  // nlohmann quotes the bytes it last read: they come from the file.
-  return "invalid JSON: " + printable(s);
 }
 
 // Record errors that data.skip_malformed may skip: the record's own content
@@ -73,12 +60,8 @@ void read_one(const std::string& path, const ExampleEncoder& enc, const config::
     ++stats->records;
     progress.update(stats->records, pos);
     try {
-      Json rec;
-      try {
-        rec = Json::parse(text.begin() + b, text.begin() + end);
-      } catch (const Json::exception& e) {  // parse_error, or out_of_range for 1e400
-        throw Error(json_problem(e.what()), ErrorKind::kData);
-      }
+      Json rec =
+          io::parse_ordered_json(std::string_view(text).substr(b, end - b), "", ErrorKind::kData);
       DataFormat f = cfg.format;
       if (f == DataFormat::kAuto) {
         f = ExampleEncoder::detect(rec);

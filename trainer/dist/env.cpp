@@ -31,7 +31,18 @@ std::optional<LaunchEnv> launch_env(const std::function<const char*(const char*)
   auto get = [&](const char* name) -> const char* {
     return get_fn ? get_fn(name) : std::getenv(name);
   };
-  if (get("WORLD_SIZE") == nullptr) return std::nullopt;
+  if (get("WORLD_SIZE") == nullptr) {
+    // A rank other than 0 alone would write rank 0's outputs as a second
+    // writer of the same run; RANK=0 (or none) is a plain run.
+    const char* rank = get("RANK");
+    if (rank != nullptr && std::string(rank) != "0") {
+      throw Error(std::string("environment variable RANK='") + printable(rank, 40) +
+                  "' is set but WORLD_SIZE is not: a distributed run needs RANK, WORLD_SIZE, "
+                  "MASTER_ADDR and MASTER_PORT (torchrun sets them all); unset RANK for a "
+                  "single-process run");
+    }
+    return std::nullopt;
+  }
   auto required = [&](const char* name) {
     const char* v = get(name);
     if (v == nullptr) {

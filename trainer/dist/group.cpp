@@ -12,6 +12,9 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include <c10/util/Logging.h>
+
+#include <cstdlib>
 #include <thread>
 
 #include "trainer/dist/dist.h"
@@ -89,6 +92,24 @@ c10::intrusive_ptr<c10d::Backend> make_backend(const LaunchEnv& env,
   }
 }
 
+// c10d logs each failed connection attempt to stderr, with the C++ stack
+// trace of its exception (30-50 lines for one unreachable MASTER_ADDR);
+// loratune reports the failure itself in one line. While one of these is
+// alive, c10's log level is raised to FATAL, unless TORCH_CPP_LOG_LEVEL asks
+// for c10's messages.
+class QuietC10Log {
+ public:
+  QuietC10Log() : saved_(FLAGS_caffe2_log_level) {
+    if (std::getenv("TORCH_CPP_LOG_LEVEL") == nullptr) FLAGS_caffe2_log_level = c10::GLOG_FATAL;
+  }
+  ~QuietC10Log() { FLAGS_caffe2_log_level = saved_; }
+  QuietC10Log(const QuietC10Log&) = delete;
+  QuietC10Log& operator=(const QuietC10Log&) = delete;
+
+ private:
+  int saved_;
+};
+
 }  // namespace
 
 struct Group::Impl {
@@ -115,6 +136,7 @@ Group::Group(const LaunchEnv& env, std::chrono::milliseconds timeout, bool cuda,
     : env_(env), impl_(std::make_unique<Impl>()) {
   impl_->timeout = timeout;
   const std::string where = env.master_addr + ":" + std::to_string(env.master_port);
+  QuietC10Log quiet;
   try {
     c10d::TCPStoreOptions so;
     so.port = static_cast<uint16_t>(env.master_port);

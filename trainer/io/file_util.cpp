@@ -6,11 +6,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <set>
+#include <string_view>
 #include <vector>
 
 #include "trainer/io/error.h"
@@ -67,28 +69,34 @@ void fsync_path(const std::string& path, bool directory) {
   if (rc != 0) throw sys_error(path, "fsync failed");
 }
 
-// Rejects a duplicate key in any object: nlohmann keeps the last one
-// silently, which would hide a broken or tampered file.
-class DuplicateKeyCheck {
+// Checks made while nlohmann parses: a duplicate key in any object (it
+// keeps the last one silently, which would hide a broken or tampered file)
+// and nesting past kMaxJsonDepth (refused before the deep value exists).
+template <typename J>
+class ParseChecks {
  public:
-  DuplicateKeyCheck(const std::string& source, ErrorKind kind) : source_(source), kind_(kind) {}
-  bool operator()(int /*depth*/, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
-    using E = nlohmann::json::parse_event_t;
+  ParseChecks(const std::string& where, ErrorKind kind) : where_(where), kind_(kind) {}
+  bool operator()(int depth, typename J::parse_event_t event, J& parsed) {
+    using E = typename J::parse_event_t;
+    if ((event == E::object_start || event == E::array_start) && depth >= kMaxJsonDepth) {
+      throw Error(where_ + "JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels",
+                  kind_);
+    }
     if (event == E::object_start) {
       keys_.emplace_back();
     } else if (event == E::object_end) {
       if (!keys_.empty()) keys_.pop_back();
     } else if (event == E::key && !keys_.empty()) {
-      const auto& k = parsed.get_ref<const std::string&>();
+      const auto& k = parsed.template get_ref<const std::string&>();
       if (!keys_.back().insert(k).second) {
-        throw Error(source_ + ": duplicate key \"" + k + "\" in a JSON object", kind_);
+        throw Error(where_ + "duplicate key \"" + printable(k) + "\" in a JSON object", kind_);
       }
     }
     return true;
   }
 
  private:
-  const std::string& source_;
+  const std::string& where_;
   ErrorKind kind_;
   std::vector<std::set<std::string>> keys_;
 };
@@ -140,33 +148,60 @@ void refuse_unreplaceable(const std::string& path, bool want_dir) {
   }
 }
 
-nlohmann::json parse_json(const std::string& text, const std::string& source, ErrorKind kind) {
-  DuplicateKeyCheck check(source, kind);
-  try {
-    return nlohmann::json::parse(text, std::ref(check));
-  } catch (const nlohmann::json::parse_error& e) {
-    // e.byte is the 1-based offset of the offending byte.
-    size_t byte = e.byte == 0 ? 0 : e.byte - 1;
-    if (byte > text.size()) byte = text.size();
-    size_t line = 1, column = 1;
-    for (size_t i = 0; i < byte; ++i) {
-      if (text[i] == '\n') {
-        ++line;
-        column = 1;
-      } else {
-        ++column;
-      }
+namespace {
+
+// "SOURCE:LINE:COLUMN: invalid JSON: WHAT" for the byte at `offset`
+// (0-based), or "invalid JSON at column C: WHAT" for a source-less one-line
+// text (a JSONL record, whose caller names file and line).
+std::string invalid_at(std::string_view text, size_t offset, const std::string& source,
+                       const std::string& what) {
+  offset = std::min(offset, text.size());
+  size_t line = 1, column = 1;
+  for (size_t i = 0; i < offset; ++i) {
+    if (text[i] == '\n') {
+      ++line;
+      column = 1;
+    } else {
+      ++column;
     }
-    throw Error(source + ":" + std::to_string(line) + ":" + std::to_string(column) +
-                    ": invalid JSON: " + parse_error_detail(e.what()),
+  }
+  if (source.empty()) return "invalid JSON at column " + std::to_string(column) + ": " + what;
+  return source + ":" + std::to_string(line) + ":" + std::to_string(column) +
+         ": invalid JSON: " + what;
+}
+
+template <typename J>
+J parse_checked(std::string_view text, const std::string& source, ErrorKind kind) {
+  // nlohmann takes a NUL byte for the end of the input and ignores the rest.
+  if (const size_t nul = text.find('\0'); nul != std::string_view::npos)
+    throw Error(invalid_at(text, nul, source, "a NUL byte"), kind);
+  const std::string where = source.empty() ? std::string() : source + ": ";
+  ParseChecks<J> checks(where, kind);
+  try {
+    return J::parse(text.begin(), text.end(), std::ref(checks));
+  } catch (const typename J::parse_error& e) {
+    // e.byte is the 1-based offset of the offending byte.
+    throw Error(invalid_at(text, e.byte == 0 ? 0 : e.byte - 1, source,
+                           printable(parse_error_detail(e.what()))),
                 kind);
-  } catch (const nlohmann::json::out_of_range& e) {  // a number beyond double: 1e400
+  } catch (const typename J::out_of_range& e) {  // a number beyond double: 1e400
     // "[json.exception.out_of_range.406] number overflow parsing '1e400'"
     std::string what = e.what();
     const size_t close = what.find("] ");
     if (close != std::string::npos) what = what.substr(close + 2);
-    throw Error(source + ": invalid JSON: " + printable(what), kind);
+    throw Error(where + "invalid JSON: " + printable(what), kind);
   }
+}
+
+}  // namespace
+
+nlohmann::json parse_json(std::string_view text, const std::string& source, ErrorKind kind) {
+  return parse_checked<nlohmann::json>(text, source, kind);
+}
+
+nlohmann::ordered_json parse_ordered_json(std::string_view text, const std::string& source,
+                                          ErrorKind kind) {
+  return parse_checked<nlohmann::ordered_json>(text, source, kind);
 }
 
 std::string read_file(const std::string& path) {

@@ -3,6 +3,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <string_view>
+
 #include <string>
 
 #include "trainer/io/error.h"
@@ -64,9 +66,22 @@ class AtomicDir {
 // that cannot be read is kIo, malformed JSON (or a duplicate key) is `kind`:
 // kCorrupt for a model's or adapter's files, kData for a user's data.
 nlohmann::json read_json(const std::string& path, ErrorKind kind = ErrorKind::kCorrupt);
-// Parses JSON text; `source` names it in errors (malformed: `kind`).
-nlohmann::json parse_json(const std::string& text, const std::string& source,
+// Nesting past which JSON is refused: the recursive code that copies,
+// prints or walks a value would overflow the stack long before nlohmann's
+// iterative parser stops (HF tokenizers' serde_json stops at 128 levels,
+// Python's json near 1000).
+constexpr int kMaxJsonDepth = 256;
+
+// Parses JSON text; errors (kind `kind`) start "SOURCE:LINE:COLUMN: ", or
+// "column C: " when `source` is empty (a JSONL record whose caller names
+// file and line). Beyond nlohmann's own checks it refuses a NUL byte
+// (nlohmann stops there and ignores the rest), nesting deeper than
+// kMaxJsonDepth and a duplicate key in any object.
+nlohmann::json parse_json(std::string_view text, const std::string& source,
                           ErrorKind kind = ErrorKind::kCorrupt);
+// The same, keeping objects' key order.
+nlohmann::ordered_json parse_ordered_json(std::string_view text, const std::string& source,
+                                          ErrorKind kind = ErrorKind::kCorrupt);
 // Reads a whole file into memory; throws io::Error (kIo) naming path.
 std::string read_file(const std::string& path);
 // fsync on a directory: makes creations, renames and removals in it durable.

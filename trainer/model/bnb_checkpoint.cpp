@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "trainer/io/error.h"
+#include "trainer/io/file_util.h"
 #include "trainer/io/safetensors.h"
 
 namespace loratune::model {
@@ -61,8 +62,13 @@ json read_state_json(const Reporter& r, const std::string& name) {
   }
   const uint8_t* p = r.ckpt.file_of(name).data(info);
   const std::string text(reinterpret_cast<const char*>(p), info.nbytes());
-  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) {
+  json j;
+  try {
+    j = io::parse_json(text, "", ErrorKind::kCorrupt);
+  } catch (const Error& e) {
+    r.fail(name, "is not a JSON object: " + std::string(e.what()));
+  }
+  if (!j.is_object()) {
     r.fail(name, "is not a JSON object: " + printable(text, 60));
   }
   return j;
