@@ -360,6 +360,33 @@ def main():
     g = P.write("bad.gguf", b"GGUF\x03\x00\x00\x00" + b"\xff" * 16, "wb")
     P.run("gguf", "tensor count 2^64-1", ["import", g, "--out", P.path("imp")], CORRUPT, [g])
 
+    # --- JSON beyond the grammar: deep nesting, NUL bytes (round 2) ----------------
+    deep = "[" * 100000 + "]" * 100000
+    m = P.copy_model("cfg_deep")
+    with open(os.path.join(m, "config.json")) as f:
+        text = f.read().rstrip()
+    P.write("cfg_deep/config.json", text[:-1] + ', "rope_scaling_extra": ' + deep + "}")
+    P.run("json", "config.json nested 100000 deep", ["inspect", m], CORRUPT, [m])
+    rec = P.write("deep.jsonl", '{"messages": [{"role": "user", "content": "hi", "x": ' + deep + "}]}\n")
+    P.run("json", "chat record nested 100000 deep",
+          ["eval", "--model", base, "--data", rec, "--chat-template", "chatml"], DATA, [rec])
+    chat = P.write("deep_chat.json", '[{"role": "user", "content": "hi", "x": ' + deep + "}]")
+    P.run("json", "--chat file nested 100000 deep",
+          ["generate", "--model", base, "--chat", chat, "--chat-template", "chatml"], DATA, [chat])
+    nul = P.write("nul.jsonl", '{"text": "w3 w4"}\0{"garbage\n')
+    P.run("json", "JSONL record, NUL byte then garbage", ["eval", "--model", base, "--data", nul],
+          DATA, [nul])
+    ad = adapter_copy("ad_deep")
+    with open(os.path.join(ad, "adapter_config.json")) as f:
+        text = f.read().rstrip()
+    P.write("ad_deep/adapter_config.json", text[:-1] + ', "x": ' + deep + "}")
+    P.run("json", "adapter_config.json nested 100000 deep",
+          ["generate", "--model", tied, "--adapter", ad] + ids, CORRUPT, [ad])
+    P.run("cli", "logits --out ''", ["logits", "--model", base] + ids + ["--out", ""], CONFIG)
+    P.run("cli", "tokenize --file DIR", ["tokenize", "--model", base, "--file", work], IO)
+    P.run("dist", "train with RANK=1 but no WORLD_SIZE", ["train", "--plain", config("rank1")],
+          CONFIG, env={"RANK": "1"})
+
     # --- dropout is off at inference ----------------------------------------------
     ad = adapter_copy("ad_dropout", lora_dropout=0.9)
     outs = []
