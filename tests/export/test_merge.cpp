@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <atomic>
 #include <filesystem>
 
 #include "common/test_env.h"
@@ -160,6 +161,51 @@ TEST(Merge, KilledMergeLeavesNothingAndRerunSucceeds) {
   EXPECT_TRUE(fs::exists(opt.out_dir + "/model.safetensors.index.json"));
   io::Checkpoint::open(opt.out_dir);
   EXPECT_EQ(leftovers(), 0) << "the rerun removes the dead merge's temp directory";
+}
+
+// SIGTERM in the middle of `merge --overwrite` (the fault hook raises it once
+// two shards are on disk): one line, exit 143, the temp directory removed and
+// the existing output as it was.
+TEST(Merge, SigtermMidMergeRemovesTheTempDirAndKeepsTheOldOutput) {
+  auto c = cases()[0];
+  const std::string dir = test::make_temp_dir("merge-term");
+  exporter::MergeOptions opt = options(c["name"], c["variant"], dir + "/out");
+  const std::string cmd = test::quote(test::loratune_bin()) + " merge --model " +
+                          test::quote(opt.model_dir) + " --adapter " +
+                          test::quote(opt.adapter_dir) + " --out " + test::quote(opt.out_dir) +
+                          " --shard-size 200000 --overwrite 2>&1";
+  ASSERT_EQ(test::run(cmd).status, 0);
+  const std::string index = test::read_file(opt.out_dir + "/model.safetensors.index.json");
+  test::write_file(opt.out_dir + "/marker", "old");
+  auto stopped = test::run("LORATUNE_FAULT_SIGTERM_AFTER_SHARDS=2 " + cmd);
+  EXPECT_EQ(stopped.status, 128 + 15) << stopped.out;
+  EXPECT_NE(
+      stopped.out.find("loratune: merge stopped by signal 15; " + opt.out_dir + " left as it was"),
+      std::string::npos)
+      << stopped.out;
+  EXPECT_EQ(stopped.out.find("error"), std::string::npos) << stopped.out;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    EXPECT_EQ(e.path().filename().string().find(".tmp."), std::string::npos) << e.path();
+  }
+  EXPECT_EQ(test::read_file(opt.out_dir + "/marker"), "old");
+  EXPECT_EQ(test::read_file(opt.out_dir + "/model.safetensors.index.json"), index);
+}
+
+// MergeOptions::stop_signal set: Interrupted before anything is written.
+TEST(Merge, AStopSignalThrowsInterruptedAndWritesNothing) {
+  auto c = cases()[0];
+  const std::string dir = test::make_temp_dir("merge-stop");
+  exporter::MergeOptions opt = options(c["name"], c["variant"], dir + "/out");
+  std::atomic<int> stop{2};
+  opt.stop_signal = &stop;
+  try {
+    exporter::merge_adapter(opt);
+    FAIL() << "a stopped merge finished";
+  } catch (const exporter::Interrupted& e) {
+    EXPECT_EQ(e.signal(), 2);
+  }
+  EXPECT_FALSE(fs::exists(opt.out_dir));
+  EXPECT_TRUE(fs::is_empty(dir));
 }
 
 }  // namespace

@@ -415,6 +415,142 @@ TEST(Resume, AConfigThatChangesTrainingIsRefusedUnlessAllowed) {
       << cfg;
 }
 
+// A checkpoint is input like any other: every field of its state.json is
+// range-checked (a step of -1 would train with a negative learning rate, 99
+// would skip the run's steps), its adapter is checked as adapters are, and
+// its metrics.jsonl holds only metrics records. Each refusal is one line,
+// exit 5, naming the file and the key; the intact checkpoint then resumes.
+TEST(Resume, ADamagedCheckpointIsRefusedNamingTheFileAndKey) {
+  RunDir r = make_run("resume_damaged", 4);
+  ASSERT_EQ(run_train(r, "--stop-after-step 2").status, 143);
+  const std::string ckpt = r.dir + "/checkpoints/step-2";
+  const std::string state_path = ckpt + "/state.json";
+  const std::string state_text = test::read_file(state_path);
+  struct Case {
+    std::string key;  // JSON pointer into state.json
+    nlohmann::json value;
+    std::string expect;
+  };
+  const std::vector<Case> cases = {
+      {"/step", -1, "key 'step' is -1, outside [1, 4]"},
+      {"/step", 0, "key 'step' is 0, outside [1, 4]"},
+      {"/step", 99, "key 'step' is 99, outside [1, 4]"},
+      {"/step", "2", "key 'step' must be an integer (got \"2\")"},
+      {"/step", 2.5, "key 'step' must be an integer (got 2.5)"},
+      {"/total_steps", "x", "key 'total_steps' must be an integer"},
+      {"/world_size", 0, "key 'world_size' is 0, outside [1, "},
+      {"/sequences_per_step", 0, "key 'sequences_per_step' is 0, outside [1, "},
+      {"/tokens_seen", -5, "key 'tokens_seen' is -5"},
+      {"/elapsed_s", "soon", "key 'elapsed_s' must be a finite number >= 0"},
+      {"/data_position/epoch", 1000000, "key 'data_position.epoch' is 1000000"},
+      {"/data_position/index", -1, "key 'data_position.index' is -1"},
+      {"/data_position/index", 100000, "key 'data_position.index' is 100000"},
+      {"/data_position/epoch", 1, "key 'data_position' is {epoch 1, index 4}, but 2 steps"},
+      {"/data_position", nullptr, "key 'data_position' must be an object"},
+  };
+  for (const Case& c : cases) {
+    nlohmann::json js = nlohmann::json::parse(state_text);
+    js[nlohmann::json::json_pointer(c.key)] = c.value;
+    test::write_file(state_path, js.dump());
+    expect_one_error(run_train(r, "--resume"), 5, {state_path + ": " + c.expect});
+  }
+  test::write_file(state_path, state_text);
+
+  // adapter_config.json that does not describe its tensors (r 8 over rank 4).
+  const std::string adapter_config = ckpt + "/adapter/adapter_config.json";
+  const std::string config_text = test::read_file(adapter_config);
+  nlohmann::json ac = nlohmann::json::parse(config_text);
+  ac["r"] = 8;
+  test::write_file(adapter_config, ac.dump());
+  expect_one_error(run_train(r, "--resume"), 5, {adapter_config + " gives", "r = 8", "rank 4"});
+  test::write_file(adapter_config, config_text);
+
+  // A line that is no metrics record is refused, not copied into the run.
+  const std::string metrics = ckpt + "/metrics.jsonl";
+  const std::string metrics_text = test::read_file(metrics);
+  test::write_file(metrics, metrics_text + "garbage\n");
+  expect_one_error(run_train(r, "--resume"), 5,
+                   {metrics + ":", ": not a metrics record", "garbage"});
+  test::write_file(metrics, metrics_text + "{\"step\": 3, \"split\": \"train\"}\n");
+  expect_one_error(run_train(r, "--resume"), 5, {metrics + ":", "in [1, 2]"});
+  test::write_file(metrics, metrics_text);
+
+  auto ok = run_train(r, "--resume");
+  ASSERT_EQ(ok.status, 0) << ok.out;
+  EXPECT_EQ(test::read_file(r.dir + "/metrics.jsonl").find("garbage"), std::string::npos);
+}
+
+// A lower max_steps than the checkpoint's run is refused as before (exit 1),
+// not trained as 0 steps.
+TEST(Resume, AMaxStepsBelowTheCheckpointsStepIsRefused) {
+  RunDir r = make_run("resume_fewer", 4);
+  ASSERT_EQ(run_train(r, "--stop-after-step 3").status, 143);
+  expect_one_error(run_train(r, "--resume train.max_steps=2"), 1,
+                   {"checkpoint of a run of 4 steps, but this config gives 2"});
+  EXPECT_FALSE(fs::exists(r.dir + "/adapter"));
+}
+
+// Without the run's config.yaml the resume guard cannot check the config: refused.
+TEST(Resume, AMissingRunConfigIsRefused) {
+  RunDir r = make_run("resume_noconfig", 4);
+  ASSERT_EQ(run_train(r, "--stop-after-step 2").status, 143);
+  fs::remove(r.dir + "/config.yaml");
+  expect_one_error(run_train(r, "--resume seed=9 train.optimizer.lr=1e-2"), 5,
+                   {"--resume: " + r.dir + "/config.yaml is missing"});
+  EXPECT_FALSE(fs::exists(r.dir + "/config.yaml"));
+  EXPECT_FALSE(fs::exists(r.dir + "/adapter"));
+}
+
+// checkpoints/step-N names the writer never gives (not a number, out of
+// int64 range, a leading zero) are not checkpoints: ignored.
+TEST(Resume, StepDirectoriesThatAreNoCheckpointNamesAreIgnored) {
+  RunDir r = make_run("resume_names", 4);
+  ASSERT_EQ(run_train(r, "--stop-after-step 2").status, 143);
+  for (const char* name : {"step-99999999999999999999", "step-x", "step-007", "step--1"}) {
+    const std::string d = r.dir + "/checkpoints/" + name;
+    fs::create_directories(d);
+    test::write_file(d + "/state.json", "{}");
+  }
+  auto res = run_train(r, "--resume");
+  ASSERT_EQ(res.status, 0) << res.out;
+  EXPECT_NE(res.out.find("resumed from " + r.dir + "/checkpoints/step-2"), std::string::npos)
+      << res.out;
+}
+
+// A stop after training (here the test hook's SIGTERM after the last step)
+// ends the exports cleanly: exit 143, one line naming what is missing, no
+// temp files; --resume then writes the missing exports (only with the run's
+// config) and afterwards has nothing to resume.
+TEST(Resume, AStopDuringTheExportsExits143AndResumeWritesThem) {
+  RunDir r = make_run("resume_exports", 2);
+  const std::string outputs = "output.merge=true output.gguf.adapter=true ";
+  auto stopped = run_train(r, outputs + "--stop-after-step 2");
+  EXPECT_EQ(stopped.status, 143) << stopped.out;
+  EXPECT_NE(stopped.out.find("loratune: stopped by signal 15 during the exports; the adapter is "
+                             "in " +
+                             r.dir + "/adapter; not written yet: merged, adapter.gguf"),
+            std::string::npos)
+      << stopped.out;
+  EXPECT_TRUE(error_lines(stopped.out).empty()) << stopped.out;
+  EXPECT_TRUE(fs::exists(r.dir + "/adapter/adapter_model.safetensors"));
+  EXPECT_FALSE(fs::exists(r.dir + "/merged"));
+  for (const auto& e : fs::directory_iterator(r.dir)) {
+    EXPECT_EQ(e.path().filename().string().find(".tmp."), std::string::npos) << e.path();
+  }
+  const auto adapter = tree_digest(r.dir + "/adapter");
+  expect_one_error(run_train(r, outputs + "--resume seed=9"), 1,
+                   {"holds a finished run", "(seed 3 -> 9)"});
+  auto resumed = run_train(r, outputs + "--resume");
+  ASSERT_EQ(resumed.status, 0) << resumed.out;
+  EXPECT_NE(resumed.out.find("holds the finished run (2 steps); writing the exports it lacks"),
+            std::string::npos)
+      << resumed.out;
+  EXPECT_TRUE(fs::exists(r.dir + "/merged/model.safetensors"));
+  EXPECT_TRUE(fs::exists(r.dir + "/adapter.gguf"));
+  EXPECT_EQ(tree_digest(r.dir + "/adapter"), adapter) << "the trained adapter is kept";
+  expect_one_error(run_train(r, outputs + "--resume"), 1, {"nothing to resume"});
+}
+
 // ---- data, file system -------------------------------------------------------------------
 
 TEST(BadRuns, TokenIdsOutsideTheVocabularyAreOneLine) {

@@ -1,4 +1,10 @@
 // `loratune merge`: base model + PEFT adapter -> merged Hugging Face model.
+//
+// SIGINT / SIGTERM stop the merge before its next tensor: the temp directory
+// is removed, --out is left as it was, one line says so and the exit code is
+// 130 / 143. A second signal kills at once.
+#include <atomic>
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
@@ -16,6 +22,13 @@
 
 namespace loratune::cli {
 namespace {
+
+std::atomic<int> g_merge_stop{0};
+
+extern "C" void on_merge_stop(int sig) {
+  g_merge_stop.store(sig);
+  std::signal(sig, SIG_DFL);  // a second signal ends the process
+}
 
 // A "Vm...:  N kB" line of /proc/self/status, in bytes; 0 where there is none.
 uint64_t proc_status_bytes(const std::string& key) {
@@ -85,7 +98,20 @@ void add_merge_command(CLI::App& app) {
     opt->max_shard_bytes = io::parse_size(*shard);
     const bool reset = *report && reset_peak_rss();
     const uint64_t baseline = *report ? proc_status_bytes("VmRSS") : 0;
-    exporter::merge_adapter(*opt);
+    opt->stop_signal = &g_merge_stop;
+    std::signal(SIGINT, on_merge_stop);
+    std::signal(SIGTERM, on_merge_stop);
+    try {
+      exporter::merge_adapter(*opt);
+    } catch (const exporter::Interrupted& e) {
+      std::signal(SIGINT, SIG_DFL);
+      std::signal(SIGTERM, SIG_DFL);
+      std::fprintf(stderr, "loratune: merge %s; %s left as it was (temp files removed)\n", e.what(),
+                   opt->out_dir.c_str());
+      throw CLI::RuntimeError(128 + e.signal());
+    }
+    std::signal(SIGINT, SIG_DFL);
+    std::signal(SIGTERM, SIG_DFL);
     if (*report) {
       std::fprintf(stderr,
                    "memory: {\"baseline_rss_bytes\": %llu, \"peak_rss_bytes\": %llu, "

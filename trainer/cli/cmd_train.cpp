@@ -4,14 +4,19 @@
 // signal stopped it after writing a checkpoint (continue with --resume);
 // otherwise the code of the error's kind (trainer/io/error.h), e.g. 3 (data)
 // for an abort after train.max_bad_steps non-finite steps (a checkpoint is
-// written first). A second SIGINT/SIGTERM kills at once.
+// written first). A signal after training stops the exports (output.merge,
+// output.gguf) before the next one, 130/143 too: the merge at its next
+// tensor, a GGUF file once written; --resume then writes the missing ones. A
+// second SIGINT/SIGTERM kills at once.
 #include <torch/cuda.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -91,10 +96,19 @@ void check_gguf_output(const config::TrainConfig& cfg, const std::string& model_
 // output.gguf after a finished run: what `export-gguf --model model.path
 // --adapter DIR/adapter --type T` (+ --modelfile) and `... --adapter-only`
 // write, into DIR/model.<type>.gguf + DIR/Modelfile and DIR/adapter.gguf.
-void write_gguf_outputs(const config::TrainConfig& cfg) {
+// `todo` says which (names as train::missing_exports gives them); `stop()`
+// is asked before each, and a nonzero answer ends the exports there (an
+// export already started runs to its end: the GGUF writer is not
+// interruptible, and its file appears complete or not at all).
+void write_gguf_outputs(const config::TrainConfig& cfg, const std::vector<std::string>& todo,
+                        const std::function<void()>& stop) {
   const config::GgufOutputConfig& g = cfg.output.gguf;
   const std::string adapter = cfg.output.dir + "/adapter";
-  if (g.type != config::GgufType::kNone) {
+  auto wanted = [&](const std::string& name) {
+    return std::find(todo.begin(), todo.end(), name) != todo.end();
+  };
+  if (g.type != config::GgufType::kNone && wanted("model." + config::to_string(g.type) + ".gguf")) {
+    stop();
     gguf::ExportOptions eo;
     eo.model_dir = cfg.model.path;
     eo.adapter_dir = adapter;
@@ -110,7 +124,8 @@ void write_gguf_outputs(const config::TrainConfig& cfg) {
     const std::string mf = gguf::write_modelfile(eo.out_path, "", stops);
     std::fprintf(stderr, "loratune: Ollama Modelfile written to %s\n", mf.c_str());
   }
-  if (g.adapter) {
+  if (g.adapter && wanted("adapter.gguf")) {
+    stop();
     gguf::ExportOptions ao;
     ao.model_dir = cfg.model.path;
     ao.adapter_dir = adapter;
@@ -124,6 +139,21 @@ void write_gguf_outputs(const config::TrainConfig& cfg) {
                  ao.out_path.c_str(), s.adapted);
   }
 }
+
+// Restores the default SIGINT / SIGTERM action when the run and its
+// exports are over, however they end.
+struct SignalHandlers {
+  SignalHandlers() {
+    std::signal(SIGINT, on_stop_signal);
+    std::signal(SIGTERM, on_stop_signal);
+  }
+  ~SignalHandlers() {
+    std::signal(SIGINT, SIG_DFL);
+    std::signal(SIGTERM, SIG_DFL);
+  }
+  SignalHandlers(const SignalHandlers&) = delete;
+  SignalHandlers& operator=(const SignalHandlers&) = delete;
+};
 
 void train_and_merge(const TrainOptions& o, const config::TrainConfig& cfg, dist::Group* group) {
   train::RunOptions ro;
@@ -141,14 +171,48 @@ void train_and_merge(const TrainOptions& o, const config::TrainConfig& cfg, dist
   // A .gguf model.path is read through its float32 import (imported once).
   ro.model_dir = gguf::resolve_model_path(cfg.model.path);
   check_gguf_output(cfg, ro.model_dir);
-  std::signal(SIGINT, on_stop_signal);
-  std::signal(SIGTERM, on_stop_signal);
+  // Installed for the run and its exports: a signal during the exports ends
+  // them cleanly too (exit 130/143; --resume writes what is missing).
+  SignalHandlers handlers;
   train::RunResult r = train::run_training(cfg, ro);
-  std::signal(SIGINT, SIG_DFL);
-  std::signal(SIGTERM, SIG_DFL);
   if (r.stopped_by_signal != 0) throw CLI::RuntimeError(128 + r.stopped_by_signal);
   if (group != nullptr && !group->is_main()) return;  // rank 0 writes the exports
-  if (cfg.output.merge) {
+  // A run that finished has every export to write; a resumed finished run
+  // only those its directory lacks.
+  std::vector<std::string> todo = train::missing_exports(cfg);
+  if (!r.exports_only) {
+    todo.clear();
+    if (cfg.output.merge) todo.push_back("merged");
+    if (cfg.output.gguf.type != config::GgufType::kNone) {
+      todo.push_back("model." + config::to_string(cfg.output.gguf.type) + ".gguf");
+    }
+    if (cfg.output.gguf.adapter) todo.push_back("adapter.gguf");
+  }
+  // A signal (or --stop-after-step at the last step, the test hook's
+  // "SIGTERM after step N") stops before the next export: what is written
+  // stays, the rest is named for --resume.
+  auto stop = [&] {
+    int sig = g_stop_signal.load();
+    if (sig == 0 && o.stop_after_step > 0 && !r.exports_only && r.steps_done >= o.stop_after_step) {
+      sig = SIGTERM;
+    }
+    if (sig == 0) return;
+    const std::vector<std::string> missing = train::missing_exports(cfg);
+    std::string names;
+    for (const std::string& m : missing) names += (names.empty() ? "" : ", ") + m;
+    if (missing.empty()) {
+      std::fprintf(stderr, "loratune: stopped by signal %d after the exports; all are in %s\n", sig,
+                   cfg.output.dir.c_str());
+    } else {
+      std::fprintf(stderr,
+                   "loratune: stopped by signal %d during the exports; the adapter is in "
+                   "%s/adapter; not written yet: %s (write them with --resume)\n",
+                   sig, cfg.output.dir.c_str(), names.c_str());
+    }
+    throw CLI::RuntimeError(128 + sig);
+  };
+  if (std::find(todo.begin(), todo.end(), "merged") != todo.end()) {
+    stop();
     exporter::MergeOptions mo;
     mo.model_dir = ro.model_dir;
     mo.adapter_dir = cfg.output.dir + "/adapter";
@@ -166,10 +230,17 @@ void train_and_merge(const TrainOptions& o, const config::TrainConfig& cfg, dist
     const train::FinalLosses fl = train::read_final_losses(cfg.output.dir + "/metrics.jsonl");
     mo.facts.final_train_loss = fl.train;
     mo.facts.final_val_loss = fl.val;
-    exporter::merge_adapter(mo);
+    mo.stop_signal = &g_stop_signal;
+    try {
+      exporter::merge_adapter(mo);
+    } catch (const exporter::Interrupted&) {
+      stop();  // the merge's temp directory is gone; name what is missing
+      throw;
+    }
     std::fprintf(stderr, "loratune: merged model written to %s\n", mo.out_dir.c_str());
   }
-  write_gguf_outputs(cfg);
+  write_gguf_outputs(cfg, todo, stop);
+  if (!todo.empty()) stop();  // a signal during the last export: it is written, but say so
 }
 
 void run_train(const TrainOptions& o) {

@@ -133,6 +133,12 @@ uint64_t output_bytes(const io::TensorInfo& info, c10::ScalarType dtype, const S
 // and their state tensors are skipped. A multimodal model's vision tower and
 // projector tensors (model::is_multimodal_extra) are written as stored, same
 // names, same bytes, whatever `dtype` is.
+// Throws Interrupted when opt.stop_signal says so.
+void check_stop(const MergeOptions& opt) {
+  const int sig = opt.stop_signal != nullptr ? opt.stop_signal->load() : 0;
+  if (sig != 0) throw Interrupted(sig);
+}
+
 size_t stream_tensors(const io::Checkpoint& base, const model::ModelConfig& config,
                       std::map<std::string, LoraFactors>& factors, c10::ScalarType dtype,
                       const std::string& adapter_path, const std::set<std::string>& nf4_names,
@@ -141,6 +147,10 @@ size_t stream_tensors(const io::Checkpoint& base, const model::ModelConfig& conf
   // shards are on disk, as a power cut or the OOM killer would.
   const char* kill_env = std::getenv("LORATUNE_FAULT_KILL_AFTER_SHARDS");
   const size_t kill_after = kill_env ? static_cast<size_t>(std::atoi(kill_env)) : 0;
+  // The same for the signal test: SIGTERM to itself once this many shards
+  // are on disk (a caller's handler turns it into opt.stop_signal).
+  const char* term_env = std::getenv("LORATUNE_FAULT_SIGTERM_AFTER_SHARDS");
+  const size_t term_after = term_env ? static_cast<size_t>(std::atoi(term_env)) : 0;
   // Views queued in the writer's pending shard, with the file they map.
   std::vector<std::pair<const io::SafetensorsFile*, const io::TensorInfo*>> queued_views;
   size_t shards = 0, merged = 0;
@@ -156,10 +166,12 @@ size_t stream_tensors(const io::Checkpoint& base, const model::ModelConfig& conf
     ::malloc_trim(0);
 #endif
     if (kill_after > 0 && shards >= kill_after) std::raise(SIGKILL);
+    if (term_after > 0 && shards == term_after) std::raise(SIGTERM);
   };
   for (const auto& shard : base.shards()) {
     for (const io::TensorInfo& info : shard->tensors()) {
       if (stored.companions.count(info.name)) continue;
+      check_stop(opt);
       writer.make_room(output_bytes(info, dtype, stored, config));
       release_if_written();
       at::Tensor w = shard->tensor(info.name);
@@ -352,6 +364,7 @@ void merge_adapter(const MergeOptions& opt) {
     io::write_file_atomic((fs::path(out.path()) / "README.md").string(),
                           model_card(opt, config, spec, dtype, merged));
   }
+  check_stop(opt);
   out.commit();
 }
 

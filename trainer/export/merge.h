@@ -18,9 +18,11 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/ScalarType.h>
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -61,11 +63,26 @@ struct MergeOptions {
   // original full-precision W is used. The model card says which.
   model::QuantizeOptions base_quantize;
   c10::ScalarType quantized_dtype = c10::ScalarType::Float;
+  // Polled before every tensor and before the final rename; nonzero (the
+  // number of a signal the caller caught) stops the merge with Interrupted.
+  const std::atomic<int>* stop_signal = nullptr;
+};
+
+// A merge stopped by MergeOptions::stop_signal: its temp directory is
+// removed and out_dir is as it was.
+class Interrupted : public std::runtime_error {
+ public:
+  explicit Interrupted(int signal)
+      : std::runtime_error("stopped by signal " + std::to_string(signal)), signal_(signal) {}
+  int signal() const { return signal_; }
+
+ private:
+  int signal_;
 };
 
 // Merges and writes `opt.out_dir`. Throws loratune::Error naming the file or
 // tensor at fault (adapter tensors that match no base weight, shape
-// mismatches, an existing out_dir without overwrite).
+// mismatches, an existing out_dir without overwrite), Interrupted on a stop.
 void merge_adapter(const MergeOptions& opt);
 
 // One adapted projection: its two factors and scale (from the adapter file).

@@ -126,6 +126,9 @@ FinalLosses read_final_losses(const std::string& metrics_path) {
       throw Error(metrics_path + ":" + std::to_string(lineno) + ": not a JSON object",
                   ErrorKind::kCorrupt);
     }
+    if (auto step = j.find("step"); step != j.end() && step->is_number_integer()) {
+      out.last_step = std::max(out.last_step, step->get<int64_t>());
+    }
     auto split = j.find("split");
     auto loss = j.find("loss");
     if (split == j.end() || loss == j.end() || !split->is_string()) continue;

@@ -166,6 +166,24 @@ void remove_run_files(const fs::path& out) {
   }
 }
 
+}  // namespace
+
+std::vector<std::string> missing_exports(const config::TrainConfig& cfg) {
+  const fs::path out(cfg.output.dir);
+  std::vector<std::string> missing;
+  if (cfg.output.merge && !fs::exists(out / "merged")) missing.push_back("merged");
+  if (cfg.output.gguf.type != config::GgufType::kNone) {
+    const std::string gguf = "model." + config::to_string(cfg.output.gguf.type) + ".gguf";
+    if (!fs::exists(out / gguf) || !fs::exists(out / "Modelfile")) missing.push_back(gguf);
+  }
+  if (cfg.output.gguf.adapter && !fs::exists(out / "adapter.gguf")) {
+    missing.push_back("adapter.gguf");
+  }
+  return missing;
+}
+
+namespace {
+
 // Refuses to clobber runs. Returns true when output.overwrite is to replace
 // an earlier run's files: the caller removes them (remove_run_files) only
 // once the new run's setup (model, data) succeeded, so a run that cannot
@@ -340,7 +358,23 @@ std::string run_summary(int64_t steps, int64_t tokens, double seconds, const c10
 struct RunDirPlan {
   std::string resume_from;
   bool replace_earlier = false;
+  bool exports_only = false;  // --resume of a finished run whose requested exports are missing
 };
+
+// The run's own config.yaml, which --resume checks this config against. A
+// run directory without it cannot be checked, so it is refused rather than
+// resumed with whatever config is given.
+std::string run_config_text(const config::TrainConfig& cfg) {
+  const std::string path = cfg.output.dir + "/config.yaml";
+  if (!fs::exists(path)) {
+    throw Error("--resume: " + path +
+                    " is missing: the run's config cannot be checked against this one (every "
+                    "run writes it before its first checkpoint); restore it, or start again with "
+                    "output.overwrite=true",
+                ErrorKind::kCorrupt);
+  }
+  return io::read_file(path);
+}
 
 // The run directory policy: refuses to clobber other runs (prepare_run_dir)
 // and names the checkpoint a resume continues from. A torchrun restart
@@ -356,6 +390,26 @@ RunDirPlan open_run_dir(const config::TrainConfig& cfg, bool resume, bool elasti
     }
   }
   RunDirPlan plan;
+  if (resume && fs::exists(fs::path(cfg.output.dir) / "adapter")) {
+    // Training finished; what remains is the exports a stop during them
+    // (or a config that now asks for more) left out. They are written from
+    // the run's adapter, so the config must be the run's own.
+    const std::vector<std::string> missing = missing_exports(cfg);
+    if (missing.empty()) (void)prepare_run_dir(cfg, resume);  // "nothing to resume"
+    const std::string before = run_config_text(cfg);
+    std::vector<ConfigChange> changes = config_changes(before, config::to_yaml(cfg));
+    if (!changes.empty()) {
+      const ConfigChange& c = changes.front();
+      throw Error("--resume: output.dir '" + cfg.output.dir +
+                  "' holds a finished run; its missing exports are written from its adapter, "
+                  "but this config changes training against " +
+                  cfg.output.dir + "/config.yaml (" +
+                  printable(c.key + " " + c.before + " -> " + c.after, 300) +
+                  "); resume with the run's config");
+    }
+    plan.exports_only = true;
+    return plan;
+  }
   plan.replace_earlier = prepare_run_dir(cfg, resume);
   if (!resume) return plan;
   plan.resume_from = latest_checkpoint(cfg.output.dir);
@@ -365,14 +419,12 @@ RunDirPlan open_run_dir(const config::TrainConfig& cfg, bool resume, bool elasti
   // Keys that give the adapter its shape: the checkpoint's adapter has the
   // run's values, so no --allow-config-change can change them.
   const std::string run_config = cfg.output.dir + "/config.yaml";
-  if (fs::exists(run_config)) {
-    for (const ConfigChange& c : config_changes(io::read_file(run_config), config::to_yaml(cfg))) {
-      if (c.key == "lora.r" || c.key == "lora.target_modules" || c.key == "lora.use_dora") {
-        throw Error("--resume: " + c.key + " cannot change on resume (" + printable(c.before, 200) +
-                    " in " + run_config + ", " + printable(c.after, 200) +
-                    " now): the checkpoint's adapter has the run's shape; resume with " + c.key +
-                    "=" + printable(c.before, 200) + " or start a new run");
-      }
+  for (const ConfigChange& c : config_changes(run_config_text(cfg), config::to_yaml(cfg))) {
+    if (c.key == "lora.r" || c.key == "lora.target_modules" || c.key == "lora.use_dora") {
+      throw Error("--resume: " + c.key + " cannot change on resume (" + printable(c.before, 200) +
+                  " in " + run_config + ", " + printable(c.after, 200) +
+                  " now): the checkpoint's adapter has the run's shape; resume with " + c.key +
+                  "=" + printable(c.before, 200) + " or start a new run");
     }
   }
   return plan;
@@ -398,6 +450,9 @@ class TrainingRun {
   // The stop this rank asks for before or after step `step`: the signal
   // number, SIGTERM for opts.stop_after_step, or 0.
   int local_stop(int64_t step) const;
+  // On resume: state_.data_position is one the run reaches after
+  // state_.step steps (exactly that one when the config is the run's own).
+  void check_data_position(const config::TrainConfig& cfg, int64_t batches_per_step);
 
   const config::TrainConfig& cfg_;
   const RunOptions& opts_;
@@ -520,6 +575,7 @@ TrainingRun::TrainingRun(const config::TrainConfig& cfg, const RunOptions& opts,
       throw Error(resume_from_ + ": checkpoint of a run of " + std::to_string(state_.total_steps) +
                   " steps, but this config gives " + std::to_string(total_));
     }
+    check_data_position(cfg, batches_per_step);
     loader_->seek(state_.data_position);
     trainer_->set_step_count(state_.step);
   }
@@ -530,6 +586,41 @@ TrainingRun::TrainingRun(const config::TrainConfig& cfg, const RunOptions& opts,
   if (opts.crash_step > 0 && opts.crash_rank == rank_ &&
       (group_ == nullptr || group_->env().restart_count == 0)) {
     crash_step_ = opts.crash_step;
+  }
+}
+
+void TrainingRun::check_data_position(const config::TrainConfig& cfg, int64_t batches_per_step) {
+  const std::string state_path = resume_from_ + "/state.json";
+  const data::LoaderPosition p = state_.data_position;
+  const int64_t n = loader_->sequences_per_epoch();
+  // Every epoch takes at least one batch, every step reads batches_per_step
+  // (the checkpoint's sequences per step when it recorded them).
+  const int64_t per_step = std::max(batches_per_step, state_.sequences_per_step);
+  const bool epoch_ok = p.epoch <= state_.step * per_step;
+  if (!epoch_ok || p.index > n) {
+    throw Error(state_path + ": key 'data_position." + (epoch_ok ? "index" : "epoch") + "' is " +
+                    std::to_string(epoch_ok ? p.index : p.epoch) + ", which " +
+                    std::to_string(state_.step) + " steps of this run cannot reach (" +
+                    std::to_string(n) + " sequences per epoch); the checkpoint is damaged",
+                ErrorKind::kCorrupt);
+  }
+  // With the run's own config the loader is the same: the position must be
+  // the one state_.step steps from the start lead to.
+  const std::string run_config = run_dir_ + "/config.yaml";
+  if (!fs::exists(run_config) ||
+      !config_changes(io::read_file(run_config), config::to_yaml(cfg)).empty() ||
+      state_.sequences_per_step != batches_per_step * cfg.train.micro_batch_size) {
+    return;
+  }
+  loader_->seek({0, 0});
+  loader_->skip(state_.step * batches_per_step);
+  const data::LoaderPosition want = loader_->position();
+  if (!(want == p)) {
+    throw Error(state_path + ": key 'data_position' is {epoch " + std::to_string(p.epoch) +
+                    ", index " + std::to_string(p.index) + "}, but " + std::to_string(state_.step) +
+                    " steps of this run end at {epoch " + std::to_string(want.epoch) + ", index " +
+                    std::to_string(want.index) + "}; the checkpoint is damaged",
+                ErrorKind::kCorrupt);
   }
 }
 
@@ -724,6 +815,19 @@ void TrainingRun::finish(RunResult& result) {
   result.steps_done = trainer_->step_count();
 }
 
+// The result of a --resume that has only exports left: the finished run's
+// steps, from its metrics.jsonl.
+RunResult exports_only_result(const config::TrainConfig& cfg) {
+  RunResult r;
+  r.exports_only = true;
+  r.steps_done = read_final_losses(cfg.output.dir + "/metrics.jsonl").last_step;
+  std::fprintf(stderr,
+               "loratune: %s/adapter holds the finished run (%lld steps); writing the "
+               "exports it lacks\n",
+               cfg.output.dir.c_str(), static_cast<long long>(r.steps_done));
+  return r;
+}
+
 }  // namespace
 
 RunResult run_training(const config::TrainConfig& cfg, const RunOptions& opts) {
@@ -736,6 +840,7 @@ RunResult run_training(const config::TrainConfig& cfg, const RunOptions& opts) {
   dist::Group* group = opts.group;
   if (group == nullptr) {
     const RunDirPlan plan = open_run_dir(cfg, opts.resume, /*elastic_restart=*/false);
+    if (plan.exports_only) return exports_only_result(cfg);
     TrainingRun run(cfg, opts, plan.resume_from);
     if (plan.replace_earlier) remove_run_files(cfg.output.dir);
     RunResult result = run.loop();
@@ -754,6 +859,13 @@ RunResult run_training(const config::TrainConfig& cfg, const RunOptions& opts) {
     }
   }
   group->check_all_ok("opening output.dir", error);
+  if (!group->share_string("exports_only", plan.exports_only ? "1" : "").empty()) {
+    // Rank 0 writes the exports; the others have nothing left to do.
+    if (group->is_main()) return exports_only_result(cfg);
+    RunResult nothing;
+    nothing.exports_only = true;
+    return nothing;
+  }
   const std::string resume_from = group->share_string("resume_from", plan.resume_from);
   std::unique_ptr<TrainingRun> run;
   try {

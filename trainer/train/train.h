@@ -387,6 +387,7 @@ class MetricsLog {
 struct FinalLosses {
   std::optional<double> train;
   std::optional<double> val;
+  int64_t last_step = 0;  // the largest "step" of any record
 };
 FinalLosses read_final_losses(const std::string& metrics_path);
 
@@ -524,13 +525,24 @@ struct RunResult {
   int stopped_by_signal = 0;  // the signal number when stopped early, else 0
   bool aborted_bad_steps = false;
   std::string checkpoint;  // last checkpoint written ("" when none)
+  // --resume of a run whose training had finished (adapter/ written) but
+  // whose requested exports are missing (missing_exports): nothing was
+  // trained; the caller writes the missing exports.
+  bool exports_only = false;
 };
+
+// The exports cfg.output asks for that cfg.output.dir lacks, by name:
+// "merged" (output.merge), "model.<type>.gguf" (output.gguf.type; also when
+// its Modelfile is missing), "adapter.gguf" (output.gguf.adapter).
+std::vector<std::string> missing_exports(const config::TrainConfig& cfg);
 
 // Trains as `cfg` says into cfg.output.dir:
 //   config.yaml (the resolved config), metrics.jsonl, checkpoints/step-N/,
 //   adapter/ (the final adapter in PEFT format, written last).
 // A directory holding a finished run (adapter/) is refused unless
-// output.overwrite (which clears it first) or resume; a directory with
+// output.overwrite (which clears it first) or resume (which then trains
+// nothing: with the run's own config and some requested export missing it
+// returns exports_only, else it refuses: nothing to resume); a directory with
 // checkpoints but no adapter is refused unless resume or overwrite. With
 // resume, training continues from the newest checkpoint and is bitwise
 // identical on CPU to an uninterrupted run. Too many consecutive non-finite
@@ -540,10 +552,10 @@ struct RunResult {
 // naming the last finite checkpoint, and nothing non-finite is written.
 // On resume, a config that changes training (anything but the keys listed in
 // resume_neutral_keys()) is refused unless opts.allow_config_change; then
-// config.yaml records the change as comments. A stop request writes a checkpoint and returns with
-// stopped_by_signal set.
-// train.mixed_precision other than none is refused (no autocast yet): bf16
-// training is model.dtype=bfloat16 with float32 LoRA weights.
+// config.yaml records the change as comments; a run directory without its
+// config.yaml cannot be checked and is refused (kCorrupt). A stop request writes a checkpoint and
+// returns with stopped_by_signal set. train.mixed_precision other than none is refused (no autocast
+// yet): bf16 training is model.dtype=bfloat16 with float32 LoRA weights.
 RunResult run_training(const config::TrainConfig& cfg, const RunOptions& opts);
 
 }  // namespace loratune::train
