@@ -81,13 +81,21 @@ TEST_P(Nf4Bitwise, StateAndDequantizedWeightsEqualBitsandbytes) {
 INSTANTIATE_TEST_SUITE_P(DoubleQuant, Nf4Bitwise, ::testing::Values(false, true),
                          [](const auto& info) { return info.param ? "nested" : "plain"; });
 
-// The CPU's AVX-512 loops, its scalar loop and the ATen-op path agree bit
-// for bit in every output dtype: odd sizes (a short last block), and scales
-// whose products overflow bfloat16 or are subnormal.
+// The CPU's AVX-512 loops, its scalar loop and the ATen-op path (chunked)
+// agree bit for bit in every output dtype: odd sizes (a short last block),
+// more than one chunk, and scales whose products overflow bfloat16 or are
+// subnormal.
 TEST(Nf4, CpuLoopsAndPortablePathGiveTheSameBits) {
   at::manual_seed(11);
   for (auto [rows, cols] :
-       std::vector<std::pair<int64_t, int64_t>>{{3, 64}, {5, 100}, {130, 77}, {64, 256}, {1, 1}}) {
+       std::vector<std::pair<int64_t, int64_t>>{{3, 64},
+                                                {5, 100},
+                                                {130, 77},
+                                                {64, 256},
+                                                {1, 1},
+                                                // past the portable path's chunk of 2^17
+                                                // blocks, with a short last block
+                                                {4100, 2049}}) {
     for (bool dq : {false, true}) {
       model::Nf4Weight q = model::quantize_nf4(at::randn({rows, cols}) * 3, dq, "w");
       if (!dq && q.absmax.numel() >= 3) {

@@ -12,7 +12,6 @@
 #include <ATen/ops/linspace.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/mean.h>
-#include <ATen/ops/stack.h>
 #include <ATen/ops/tensor.h>
 
 #include <algorithm>
@@ -496,13 +495,37 @@ at::Tensor dequantize_nf4_cpu(const Nf4Weight& q, at::ScalarType dtype, bool sim
 at::Tensor dequantize_nf4_portable(const Nf4Weight& q, at::ScalarType dtype) {
   check_dtype(dtype);
   const int64_t n = q.numel(), blocks = q.blocks();
-  const at::Tensor p = q.packed.view({-1});                              // [ceil(n/2)]
-  at::Tensor idx = at::stack({p.__rshift__(4), p.bitwise_and(0xF)}, 1);  // [ceil(n/2),2]
-  idx = idx.view({-1}).narrow(0, 0, n).to(at::kInt);                     // [n]
-  at::Tensor v = nf4_code().to(p.device()).index_select(0, idx);         // [n] float32
-  if (blocks * kNf4BlockSize != n) v = at::constant_pad_nd(v, {0, blocks * kNf4BlockSize - n});
-  v = v.view({blocks, kNf4BlockSize}).mul_(nf4_scales(q).unsqueeze(1));  // [blocks,64]
-  return v.view({-1}).narrow(0, 0, n).view(q.shape).to(dtype);           // [out,in]
+  const c10::Device device = q.packed.device();
+  // Both values of every byte value: pairs[b] = {code[b >> 4], code[b & 15]}.
+  static const at::Tensor pairs_cpu = [] {
+    std::vector<float> v(512);
+    for (int b = 0; b < 256; ++b) {
+      v[2 * b] = static_cast<float>(kNf4Codes[b >> 4]);
+      v[2 * b + 1] = static_cast<float>(kNf4Codes[b & 0xF]);
+    }
+    return at::tensor(v, at::TensorOptions().dtype(at::kFloat)).view({256, 2});
+  }();
+  const at::Tensor pairs = pairs_cpu.to(device);  // [256,2] float32
+  const at::Tensor scales = nf4_scales(q);        // [blocks] float32
+  const at::Tensor bytes = q.packed.view({-1});   // [ceil(n/2)]
+  at::Tensor out = at::empty({blocks * kNf4BlockSize}, q.packed.options().dtype(dtype));
+  // Chunks of blocks bound the float32 scratch (16 MiB of indices and 32 MiB
+  // of values) whatever the projection's size: a 70B up_proj would need
+  // 2 GB of scratch at once.
+  constexpr int64_t kChunkBlocks = 1 << 17;  // 8M weights
+  for (int64_t b0 = 0; b0 < blocks; b0 += kChunkBlocks) {
+    const int64_t nb = std::min(kChunkBlocks, blocks - b0);
+    const int64_t first = b0 * (kNf4BlockSize / 2);
+    const int64_t count = std::min(nb * (kNf4BlockSize / 2), bytes.numel() - first);
+    const at::Tensor idx = bytes.narrow(0, first, count).to(at::kInt);  // [count]
+    at::Tensor v = pairs.index_select(0, idx).view({-1});               // [2*count] float32
+    if (v.numel() != nb * kNf4BlockSize)  // the short last block (and an odd pad nibble)
+      v = at::constant_pad_nd(v, {0, nb * kNf4BlockSize - v.numel()});
+    v = v.view({nb, kNf4BlockSize}).mul_(scales.narrow(0, b0, nb).unsqueeze(1));  // [nb,64]
+    out.narrow(0, b0 * kNf4BlockSize, nb * kNf4BlockSize).copy_(v.view({-1}));
+  }
+  if (out.numel() == n) return out.view(q.shape);  // [out,in]
+  return out.narrow(0, 0, n).clone().view(q.shape);
 }
 
 }  // namespace detail
