@@ -179,14 +179,14 @@ std::vector<Case> cases() {
       {"array_elements_limit",
        [] {
          return with([](ModelSpec& m) {
-           const uint64_t n = (uint64_t{1} << 23) + 1;  // one past the limit, each a uint8
+           const uint64_t n = (uint64_t{1} << 22) + 1;  // one past the limit, each a uint8
            std::string kv = GgufBytes().str("x.bytes").u32(9).u32(0).u64(n).bytes();
            kv.append(n, '\x01');
            m.set("x.bytes", kv);
          });
        },
        7,
-       "metadata key 'x.bytes': array count 8388609 takes the metadata past the limit of 8388608"},
+       "metadata key 'x.bytes': array count 4194305 takes the metadata past the limit of 4194304"},
       {"block_count_beyond_tensors",
        [] {
          return with([](ModelSpec& m) {
@@ -300,6 +300,100 @@ std::vector<Case> cases() {
          });
        },
        5, "'tokenizer.ggml.eos_token_id' is 4, outside the vocabulary of 4"},
+      // Values config.json / tokenizer.json cannot hold (NaN would be written
+      // as null) or no loader accepts: refused by import, not by a later load.
+      {"epsilon_nan",
+       [] {
+         return with([](ModelSpec& m) {
+           m.set("llama.attention.layer_norm_rms_epsilon",
+                 loratune::test::kv_f32("llama.attention.layer_norm_rms_epsilon", std::nanf("")));
+         });
+       },
+       5, "metadata key 'llama.attention.layer_norm_rms_epsilon' is nan"},
+      {"rope_theta_negative",
+       [] {
+         return with([](ModelSpec& m) {
+           m.set("llama.rope.freq_base", loratune::test::kv_f32("llama.rope.freq_base", -5.0f));
+         });
+       },
+       5, "metadata key 'llama.rope.freq_base' is -5.000000, expected a finite number > 0"},
+      {"rope_theta_inf",
+       [] {
+         return with([](ModelSpec& m) {
+           m.set("llama.rope.freq_base", loratune::test::kv_f32("llama.rope.freq_base", INFINITY));
+         });
+       },
+       5, "metadata key 'llama.rope.freq_base' is inf"},
+      {"token_empty",
+       [] {
+         return with([](ModelSpec& m) {
+           m.set("tokenizer.ggml.tokens",
+                 GgufBytes().kv_str_array("tokenizer.ggml.tokens", {"a", "b", "", "<s>"}).bytes());
+         });
+       },
+       5, "tokenizer.ggml.tokens[2] is empty"},
+      {"token_with_nul",
+       [] {
+         return with([](ModelSpec& m) {
+           m.set(
+               "tokenizer.ggml.tokens",
+               GgufBytes()
+                   .kv_str_array("tokenizer.ggml.tokens", {"a", "b", std::string("a\0b", 3), "<s>"})
+                   .bytes());
+         });
+       },
+       5, "tokenizer.ggml.tokens[2] 'a\\x00b' holds a NUL byte"},
+      {"merge_of_unknown_tokens",
+       [] {
+         return with([](ModelSpec& m) {
+           m.set("tokenizer.ggml.merges",
+                 GgufBytes().kv_str_array("tokenizer.ggml.merges", {"a b", "q z"}).bytes());
+         });
+       },
+       5, "tokenizer.ggml.merges[1] 'q z': 'q' is not in tokenizer.ggml.tokens"},
+      {"merge_result_not_a_token",
+       [] {
+         return with([](ModelSpec& m) {
+           m.set(
+               "tokenizer.ggml.tokens",
+               GgufBytes().kv_str_array("tokenizer.ggml.tokens", {"a", "b", "ba", "<s>"}).bytes());
+         });
+       },
+       5, "tokenizer.ggml.merges[0] 'a b': 'ab' is not in tokenizer.ggml.tokens"},
+      {"duplicate_tokens",
+       [] {
+         return with([](ModelSpec& m) {
+           m.set(
+               "tokenizer.ggml.tokens",
+               GgufBytes().kv_str_array("tokenizer.ggml.tokens", {"a", "a", "ab", "<s>"}).bytes());
+         });
+       },
+       5, "tokenizer.ggml.merges[0] 'a b': 'b' is not in tokenizer.ggml.tokens"},
+      // Metadata is bounded by what it costs in memory, not only by the file:
+      // 5M one-byte keys once took 1.5 GB.
+      {"metadata_key_count_limit",
+       [] {
+         return with([](ModelSpec& m) {
+           std::string many;
+           for (int k = 0; k < 65537; ++k) many += kv_u32("k" + std::to_string(k), 0);
+           m.set("x.many", many);
+           m.n_kv = static_cast<int64_t>(m.kvs.size()) - 1 + 65537;
+         });
+       },
+       7, "exceeds the limit of 65536 keys"},
+      {"metadata_memory_limit",
+       [] {
+         return with([](ModelSpec& m) {
+           // 3M empty strings: under the element limit, ~300 MB as Values.
+           const uint64_t n = uint64_t{3} << 20;
+           std::string kv = GgufBytes().str("x.strs").u32(9).u32(8).u64(n).bytes();
+           kv.append(n * 8, '\0');
+           m.set("x.strs", kv);
+         });
+       },
+       7,
+       "metadata key 'x.strs': array of 3145728 elements takes the parsed metadata past the "
+       "limit of 256 MiB"},
   };
 }
 

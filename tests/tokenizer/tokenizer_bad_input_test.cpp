@@ -4,7 +4,9 @@
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
+#include <functional>
 #include <initializer_list>
+#include <optional>
 
 #include "common/test_env.h"
 #include "trainer/io/error.h"
@@ -186,6 +188,208 @@ TEST(TokenizerBadInput, InvalidUtf8Text) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("invalid UTF-8 at byte 2"), std::string::npos) << e.what();
   }
+}
+
+// ---- Hostile tokenizer files (tokenizers refuses them: so does loratune) ----
+
+TEST(TokenizerBadInput, DuplicateKeyNulAndTrailingGarbageRefused) {
+  std::string text = small_tokenizer().dump();
+  // A second "model" (serde: "duplicate field `model`"); nlohmann kept the last.
+  std::string dup = text.substr(0, text.size() - 1) + R"(,"model":{"type":"BPE"}})";
+  expect_load_error(write_dir("tok-dupkey", {{"tokenizer.json", dup}}),
+                    {"tokenizer.json", "duplicate key \"model\""});
+  expect_load_error(write_dir("tok-nul", {{"tokenizer.json", text + std::string("\0garbage", 8)}}),
+                    {"tokenizer.json:1:", "invalid JSON (a NUL byte)"});
+  std::string cfg_dir = write_dir(
+      "tok-cfgdup", {{"tokenizer.json", text},
+                     {"tokenizer_config.json", R"({"bos_token": "<s>", "bos_token": "a"})"}});
+  expect_load_error(cfg_dir, {"tokenizer_config.json", "duplicate key \"bos_token\""});
+  std::string gen_dir = write_dir(
+      "tok-gennul",
+      {{"tokenizer.json", text},
+       {"generation_config.json", std::string(R"({"eos_token_id": 3})") + std::string("\0x", 2)}});
+  expect_load_error(gen_dir, {"generation_config.json:1:", "NUL byte"});
+}
+
+// Sequence components nested 20000 deep once overflowed the stack; tokenizers
+// (serde_json) stops at 128 levels of JSON, and 62 nested Sequences (126
+// levels) still load there and here.
+TEST(TokenizerBadInput, DeeplyNestedComponentsRefused) {
+  auto nested = [](const std::string& type, const char* list, const std::string& leaf, int n) {
+    std::string open, close;
+    for (int i = 0; i < n; ++i) {
+      open += R"({"type":")" + type + R"(",")" + list + R"(":[)";
+      close += "]}";
+    }
+    return open + leaf + close;
+  };
+  auto with = [&](const char* key, const std::string& value) {
+    Json j = small_tokenizer();
+    j[key] = "@@";
+    std::string s = j.dump();
+    return s.replace(s.find("\"@@\""), 4, value);
+  };
+  struct Kind {
+    const char* key;
+    std::string type;
+    const char* list;
+    std::string leaf;
+  };
+  for (const Kind& k :
+       {Kind{"normalizer", "Sequence", "normalizers", R"({"type":"Lowercase"})"},
+        Kind{"pre_tokenizer", "Sequence", "pretokenizers", R"({"type":"Digits"})"},
+        Kind{"decoder", "Sequence", "decoders", R"({"type":"Fuse"})"},
+        Kind{"post_processor", "Sequence", "processors", R"({"type":"ByteLevel"})"}}) {
+    SCOPED_TRACE(k.key);
+    expect_load_error(write_dir("tok-deep", {{"tokenizer.json",
+                                              with(k.key, nested(k.type, k.list, k.leaf, 20000))}}),
+                      {"tokenizer.json", "JSON nested deeper than 127 levels"});
+    EXPECT_NO_THROW(load_tokenizer(write_dir(
+        "tok-deep-ok", {{"tokenizer.json", with(k.key, nested(k.type, k.list, k.leaf, 62))}})));
+  }
+}
+
+// Wrong-typed fields once escaped as "internal error: [json.exception...]"
+// (exit 2); each is now a corrupt-file error naming the key.
+TEST(TokenizerBadInput, WrongTypedFieldsNameTheKey) {
+  struct Case {
+    std::function<void(Json&)> edit;
+    std::vector<std::string> parts;
+  };
+  const std::vector<Case> cases = {
+      {[](Json& j) { j["model"]["dropout"] = "abc"; }, {"model", "'dropout' must be a number"}},
+      {[](Json& j) { j["model"]["type"] = 5; }, {"model", "'type' must be a string"}},
+      {[](Json& j) { j["model"]["unk_token"] = 5; }, {"model", "'unk_token' must be a string"}},
+      {[](Json& j) { j["model"]["end_of_word_suffix"] = 5; },
+       {"model", "'end_of_word_suffix' must be a string"}},
+      {[](Json& j) { j["post_processor"]["single"][1]["Sequence"] = 5; },
+       {"post_processor", "single[1]", "'Sequence' must be an object with a string 'id'"}},
+      {[](Json& j) { j["post_processor"]["single"][1]["Sequence"]["id"] = 0; },
+       {"post_processor", "single[1]", "'Sequence' must be an object with a string 'id'"}},
+      {[](Json& j) { j["post_processor"]["single"][0]["SpecialToken"]["id"] = Json::array(); },
+       {"post_processor", "single[0]", "'SpecialToken' must be an object with a string 'id'"}},
+      {[](Json& j) { j["post_processor"]["single"][0] = "x"; },
+       {"post_processor", "single[0]", "must be {\"Sequence\""}},
+      {[](Json& j) { j["post_processor"]["special_tokens"]["<s>"]["ids"] = {"3"}; },
+       {"post_processor", "special_tokens['<s>'].ids[0] must be a token id"}},
+      {[](Json& j) { j["post_processor"]["special_tokens"] = 5; },
+       {"post_processor", "'special_tokens' must be an object"}},
+      {[](Json& j) {
+         j["post_processor"] = {
+             {"type", "BertProcessing"}, {"cls", {"<s>", "3"}}, {"sep", {"<s>", 3}}};
+       },
+       {"post_processor", "'cls'[1] must be a token id"}},
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    SCOPED_TRACE(i);
+    Json j = small_tokenizer();
+    cases[i].edit(j);
+    try {
+      load_tokenizer(write_dir("tok-type", {{"tokenizer.json", j.dump()}}));
+      ADD_FAILURE() << "accepted: " << j.dump();
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kCorrupt) << e.what();
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find("tokenizer.json"), std::string::npos) << msg;
+      for (const auto& p : cases[i].parts)
+        EXPECT_NE(msg.find(p), std::string::npos) << "message: " << msg << "\nmissing: " << p;
+    }
+  }
+}
+
+// Ids beyond int32 were truncated (2^32 + 7 became 7); tokenizers refuses
+// what is not a u32, loratune what does not fit its int32 ids.
+TEST(TokenizerBadInput, HugeIdsRefusedNotTruncated) {
+  Json j = small_tokenizer();
+  j["added_tokens"][0]["id"] = (uint64_t{1} << 32) + 3;
+  expect_load_error(write_dir("tok-added-huge", {{"tokenizer.json", j.dump()}}),
+                    {"tokenizer.json", "added_tokens[0]: 'id' must be a token id", "4294967299"});
+  Json k = small_tokenizer();
+  k["model"]["vocab"]["b"] = (uint64_t{1} << 32) + 1;
+  expect_load_error(write_dir("tok-vocab-huge", {{"tokenizer.json", k.dump()}}),
+                    {"tokenizer.json", "vocab['b']: id 4294967297 is out of range"});
+  k["model"]["vocab"]["b"] = -1;
+  expect_load_error(write_dir("tok-vocab-neg", {{"tokenizer.json", k.dump()}}),
+                    {"tokenizer.json", "vocab['b']: id -1 is out of range"});
+  std::string dir = write_dir("tok-gen-huge",
+                              {{"tokenizer.json", small_tokenizer().dump()},
+                               {"generation_config.json", R"({"eos_token_id": [3, 4294967298]})"}});
+  expect_load_error(dir, {"generation_config.json", "'eos_token_id' 4294967298 is out of range"});
+  std::string dir2 = write_dir("tok-ct-utf8", {{"tokenizer.json", small_tokenizer().dump()},
+                                               {"chat_template.jinja", "{{ 'a' }}\xff\xfe"}});
+  expect_load_error(dir2, {dir2 + "/chat_template.jinja", "invalid UTF-8 at byte 9"});
+}
+
+// ---- Results as tokenizers computes them --------------------------------
+
+Json plain_bpe(Json vocab, Json merges) {
+  Json j = small_tokenizer();
+  j["pre_tokenizer"] = nullptr;
+  j["decoder"] = nullptr;
+  j["post_processor"] = nullptr;
+  j["added_tokens"] = Json::array();
+  j["model"]["vocab"] = std::move(vocab);
+  j["model"]["merges"] = std::move(merges);
+  return j;
+}
+
+// Rust's char::to_lowercase: U+0130 becomes "i" + U+0307 (utf8proc's simple
+// mapping gave "i" alone).
+TEST(TokenizerHfResults, LowercaseDottedCapitalI) {
+  Json j = plain_bpe({{"i", 0}, {"\xCC\x87", 1}, {"s", 2}, {"is", 3}}, Json::array());
+  j["normalizer"] = {{"type", "Lowercase"}};
+  auto tok = load_tokenizer(write_dir("tok-lower", {{"tokenizer.json", j.dump()}}));
+  auto toks = tok->encode_with_offsets("\xC4\xB0s", {false, false});
+  ASSERT_EQ(toks.size(), 3u);
+  EXPECT_EQ(toks[0].id, 0);
+  EXPECT_EQ(toks[1].id, 1);
+  EXPECT_EQ(toks[2].id, 2);
+  EXPECT_EQ(toks[1].begin, 0u);  // both pieces map to the 2 bytes of U+0130
+  EXPECT_EQ(toks[1].end, 2u);
+}
+
+// A Split pattern that matches the empty string (tokenizers escapes a String
+// pattern into a regex) splits between characters; the expected ids are
+// tokenizers 0.22's.
+TEST(TokenizerHfResults, SplitOnEmptyMatches) {
+  struct Case {
+    Json pattern;
+    const char* behavior;
+    std::vector<std::vector<int32_t>> ids;  // for "aa", "aab", "abaa"
+  };
+  const std::vector<Case> cases = {
+      {{{"String", ""}}, "Isolated", {{0, 0}, {0, 0, 1}, {0, 1, 0, 0}}},
+      {{{"String", ""}}, "Contiguous", {{0, 0}, {0, 0, 1}, {0, 1, 0, 0}}},
+      {{{"Regex", "b*"}}, "Isolated", {{0, 0}, {0, 0, 1}, {0, 1, 0, 0}}},
+      {{{"Regex", "b*"}}, "Removed", {{0, 0}, {0, 0}, {0, 0, 0}}},
+      {{{"Regex", "b*"}}, "MergedWithPrevious", {{0, 0}, {0, 3}, {3, 0, 0}}},
+      {{{"Regex", "b*"}}, "MergedWithNext", {{0, 0}, {0, 0, 1}, {0, 1, 0, 0}}},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.pattern.dump() + " " + c.behavior);
+    Json j = plain_bpe({{"a", 0}, {"b", 1}, {"aa", 2}, {"ab", 3}}, {"a a", "a b"});
+    j["pre_tokenizer"] = {
+        {"type", "Split"}, {"pattern", c.pattern}, {"behavior", c.behavior}, {"invert", false}};
+    auto tok = load_tokenizer(write_dir("tok-split-empty", {{"tokenizer.json", j.dump()}}));
+    EXPECT_EQ(tok->encode("aa", {false, false}), c.ids[0]);
+    EXPECT_EQ(tok->encode("aab", {false, false}), c.ids[1]);
+    EXPECT_EQ(tok->encode("abaa", {false, false}), c.ids[2]);
+  }
+}
+
+// An added token whose content repeats an earlier one keeps the first id and
+// takes the later entry's options; the later id is no added token.
+TEST(TokenizerHfResults, DuplicateAddedContentKeepsFirstId) {
+  Json j = small_tokenizer();
+  Json again = j["added_tokens"][0];
+  again["id"] = 7;
+  again["rstrip"] = true;
+  j["added_tokens"].push_back(again);
+  auto tok = load_tokenizer(write_dir("tok-added-dup", {{"tokenizer.json", j.dump()}}));
+  EXPECT_EQ(tok->token_to_id("<s>"), std::optional<int32_t>(3));
+  EXPECT_EQ(tok->encode("a<s>  b", {false, false}), (std::vector<int32_t>{0, 3, 1}));
+  std::string s;
+  EXPECT_FALSE(tok->id_to_token(7, &s));
 }
 
 }  // namespace

@@ -68,6 +68,17 @@ std::string dtype_string(at::ScalarType t) {
 }
 
 // A positive integer key, or `fallback` (when >= 0) if absent.
+// A float key that must be finite and > 0 (JSON cannot hold NaN/inf).
+double positive_float(const GgufFile& f, const std::string& key) {
+  const double v = f.get_float(key);
+  if (!std::isfinite(v) || !(v > 0)) {
+    throw Error(f.path() + ": metadata key '" + key + "' is " + std::to_string(v) +
+                    ", expected a finite number > 0",
+                ErrorKind::kCorrupt);
+  }
+  return v;
+}
+
 int64_t positive(const GgufFile& f, const std::string& key, int64_t fallback = -1) {
   if (fallback >= 0 && f.find(key) == nullptr) return fallback;
   const int64_t v = f.get_int(key);
@@ -170,7 +181,15 @@ HfModel map_model(const GgufFile& f, at::ScalarType dtype) {
   const int64_t kv_heads = positive(f, p + "attention.head_count_kv", heads);
   const int64_t context = positive(f, p + "context_length", 2048);
   const double eps = f.get_float(p + "attention.layer_norm_rms_epsilon");
-  const double theta = f.find(p + "rope.freq_base") ? f.get_float(p + "rope.freq_base") : 10000.0;
+  const double theta =
+      f.find(p + "rope.freq_base") ? positive_float(f, p + "rope.freq_base") : 10000.0;
+  // JSON has no NaN/inf (they would be written as null) and an epsilon
+  // below zero makes no sense: refused here, not in the written config.json.
+  if (!std::isfinite(eps) || eps < 0) {
+    throw Error(f.path() + ": metadata key '" + p + "attention.layer_norm_rms_epsilon' is " +
+                    std::to_string(eps) + ", expected a finite number >= 0",
+                ErrorKind::kCorrupt);
+  }
   if (heads % kv_heads != 0) {
     throw Error(f.path() + ": attention.head_count " + std::to_string(heads) +
                     " is not a multiple of head_count_kv " + std::to_string(kv_heads),
@@ -223,7 +242,7 @@ HfModel map_model(const GgufFile& f, at::ScalarType dtype) {
     const std::string type = f.get_string(p + "rope.scaling.type");
     if (type == "linear") {
       rope["rope_type"] = "linear";
-      rope["factor"] = f.get_float(p + "rope.scaling.factor");
+      rope["factor"] = positive_float(f, p + "rope.scaling.factor");
     } else if (type != "none") {
       throw Error(f.path() + ": rope scaling type '" + printable(st->s) +
                       "' is not supported (supported: none, linear)",
@@ -334,7 +353,7 @@ HfModel map_model(const GgufFile& f, at::ScalarType dtype) {
       rope["short_factor"] = float_values(f, *sf, rot / 2);
       rope["original_max_position_embeddings"] = c["original_max_position_embeddings"];
       if (f.find(p + "rope.scaling.attn_factor") != nullptr) {
-        rope["attention_factor"] = f.get_float(p + "rope.scaling.attn_factor");
+        rope["attention_factor"] = positive_float(f, p + "rope.scaling.attn_factor");
       }
     }
     c["rope_parameters"] = rope;

@@ -14,7 +14,9 @@
 // file, value types, duplicate keys and tensor names, general.alignment (a
 // power of two), dims (1..4, each > 0, no overflow), ggml types (known; the
 // innermost dim a multiple of the block size), offsets (aligned, inside the
-// data section, no two tensors overlapping). Errors are loratune::Error
+// data section, no two tensors overlapping). The parsed metadata is bounded
+// (kResource past it): 65536 keys, 4M array elements in all, 256 MiB of
+// memory. Errors are loratune::Error
 // naming the file and the key or tensor: kCorrupt for a malformed file,
 // kUnsupported for a valid one loratune cannot read (GGUF v1, a big-endian
 // file, a quantization type it cannot dequantize, named).
@@ -169,7 +171,9 @@ struct HfModel {
 // Maps architecture, config keys and tensor names (llama/mistral, qwen2,
 // qwen3, gemma2, gemma3, phi3; see convert.cpp for what llama.cpp fixes). Throws kUnsupported for
 // another architecture or an unknown tensor name, kCorrupt for missing keys or shapes that disagree
-// with the config. `dtype` is written as config.json's "dtype".
+// with the config or values config.json cannot hold (a NaN/inf or negative
+// epsilon, a rope.freq_base that is not > 0). `dtype` is written as
+// config.json's "dtype".
 HfModel map_model(const GgufFile& file, at::ScalarType dtype);
 
 // The HF tensor for one entry: dequantized, un-permuted, 1 subtracted from
@@ -179,7 +183,9 @@ at::Tensor hf_tensor(const GgufFile& file, const HfModel::Entry& e, at::ScalarTy
 // tokenizer.json and tokenizer_config.json text from the tokenizer.* keys
 // (tokenizer.ggml.model "gpt2" or "llama" (SentencePiece); kUnsupported for
 // others). Empty strings when
-// the file has no tokenizer.ggml.model key.
+// the file has no tokenizer.ggml.model key. kCorrupt for what no tokenizer
+// loader accepts: an empty, NUL-holding or non-UTF-8 token, a merge whose
+// parts or result are not tokens; kResource for a chat template over 1 MiB.
 struct HfTokenizer {
   std::string tokenizer_json;
   std::string tokenizer_config_json;

@@ -18,8 +18,14 @@ constexpr uint64_t kMaxNameBytes = 4096;
 // Array elements in all metadata together. Each becomes a Value (~90 bytes)
 // whatever its size in the file, so a file of one huge uint8 array would
 // otherwise cost ~90x its size in memory. The largest real vocabularies
-// (262k tokens with scores and types, merges) stay far below this.
-constexpr uint64_t kMaxArrayElements = uint64_t{1} << 23;
+// (262k tokens with scores and types; 280k-450k merges: under 1M elements)
+// stay far below this.
+constexpr uint64_t kMaxArrayElements = uint64_t{1} << 22;
+// Metadata keys: real files have a few dozen (per-layer values are arrays).
+constexpr uint64_t kMaxMetadataKeys = uint64_t{1} << 16;
+// Memory the parsed metadata may take (Values, strings, keys): real files
+// need well under 100 MiB.
+constexpr uint64_t kMaxMetadataMemory = uint64_t{256} << 20;
 
 const TypeTraits kTypes[] = {
     {0, "F32", 1, 4, true},          {1, "F16", 1, 2, true},
@@ -122,9 +128,19 @@ class Cursor {
     }
     elements_left_ -= n;
   }
+  // Counts `n` more bytes of parsed metadata against kMaxMetadataMemory.
+  void take_memory(uint64_t n, const std::string& what) {
+    if (n > memory_left_) {
+      throw Error(path_ + ": " + what + " takes the parsed metadata past the limit of " +
+                      std::to_string(kMaxMetadataMemory >> 20) + " MiB",
+                  ErrorKind::kResource);
+    }
+    memory_left_ -= n;
+  }
 
  private:
   uint64_t elements_left_ = kMaxArrayElements;
+  uint64_t memory_left_ = kMaxMetadataMemory;
   const uint8_t* p_;
   uint64_t size_;
   uint64_t pos_ = 0;
@@ -185,6 +201,7 @@ Value read_value(Cursor& c, uint32_t type, const std::string& ctx, int depth,
     }
     case ValueType::kString:
       v.s = c.string(ctx);
+      c.take_memory(v.s.size(), ctx);
       break;
     case ValueType::kArray: {
       if (depth >= kMaxArrayDepth) {
@@ -206,6 +223,7 @@ Value read_value(Cursor& c, uint32_t type, const std::string& ctx, int depth,
                     ErrorKind::kCorrupt);
       }
       c.take_elements(n, ctx);
+      c.take_memory(n * sizeof(Value), ctx + ": array of " + std::to_string(n) + " elements");
       v.array.reserve(n);
       for (uint64_t k = 0; k < n; ++k) {
         v.array.push_back(read_value(c, et, ctx + "[" + std::to_string(k) + "]", depth + 1, path));
@@ -329,8 +347,15 @@ void GgufFile::parse_all() {
                     std::to_string(size_) + "-byte file",
                 ErrorKind::kCorrupt);
   }
+  if (n_kv > kMaxMetadataKeys) {
+    throw Error(path + ": metadata count " + std::to_string(n_kv) + " exceeds the limit of " +
+                    std::to_string(kMaxMetadataKeys) + " keys",
+                ErrorKind::kResource);
+  }
   for (uint64_t k = 0; k < n_kv; ++k) {
     const std::string key = c.string("metadata key #" + std::to_string(k), kMaxNameBytes);
+    // The key twice (kv_ and kv_index_), its Value and the containers' nodes.
+    c.take_memory(2 * key.size() + sizeof(Value) + 128, "metadata key #" + std::to_string(k));
     const std::string ctx = "metadata key '" + printable(key) + "'";
     if (key.empty())
       throw Error(path + ": metadata key #" + std::to_string(k) + " is empty", ErrorKind::kCorrupt);

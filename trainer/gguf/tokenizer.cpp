@@ -14,6 +14,8 @@
 // tokenizer.ggml.model values are refused with kUnsupported.
 #include <map>
 #include <set>
+#include <string_view>
+#include <unordered_set>
 
 #include "trainer/gguf/gguf.h"
 #include "trainer/gguf/tokenizer_detail.h"
@@ -146,7 +148,7 @@ TokenizerParts gpt2_parts(const GgufFile& f, const GgufVocab& v) {
   const std::vector<uint32_t> alphabet = byte_alphabet();
   const std::set<uint32_t> spelled(alphabet.begin(), alphabet.end());
   TokenizerParts p;
-  Json vocab = Json::object();
+  detail::VocabBuilder vocab;
   std::vector<bool> in_alphabet(static_cast<size_t>(v.size()));
   for (int64_t id = 0; id < v.size(); ++id) {
     const std::string& t = v.token(id);
@@ -160,7 +162,7 @@ TokenizerParts gpt2_parts(const GgufFile& f, const GgufVocab& v) {
     } else {
       for (unsigned char b : t) append_utf8(s, alphabet[b]);
     }
-    vocab[s] = id;  // a respelling that collides: the later id wins, as in a Python dict
+    vocab.set(s, id);  // a respelling that collides: the later id wins, as in a Python dict
   }
   Json merge_list = Json::array();
   for (size_t k = 0; k < merges.size(); ++k) {
@@ -200,7 +202,7 @@ TokenizerParts gpt2_parts(const GgufFile& f, const GgufVocab& v) {
                  {"fuse_unk", false},
                  {"byte_fallback", false},
                  {"ignore_merges", false},
-                 {"vocab", std::move(vocab)},
+                 {"vocab", vocab.take()},
                  {"merges", std::move(merge_list)}};
   return p;
 }
@@ -225,6 +227,18 @@ GgufVocab read_vocab(const GgufFile& f, const std::string& model) {
   if (n == 0) {
     throw Error(f.path() + ": tokenizer.ggml.tokens is empty", ErrorKind::kCorrupt);
   }
+  // Every token must be text a tokenizer.json can hold and loratune's and
+  // transformers' loaders accept: non-empty UTF-8 without NUL.
+  for (int64_t id = 0; id < n; ++id) {
+    const std::string& t = v.token(id);
+    const std::string at = f.path() + ": tokenizer.ggml.tokens[" + std::to_string(id) + "] ";
+    std::vector<uint32_t> cps;
+    if (t.empty()) throw Error(at + "is empty", ErrorKind::kCorrupt);
+    if (!detail::code_points(t, &cps))
+      throw Error(at + "'" + printable(t) + "' is not valid UTF-8", ErrorKind::kCorrupt);
+    if (t.find('\0') != std::string::npos)
+      throw Error(at + "'" + printable(t) + "' holds a NUL byte", ErrorKind::kCorrupt);
+  }
   v.types.assign(static_cast<size_t>(n), detail::kNormal);
   if (f.find("tokenizer.ggml.token_type")) {
     const auto& tt = f.get_array("tokenizer.ggml.token_type", ValueType::kInt32);
@@ -247,6 +261,34 @@ GgufVocab read_vocab(const GgufFile& f, const std::string& model) {
   return v;
 }
 
+// The BPE model's merges against its vocabulary, as tokenizers' BPE builder
+// checks them when it loads the tokenizer.json (MergeTokenOutOfVocabulary):
+// both parts and their concatenation must be tokens. A file whose merges
+// name tokens it does not have (or a vocabulary of repeated texts) is
+// refused here rather than written as a directory no loader accepts.
+void check_merges(const GgufFile& f, const Json& model) {
+  // ordered_json looks keys up linearly: index the vocabulary once.
+  std::unordered_set<std::string_view> vocab;
+  for (auto it = model.at("vocab").begin(); it != model.at("vocab").end(); ++it)
+    vocab.insert(it.key());
+  const Json& merges = model.at("merges");
+  const bool from_file = f.find("tokenizer.ggml.merges") != nullptr;
+  for (size_t k = 0; k < merges.size(); ++k) {
+    const std::string& a = merges[k][0].get_ref<const std::string&>();
+    const std::string& b = merges[k][1].get_ref<const std::string&>();
+    for (const std::string& t : {a, b, a + b}) {
+      if (vocab.count(t) != 0) continue;
+      throw Error(f.path() + ": " +
+                      (from_file ? "tokenizer.ggml.merges[" + std::to_string(k) + "] '" +
+                                       printable(a + " " + b) + "'"
+                                 : std::string("merge '") + printable(a + " " + b) +
+                                       "' derived from tokenizer.ggml.scores") +
+                      ": '" + printable(t) + "' is not in tokenizer.ggml.tokens",
+                  ErrorKind::kCorrupt);
+    }
+  }
+}
+
 }  // namespace
 
 HfTokenizer map_tokenizer(const GgufFile& f) {
@@ -260,6 +302,7 @@ HfTokenizer map_tokenizer(const GgufFile& f) {
   }
   const GgufVocab v = read_vocab(f, model);
   TokenizerParts parts = model == "gpt2" ? gpt2_parts(f, v) : detail::spm_parts(f, v);
+  check_merges(f, parts.model);
   auto id_of = [&](int64_t id) {  // the id the vocabulary gives token `id`'s text
     auto it = parts.text_ids.find(v.token(id));
     return it == parts.text_ids.end() ? id : it->second;
@@ -320,6 +363,14 @@ HfTokenizer map_tokenizer(const GgufFile& f) {
   cfg["clean_up_tokenization_spaces"] = false;
   if (f.find("tokenizer.chat_template")) {
     out.chat_template = f.get_string("tokenizer.chat_template");
+    // The limit loratune's loader (and its Jinja engine) holds templates to.
+    constexpr size_t kMaxTemplateBytes = size_t{1} << 20;
+    if (out.chat_template.size() > kMaxTemplateBytes) {
+      throw Error(f.path() + ": tokenizer.chat_template of " +
+                      std::to_string(out.chat_template.size()) + " bytes exceeds the limit of " +
+                      std::to_string(kMaxTemplateBytes) + " bytes",
+                  ErrorKind::kResource);
+    }
     cfg["chat_template"] = out.chat_template;
   }
   out.tokenizer_config_json = dump(cfg, f.path(), "tokenizer.chat_template or a special token");

@@ -5,9 +5,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "trainer/gguf/gguf.h"
@@ -49,6 +51,28 @@ struct TokenizerParts {
   // The id the vocabulary gives a token's text (-1 when it has none): a text
   // that occurs twice in tokenizer.ggml.tokens maps to its last id.
   std::map<std::string, int64_t> text_ids;
+};
+
+// A vocabulary object built as a Python dict is: a text seen again keeps its
+// first position and takes the later id. ordered_json's operator[] searches
+// linearly (quadratic over a 256k vocabulary); this indexes the texts.
+class VocabBuilder {
+ public:
+  void set(const std::string& text, int64_t id) {
+    auto [it, fresh] = index_.emplace(text, vocab_.size());
+    if (fresh) {
+      vocab_.get_ref<Json::object_t&>().emplace_back(text, id);
+    } else {
+      (vocab_.get_ref<Json::object_t&>().begin() + static_cast<std::ptrdiff_t>(it->second))
+          ->second = id;
+    }
+  }
+  bool contains(const std::string& text) const { return index_.count(text) != 0; }
+  Json take() { return std::move(vocab_); }
+
+ private:
+  Json vocab_ = Json::object();
+  std::unordered_map<std::string, size_t> index_;
 };
 
 // tokenizer.json's added-token object.

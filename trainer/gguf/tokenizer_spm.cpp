@@ -137,9 +137,9 @@ TokenizerParts spm_parts(const GgufFile& f, const GgufVocab& v) {
     }
   }
 
-  Json vocab = Json::object();
+  VocabBuilder vocab;
   for (int64_t id = 0; id < v.size(); ++id) {
-    vocab[v.token(id)] = id;  // a repeated text keeps its first position and its last id
+    vocab.set(v.token(id), id);  // a repeated text keeps its first position and its last id
     p.text_ids[v.token(id)] = id;
   }
   int64_t next = v.size();
@@ -194,7 +194,7 @@ TokenizerParts spm_parts(const GgufFile& f, const GgufVocab& v) {
                  {"fuse_unk", true},
                  {"byte_fallback", true},
                  {"ignore_merges", false},
-                 {"vocab", std::move(vocab)},
+                 {"vocab", vocab.take()},
                  {"merges", std::move(merges)}};
   return p;
 }

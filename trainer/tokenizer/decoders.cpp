@@ -259,23 +259,46 @@ PostProcessor make_post_processor(const Json& j, const std::string& where) {
   if (type == "TemplateProcessing") {
     if (!j.contains("single") || !j["single"].is_array())
       throw Error(at + ": 'single' must be a list", ErrorKind::kCorrupt);
-    const Json specials = j.value("special_tokens", Json::object());
+    Json specials = Json::object();
+    if (j.contains("special_tokens") && !j["special_tokens"].is_null()) {
+      specials = j["special_tokens"];
+      if (!specials.is_object())
+        throw Error(at + ": 'special_tokens' must be an object", ErrorKind::kCorrupt);
+    }
     bool seen_a = false;
-    for (const Json& item : j["single"]) {
+    for (size_t i = 0; i < j["single"].size(); ++i) {
+      const Json& item = j["single"][i];
+      const std::string item_at = at + ": single[" + std::to_string(i) + "]";
+      // {"Sequence": {"id": "A", "type_id": 0}} or {"SpecialToken": {"id": ..., "type_id": 0}}
+      auto item_id = [&](const char* kind) {
+        const Json& x = item[kind];
+        if (!x.is_object() || !x.contains("id") || !x["id"].is_string())
+          throw Error(item_at + ": '" + kind + "' must be an object with a string 'id'",
+                      ErrorKind::kCorrupt);
+        return x["id"].get<std::string>();
+      };
+      if (!item.is_object() || item.size() != 1)
+        throw Error(item_at + ": must be {\"Sequence\": ...} or {\"SpecialToken\": ...}",
+                    ErrorKind::kCorrupt);
       if (item.contains("Sequence")) {
-        if (item["Sequence"].value("id", "") != "A")
+        if (item_id("Sequence") != "A")
           throw Error(at + ": the single template may only use sequence A", ErrorKind::kCorrupt);
         seen_a = true;
       } else if (item.contains("SpecialToken")) {
-        std::string id = item["SpecialToken"].value("id", "");
-        if (!specials.contains(id) || !specials[id].contains("ids") ||
-            !specials[id]["ids"].is_array())
+        std::string id = item_id("SpecialToken");
+        if (!specials.contains(id))
           throw Error(at + ": special token '" + id + "' is not listed in special_tokens",
                       ErrorKind::kCorrupt);
+        const Json& sp = specials[id];
+        if (!sp.is_object() || !sp.contains("ids") || !sp["ids"].is_array())
+          throw Error(at + ": special_tokens['" + id + "'] must be an object with a list 'ids'",
+                      ErrorKind::kCorrupt);
         auto& dst = seen_a ? pp.suffix : pp.prefix;
-        for (const Json& x : specials[id]["ids"]) dst.push_back(x.get<int32_t>());
+        for (size_t k = 0; k < sp["ids"].size(); ++k)
+          dst.push_back(json_id(
+              sp["ids"][k], at + ": special_tokens['" + id + "'].ids[" + std::to_string(k) + "]"));
       } else {
-        throw Error(at + ": unknown template item " + item.dump(), ErrorKind::kCorrupt);
+        throw Error(item_at + ": unknown template item " + item.dump(), ErrorKind::kCorrupt);
       }
     }
     if (!seen_a) throw Error(at + ": the single template has no $A", ErrorKind::kCorrupt);
@@ -283,9 +306,9 @@ PostProcessor make_post_processor(const Json& j, const std::string& where) {
   }
   if (type == "BertProcessing" || type == "RobertaProcessing") {
     auto id_of = [&](const char* k) {
-      if (!j.contains(k) || !j[k].is_array() || j[k].size() != 2)
+      if (!j.contains(k) || !j[k].is_array() || j[k].size() != 2 || !j[k][0].is_string())
         throw Error(at + ": '" + k + "' must be [token, id]", ErrorKind::kCorrupt);
-      return j[k][1].get<int32_t>();
+      return json_id(j[k][1], at + ": '" + std::string(k) + "'[1]");
     };
     pp.prefix = {id_of("cls")};
     pp.suffix = {id_of("sep")};

@@ -150,9 +150,7 @@ AddedToken parse_added(const Json& j, const std::string& where) {
   AddedToken t;
   t.content = j["content"].get<std::string>();
   if (j.contains("id")) {
-    if (!j["id"].is_number_integer())
-      throw Error(where + ": 'id' must be an integer", ErrorKind::kCorrupt);
-    t.id = j["id"].get<int32_t>();
+    t.id = json_id(j["id"], where + ": 'id'");
   }
   t.special = json_bool(j, "special", false, where);
   t.lstrip = json_bool(j, "lstrip", false, where);
@@ -167,7 +165,7 @@ std::unique_ptr<Bpe> parse_bpe(TokenizerJson& file, const std::string& where,
                                const std::string& gemma_unk) {
   const Json& m = file.tree["model"];
   if (!m.is_object()) throw Error(where + ": 'model' must be an object", ErrorKind::kCorrupt);
-  std::string type = m.value("type", file.has_merges ? "BPE" : "");
+  std::string type = json_opt_string(m, "type", file.has_merges ? "BPE" : "", where);
   if (type != "BPE")
     throw Error(where + ": model type '" + type + "' is not supported (supported: BPE)",
                 ErrorKind::kUnsupported);
@@ -175,11 +173,19 @@ std::unique_ptr<Bpe> parse_bpe(TokenizerJson& file, const std::string& where,
              {"dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix", "fuse_unk",
               "byte_fallback", "ignore_merges", "vocab", "merges"},
              where);
-  if (m.contains("dropout") && !m["dropout"].is_null() && m["dropout"].get<double>() != 0.0)
-    throw Error(where + ": BPE dropout is not supported", ErrorKind::kUnsupported);
+  // tokenizers reads these as Option<f32> / Option<String>: other types are refused.
+  if (m.contains("dropout") && !m["dropout"].is_null()) {
+    if (!m["dropout"].is_number())
+      throw Error(where + ": 'dropout' must be a number or null", ErrorKind::kCorrupt);
+    if (m["dropout"].get<double>() != 0.0)
+      throw Error(where + ": BPE dropout is not supported", ErrorKind::kUnsupported);
+  }
+  const std::string unk_token = json_opt_string(m, "unk_token", "", where);
   for (const char* k : {"continuing_subword_prefix", "end_of_word_suffix"})
-    if (m.contains(k) && !m[k].is_null() && m[k] != "")
+    if (!json_opt_string(m, k, "", where).empty())
       throw Error(where + ": BPE option '" + k + "' is not supported", ErrorKind::kUnsupported);
+  for (const char* k : {"fuse_unk", "byte_fallback", "ignore_merges"})
+    json_bool(m, k, false, where);
   if (!file.has_vocab)
     throw Error(where + ": model 'vocab' must be an object", ErrorKind::kCorrupt);
   if (!file.has_merges) throw Error(where + ": model 'merges' must be a list", ErrorKind::kCorrupt);
@@ -197,8 +203,7 @@ std::unique_ptr<Bpe> parse_bpe(TokenizerJson& file, const std::string& where,
     if (cls == "GemmaTokenizer") opt.unk_token = gemma_unk;
     return std::make_unique<Bpe>(std::move(vocab), merges, opt, where);
   }
-  if (m.contains("unk_token") && m["unk_token"].is_string())
-    opt.unk_token = m["unk_token"].get<std::string>();
+  opt.unk_token = unk_token;
   opt.fuse_unk = json_bool(m, "fuse_unk", false, where);
   opt.byte_fallback = json_bool(m, "byte_fallback", false, where);
   opt.ignore_merges = json_bool(m, "ignore_merges", false, where);
@@ -302,6 +307,14 @@ std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& dir, const std::
     if (t.id < 0)
       throw Error(path + ": added token '" + t.content + "' has a negative id",
                   ErrorKind::kCorrupt);
+    // tokenizers' AddedVocabulary: a content seen before keeps its first id
+    // and takes the later entry's options; the later id is not an added token.
+    if (auto it = tok->added_by_content.find(t.content); it != tok->added_by_content.end()) {
+      AddedToken& first = tok->added_[tok->added_by_id.at(it->second)];
+      t.id = first.id;
+      first = t;
+      continue;
+    }
     tok->added_by_id[t.id] = tok->added_.size();
     tok->added_by_content[t.content] = t.id;
     tok->added_.push_back(t);

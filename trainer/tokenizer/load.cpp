@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include "trainer/tokenizer/loader.h"
@@ -34,6 +35,13 @@ std::string read_template_file(const std::string& path) {
   std::ostringstream text;
   text << in.rdbuf();
   if (!in.good() && !in.eof()) throw Error(path + ": cannot read", ErrorKind::kIo);
+  // transformers reads it as UTF-8 text and refuses other bytes.
+  try {
+    check_utf8(text.str(), path);
+  } catch (const Error& e) {
+    throw Error(std::string(e.what()) + " (a chat template must be UTF-8 text)",
+                ErrorKind::kCorrupt);
+  }
   return text.str();
 }
 
@@ -90,34 +98,6 @@ std::optional<bool> opt_bool(const Json& j, const char* key, const std::string& 
 }
 
 }  // namespace
-
-Json read_json_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path + ": cannot open file", ErrorKind::kIo);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  const std::string text = ss.str();
-  try {
-    return Json::parse(text);
-  } catch (const Json::parse_error& e) {
-    size_t line = 1, col = 1;
-    for (size_t i = 0; i + 1 < e.byte && i < text.size(); ++i) {
-      if (text[i] == '\n') {
-        ++line;
-        col = 1;
-      } else {
-        ++col;
-      }
-    }
-    std::string what = e.what();
-    if (auto p = what.find("parse error"); p != std::string::npos) what = what.substr(p);
-    throw Error(path + ":" + std::to_string(line) + ":" + std::to_string(col) + ": invalid JSON (" +
-                    what + ")",
-                ErrorKind::kCorrupt);
-  } catch (const Json::exception& e) {  // e.g. out_of_range: a number like 1e400
-    throw Error(path + ": invalid JSON (" + std::string(e.what()) + ")", ErrorKind::kCorrupt);
-  }
-}
 
 TokenizerConfig read_tokenizer_config(const std::string& path) {
   TokenizerConfig cfg;
@@ -202,6 +182,13 @@ std::vector<int32_t> read_generation_eos(const std::string& path) {
   auto add = [&](const Json& x) {
     if (!x.is_number_integer())
       throw Error(path + ": 'eos_token_id' must be an integer or a list of integers",
+                  ErrorKind::kCorrupt);
+    // transformers keeps any int (a negative one never matches); refuse what
+    // int32 cannot hold rather than truncate it to another token.
+    if ((x.is_number_unsigned() &&
+         x.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int32_t>::max())) ||
+        (!x.is_number_unsigned() && x.get<int64_t>() < std::numeric_limits<int32_t>::min()))
+      throw Error(path + ": 'eos_token_id' " + x.dump() + " is out of range for a token id",
                   ErrorKind::kCorrupt);
     int32_t id = x.get<int32_t>();
     if (std::find(out.begin(), out.end(), id) == out.end()) out.push_back(id);

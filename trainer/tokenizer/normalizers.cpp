@@ -114,6 +114,13 @@ class LowercaseNormalizer : public Normalizer {
     for (size_t i = 0; i < t.size();) {
       size_t l = utf8_len(static_cast<unsigned char>(t[i]));
       char32_t c = utf8_at(t, i);
+      if (c == 0x130) {
+        // Rust's char::to_lowercase uses the full mapping: U+0130 (İ) is
+        // "i" + U+0307, its only lowercase of more than one code point.
+        edits.push_back({i, i + l, "i\xCC\x87"});
+        i += l;
+        continue;
+      }
       auto lower = static_cast<char32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(c)));
       if (lower != c) {
         std::string s;

@@ -49,8 +49,11 @@ class Regex {
   ~Regex();
   Regex(const Regex&) = delete;
   Regex& operator=(const Regex&) = delete;
-  // Appends the [begin, end) of every non-overlapping non-empty match.
-  void find_all(std::string_view s, std::vector<std::pair<size_t, size_t>>& out) const;
+  // Appends the [begin, end) of every non-overlapping non-empty match; with
+  // `keep_empty`, empty matches too, as the onig crate's find_iter yields
+  // them (all but one right at the end of the previous match).
+  void find_all(std::string_view s, std::vector<std::pair<size_t, size_t>>& out,
+                bool keep_empty = false) const;
 
  private:
   void* code_ = nullptr;  // pcre2_code_8*
@@ -128,6 +131,12 @@ PostProcessor make_post_processor(const Json& j, const std::string& where);
 // Reads `key` of object `j` as type T with a default; wrong types throw.
 bool json_bool(const Json& j, const char* key, bool dflt, const std::string& where);
 std::string json_string(const Json& j, const char* key, const std::string& where);
+// `key` of `j` as a string; absent or null give `dflt`, other types throw.
+std::string json_opt_string(const Json& j, const char* key, const std::string& dflt,
+                            const std::string& where);
+// A token id: an integer in 0..INT32_MAX (tokenizers' ids are u32; larger
+// ones are refused rather than truncated). `what` names the value.
+int32_t json_id(const Json& v, const std::string& what);
 // Rejects keys outside `known` ("type" is always allowed).
 void check_keys(const Json& j, std::initializer_list<const char*> known, const std::string& where);
 

@@ -86,6 +86,9 @@ class SplitPreTokenizer : public PreTokenizer {
       : behavior_(behavior), invert_(invert) {
     if (pattern.contains("String") && pattern["String"].is_string()) {
       literal_ = pattern["String"].get<std::string>();
+      // tokenizers matches a String pattern as an escaped regex: the empty
+      // one matches between every two characters (and at both ends).
+      if (literal_.empty()) regex_ = std::make_unique<Regex>("", where);
     } else if (pattern.contains("Regex") && pattern["Regex"].is_string()) {
       regex_ = std::make_unique<Regex>(pattern["Regex"].get<std::string>(), where);
     } else {
@@ -99,7 +102,7 @@ class SplitPreTokenizer : public PreTokenizer {
       m.clear();
       const std::string& t = n.text();
       if (regex_) {
-        regex_->find_all(t, m);
+        regex_->find_all(t, m, /*keep_empty=*/true);
       } else if (!literal_.empty()) {
         for (size_t p = t.find(literal_); p != std::string::npos;
              p = t.find(literal_, p + literal_.size()))

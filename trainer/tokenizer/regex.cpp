@@ -90,11 +90,13 @@ Regex::~Regex() {
   pcre2_code_free(static_cast<pcre2_code*>(code_));
 }
 
-void Regex::find_all(std::string_view s, std::vector<std::pair<size_t, size_t>>& out) const {
+void Regex::find_all(std::string_view s, std::vector<std::pair<size_t, size_t>>& out,
+                     bool keep_empty) const {
   thread_local MatchData data;
   auto* code = static_cast<pcre2_code*>(code_);
   auto subject = reinterpret_cast<PCRE2_SPTR>(s.data());
   size_t pos = 0;
+  size_t last_end = std::string_view::npos;  // end of the previous match, if any
   while (pos <= s.size()) {
     int rc = jit_
                  ? pcre2_jit_match(code, subject, s.size(), pos, 0, data.md, data.ctx)
@@ -108,9 +110,10 @@ void Regex::find_all(std::string_view s, std::vector<std::pair<size_t, size_t>>&
     }
     PCRE2_SIZE* ov = pcre2_get_ovector_pointer(data.md);
     size_t b = ov[0], e = ov[1];
-    if (e > b) {
+    if (e > b || (keep_empty && e != last_end)) {
       out.emplace_back(b, e);
       pos = e;
+      last_end = e;
     } else {
       // An empty match: skip it and move on one character.
       pos = b < s.size() ? b + utf8_len(static_cast<unsigned char>(s[b])) : s.size() + 1;

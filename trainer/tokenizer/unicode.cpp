@@ -1,5 +1,6 @@
 // UTF-8 helpers, the GPT-2 byte alphabet, Normalized and JSON helpers.
 #include <utf8proc.h>
+#include <limits>
 
 #include <array>
 
@@ -247,6 +248,29 @@ std::string json_string(const Json& j, const char* key, const std::string& where
   if (it == j.end() || !it->is_string())
     throw Error(where + ": '" + key + "' must be a string", ErrorKind::kCorrupt);
   return it->get<std::string>();
+}
+
+std::string json_opt_string(const Json& j, const char* key, const std::string& dflt,
+                            const std::string& where) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return dflt;
+  if (!it->is_string())
+    throw Error(where + ": '" + key + "' must be a string", ErrorKind::kCorrupt);
+  return it->get<std::string>();
+}
+
+int32_t json_id(const Json& v, const std::string& what) {
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  if (v.is_number_unsigned() && v.get<uint64_t>() <= static_cast<uint64_t>(kMax))
+    return static_cast<int32_t>(v.get<uint64_t>());
+  if (v.is_number_integer() && !v.is_number_unsigned() && v.get<int64_t>() >= 0 &&
+      v.get<int64_t>() <= kMax)
+    return static_cast<int32_t>(v.get<int64_t>());
+  std::string got = v.dump();
+  if (got.size() > 40) got = got.substr(0, 40) + "...";
+  throw Error(
+      what + " must be a token id (an integer in 0.." + std::to_string(kMax) + "), got " + got,
+      ErrorKind::kCorrupt);
 }
 
 void check_keys(const Json& j, std::initializer_list<const char*> known, const std::string& where) {
