@@ -67,7 +67,6 @@ std::string dtype_string(at::ScalarType t) {
   throw Error(std::string("import: unsupported dtype ") + c10::toString(t), ErrorKind::kConfig);
 }
 
-// A positive integer key, or `fallback` (when >= 0) if absent.
 // A float key that must be finite and > 0 (JSON cannot hold NaN/inf).
 double positive_float(const GgufFile& f, const std::string& key) {
   const double v = f.get_float(key);
@@ -79,6 +78,7 @@ double positive_float(const GgufFile& f, const std::string& key) {
   return v;
 }
 
+// A positive integer key, or `fallback` (when >= 0) if absent.
 int64_t positive(const GgufFile& f, const std::string& key, int64_t fallback = -1) {
   if (fallback >= 0 && f.find(key) == nullptr) return fallback;
   const int64_t v = f.get_int(key);
