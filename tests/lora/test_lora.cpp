@@ -195,6 +195,66 @@ TEST(Lora, RefusesWhatItDoesNotSupport) {
   }
 }
 
+// rank_pattern / alpha_pattern: the first key in the file's order that
+// matches wins (PEFT's get_pattern_key over the dict json.load makes), and a
+// saved adapter keeps that order.
+TEST(Lora, PatternKeysAreTriedInFileOrder) {
+  const std::string path = "model.layers.1.self_attn.q_proj";
+  for (const bool short_first : {true, false}) {
+    const std::string a = R"("q_proj": 2)", b = R"("layers.1.self_attn.q_proj": 40)";
+    const std::string dir = test::make_temp_dir("pattern_order");
+    std::ofstream(dir + "/adapter_config.json")
+        << R"({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"],)"
+        << R"( "alpha_pattern": {)" << (short_first ? a + ", " + b : b + ", " + a) << "}}";
+    const lora::LoraSpec spec = lora::read_adapter_config(dir);
+    EXPECT_EQ(lora::rank_and_alpha(spec, path).second, short_first ? 2.0 : 40.0);
+    EXPECT_EQ(lora::rank_and_alpha(spec, "model.layers.0.self_attn.q_proj").second, 2.0);
+    const std::string saved = lora::adapter_config_json(spec);
+    EXPECT_LT(saved.find(short_first ? "\"q_proj\": 2" : "\"layers.1"),
+              saved.find(short_first ? "\"layers.1" : "\"q_proj\": 2"))
+        << saved;
+  }
+}
+
+// Patterns are matched with std::regex where PEFT uses Python's re: what the
+// two read differently is refused, naming the file and key; the rest works.
+TEST(Lora, PatternsPythonReadsDifferentlyAreRefused) {
+  for (const std::string key : {R"(layers\\.[[:digit:]]\\.self_attn\\.q_proj)", R"(\\Aq_proj)",
+                                R"(q_proj\\Z)", "layers.{,3}q_proj", "q_proj("}) {
+    const std::string dir = test::make_temp_dir("pattern_syntax");
+    std::ofstream(dir + "/adapter_config.json")
+        << R"({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"],)"
+        << R"( "rank_pattern": {")" << key << R"(": 4}})";
+    try {
+      lora::read_adapter_config(dir);
+      ADD_FAILURE() << "accepted " << key;
+    } catch (const Error& e) {
+      const std::string msg = e.what();
+      EXPECT_EQ(e.kind(), ErrorKind::kUnsupported) << msg;
+      EXPECT_NE(msg.find("adapter_config.json: rank_pattern key"), std::string::npos) << msg;
+    }
+  }
+  const std::string dir = test::make_temp_dir("target_syntax");
+  std::ofstream(dir + "/adapter_config.json")
+      << R"({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ".*[[:alpha:]]_proj"})";
+  try {
+    lora::read_adapter_config(dir);
+    ADD_FAILURE() << "accepted a POSIX class in target_modules";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("adapter_config.json: target_modules '"),
+              std::string::npos)
+        << e.what();
+  }
+  for (const std::string ok : {"[.]q_proj", "[]x]?q_proj", R"(layers\.\d+\.self_attn\.q_proj)",
+                               "(q|k)_proj", "[^a]_proj"}) {
+    EXPECT_NO_THROW(lora::check_regex(ok, "test")) << ok;
+  }
+  lora::LoraSpec spec;
+  spec.rank_pattern = {{R"(layers\.1\.self_attn\.q_proj)", 4}};
+  EXPECT_EQ(lora::rank_and_alpha(spec, "model.layers.1.self_attn.q_proj").first, 4);
+  EXPECT_EQ(lora::rank_and_alpha(spec, "model.layers.11.self_attn.q_proj").first, spec.r);
+}
+
 TEST(Lora, AdapterThatDoesNotFitIsRejectedByName) {
   model::CausalLM m = model::load_model(tiny("qwen2"));
   lora::LoraSpec spec;

@@ -61,9 +61,15 @@ std::string model_card(const MergeOptions& opt, const model::ModelConfig& config
   }
   if (!spec.target_regex.empty()) md << "`" << spec.target_regex << "` (regex)";
   md << " |\n";
-  if (!spec.rank_pattern.empty()) md << "| rank_pattern | " << json(spec.rank_pattern) << " |\n";
+  auto patterns = [](const auto& list) {  // as adapter_config.json holds it, in order
+    nlohmann::ordered_json o = nlohmann::ordered_json::object();
+    for (const auto& [k, v] : list) o[k] = v;
+    return o.dump();
+  };
+  if (!spec.rank_pattern.empty())
+    md << "| rank_pattern | " << patterns(spec.rank_pattern) << " |\n";
   if (!spec.alpha_pattern.empty()) {
-    md << "| alpha_pattern | " << json(spec.alpha_pattern) << " |\n";
+    md << "| alpha_pattern | " << patterns(spec.alpha_pattern) << " |\n";
   }
   md << "| merged projections | " << merged << " |\n";
   if (config.bnb_nf4) {

@@ -22,18 +22,14 @@
 namespace loratune::lora {
 namespace {
 
-// PEFT's get_pattern_key: the first pattern key that matches the end of the
-// module path at a '.' boundary.
+// PEFT's get_pattern_key: the first pattern key, in order, that matches the
+// end of the module path at a '.' boundary.
 template <typename V>
-const V* pattern_value(const std::map<std::string, V>& patterns, const std::string& path) {
+const V* pattern_value(const std::vector<std::pair<std::string, V>>& patterns,
+                       const std::string& path, const char* field) {
   for (const auto& [key, value] : patterns) {
-    std::regex re;
-    try {
-      re = std::regex("(.*\\.)?(" + key + ")");
-    } catch (const std::regex_error& e) {
-      throw Error("LoRA pattern '" + key + "' is not a valid regular expression: " + e.what());
-    }
-    if (std::regex_match(path, re)) return &value;
+    check_regex(key, std::string(field) + " key");
+    if (std::regex_match(path, std::regex("(.*\\.)?(" + key + ")"))) return &value;
   }
   return nullptr;
 }
@@ -80,8 +76,9 @@ double lora_scale(double alpha, int64_t r, bool use_rslora) {
 std::pair<int64_t, double> rank_and_alpha(const LoraSpec& spec, const std::string& module_path) {
   int64_t r = spec.r;
   double alpha = spec.alpha;
-  if (const int64_t* pr = pattern_value(spec.rank_pattern, module_path)) r = *pr;
-  if (const double* pa = pattern_value(spec.alpha_pattern, module_path)) alpha = *pa;
+  if (const int64_t* pr = pattern_value(spec.rank_pattern, module_path, "rank_pattern")) r = *pr;
+  if (const double* pa = pattern_value(spec.alpha_pattern, module_path, "alpha_pattern"))
+    alpha = *pa;
   return {r, alpha};
 }
 

@@ -70,9 +70,11 @@ struct LoraSpec {
   // the decoder layers, never lm_head.
   std::vector<std::string> target_modules = {"q_proj", "k_proj", "v_proj", "o_proj"};
   // Per-module rank / alpha overrides: key is a regex matched as PEFT's
-  // get_pattern_key, re.match(r"(.*\.)?(KEY)$", module_path).
-  std::map<std::string, int64_t> rank_pattern;
-  std::map<std::string, double> alpha_pattern;
+  // get_pattern_key, re.match(r"(.*\.)?(KEY)$", module_path); the first key
+  // that matches wins, so they keep adapter_config.json's order (PEFT reads
+  // the file into a dict, which keeps it).
+  std::vector<std::pair<std::string, int64_t>> rank_pattern;
+  std::vector<std::pair<std::string, double>> alpha_pattern;
   std::string base_model_name_or_path;
   // The rest are read from PEFT adapters (adapter_config.json) and matched as
   // PEFT's check_target_module_exists does; training configs leave them empty.
@@ -115,6 +117,14 @@ std::pair<int64_t, double> rank_and_alpha(const LoraSpec& spec, const std::strin
 // the decoder layers), then layers_to_transform. Throws Error for a pattern
 // that is not a valid regular expression.
 bool is_targeted(const LoraSpec& spec, const std::string& module_path);
+
+// Refuses (kUnsupported, naming `what`) a regex that std::regex would not
+// compile, or that it would read differently from Python's re, with which
+// PEFT matches: POSIX bracket classes ("[[:digit:]]" is a set and a ']' to
+// Python), "{,n}", and escapes of letters outside \d \D \s \S \w \W \b \B
+// \n \r \t \f \v \x \u (\A, \Z are anchors to Python, letters to
+// ECMAScript).
+void check_regex(const std::string& pattern, const std::string& what);
 
 // One projection that gets an adapter, with the rank, alpha and scale that
 // `spec` gives it (rank_pattern / alpha_pattern applied).

@@ -392,22 +392,32 @@ LoraSpec read_adapter_config(const std::string& dir) {
     spec.base_model_name_or_path = b->get<std::string>();
   }
   read_targets(file, cfg, spec);
+  if (!spec.target_regex.empty()) check_regex(spec.target_regex, file + ": target_modules");
+  if (!spec.exclude_regex.empty()) check_regex(spec.exclude_regex, file + ": exclude_modules");
+  for (const auto& p : spec.layers_pattern) check_regex(p, file + ": layers_pattern");
+  // The patterns in the file's key order: the first matching key wins.
+  nlohmann::ordered_json ordered;
+  if (present(cfg, "rank_pattern") != nullptr || present(cfg, "alpha_pattern") != nullptr) {
+    ordered = io::parse_ordered_json(io::read_file(file), file);
+  }
   if (const json* rp = present(cfg, "rank_pattern")) {
     if (!rp->is_object()) bad_value(file, "rank_pattern", *rp, "an object of integers >= 1");
-    for (const auto& [k, v] : rp->items()) {
+    for (const auto& [k, v] : ordered["rank_pattern"].items()) {
       if (!v.is_number_integer() || v.get<int64_t>() < 1) {
         bad_value(file, "rank_pattern", *rp, "an object of integers >= 1");
       }
-      spec.rank_pattern[k] = v.get<int64_t>();
+      check_regex(k, file + ": rank_pattern key");
+      spec.rank_pattern.emplace_back(k, v.get<int64_t>());
     }
   }
   if (const json* ap = present(cfg, "alpha_pattern")) {
     if (!ap->is_object()) bad_value(file, "alpha_pattern", *ap, "an object of numbers");
-    for (const auto& [k, v] : ap->items()) {
+    for (const auto& [k, v] : ordered["alpha_pattern"].items()) {
       if (!v.is_number() || !std::isfinite(v.get<double>())) {
         bad_value(file, "alpha_pattern", *ap, "an object of numbers");
       }
-      spec.alpha_pattern[k] = v.get<double>();
+      check_regex(k, file + ": alpha_pattern key");
+      spec.alpha_pattern.emplace_back(k, v.get<double>());
     }
   }
   return spec;
@@ -436,34 +446,40 @@ CheckedAdapter open_adapter(const std::string& dir,
 }
 
 std::string adapter_config_json(const LoraSpec& spec) {
-  json j = {
+  using ojson = nlohmann::ordered_json;  // insertion order: the patterns' order matters
+  auto patterns = [](const auto& list) {
+    ojson o = ojson::object();
+    for (const auto& [k, v] : list) o[k] = v;
+    return o;
+  };
+  ojson j = {
       {"peft_type", "LORA"},
       {"task_type", "CAUSAL_LM"},
       {"base_model_name_or_path",
-       spec.base_model_name_or_path.empty() ? json(nullptr) : json(spec.base_model_name_or_path)},
+       spec.base_model_name_or_path.empty() ? ojson(nullptr) : ojson(spec.base_model_name_or_path)},
       {"r", spec.r},
       {"lora_alpha", spec.alpha},
       {"lora_dropout", spec.dropout},
-      {"target_modules", !spec.target_regex.empty() ? json(spec.target_regex)
+      {"target_modules", !spec.target_regex.empty() ? ojson(spec.target_regex)
                          : spec.target_modules.size() == 1 && spec.target_modules[0] == "all-linear"
-                             ? json("all-linear")
-                             : json(spec.target_modules)},
-      {"exclude_modules", !spec.exclude_regex.empty()    ? json(spec.exclude_regex)
-                          : spec.exclude_modules.empty() ? json(nullptr)
-                                                         : json(spec.exclude_modules)},
+                             ? ojson("all-linear")
+                             : ojson(spec.target_modules)},
+      {"exclude_modules", !spec.exclude_regex.empty()    ? ojson(spec.exclude_regex)
+                          : spec.exclude_modules.empty() ? ojson(nullptr)
+                                                         : ojson(spec.exclude_modules)},
       {"use_rslora", spec.use_rslora},
       {"use_dora", spec.use_dora},
       {"bias", "none"},
       {"fan_in_fan_out", false},
       {"init_lora_weights",
-       spec.init == LoraInit::kDefault ? json(true) : json(init_name(spec.init))},
+       spec.init == LoraInit::kDefault ? ojson(true) : ojson(init_name(spec.init))},
       {"inference_mode", true},
       {"modules_to_save", nullptr},
       {"layers_to_transform",
-       spec.layers_to_transform.empty() ? json(nullptr) : json(spec.layers_to_transform)},
-      {"layers_pattern", spec.layers_pattern.empty() ? json(nullptr) : json(spec.layers_pattern)},
-      {"rank_pattern", spec.rank_pattern},
-      {"alpha_pattern", spec.alpha_pattern},
+       spec.layers_to_transform.empty() ? ojson(nullptr) : ojson(spec.layers_to_transform)},
+      {"layers_pattern", spec.layers_pattern.empty() ? ojson(nullptr) : ojson(spec.layers_pattern)},
+      {"rank_pattern", patterns(spec.rank_pattern)},
+      {"alpha_pattern", patterns(spec.alpha_pattern)},
       {"revision", nullptr},
   };
   return j.dump(2) + "\n";

@@ -3,6 +3,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include <algorithm>
+#include <cctype>
 #include <map>
 #include <regex>
 
@@ -25,21 +26,44 @@ std::string last_component(const std::string& path) {
   return dot == std::string::npos ? path : path.substr(dot + 1);
 }
 
-// Compiled once per pattern text; std::regex's ECMAScript grammar agrees with
-// Python's re for the patterns PEFT configs use (alternation, classes,
-// quantifiers, groups); Python-only syntax such as (?P<name>...) is an error.
-const std::regex& compiled(const std::string& pattern, const char* what) {
+// What Python's re and std::regex's ECMAScript grammar read differently
+// (check_regex), or "" when the pattern means the same to both as far as
+// loratune can tell. Alternation, classes, quantifiers and groups agree;
+// Python-only syntax such as (?P<name>...) does not compile here.
+std::string python_difference(const std::string& p) {
+  bool in_class = false;
+  for (size_t i = 0; i < p.size(); ++i) {
+    const char c = p[i];
+    const char next = i + 1 < p.size() ? p[i + 1] : '\0';
+    if (c == '\\') {
+      if (std::isalpha(static_cast<unsigned char>(next)) &&
+          std::string("dDsSwWbBnrtfvxu").find(next) == std::string::npos) {
+        return std::string("the escape \\") + next;
+      }
+      ++i;  // the escaped character is literal (or a class) to both
+    } else if (in_class) {
+      if (c == '[' && (next == ':' || next == '=' || next == '.')) {
+        return std::string("the POSIX bracket expression [") + next;
+      }
+      if (c == ']') in_class = false;
+    } else if (c == '[') {
+      in_class = true;
+      if (next == '^') ++i;
+      if (i + 1 < p.size() && p[i + 1] == ']') ++i;  // a leading ']' is literal
+    } else if (c == '{' && next == ',') {
+      return "the quantifier {,n}";
+    }
+  }
+  return "";
+}
+
+// Compiled once per pattern text, after check_regex.
+const std::regex& compiled(const std::string& pattern, const std::string& what) {
   static thread_local std::map<std::string, std::regex> cache;
   auto it = cache.find(pattern);
   if (it != cache.end()) return it->second;
-  try {
-    return cache.emplace(pattern, std::regex(pattern)).first->second;
-  } catch (const std::regex_error& e) {
-    throw Error(
-        std::string(what) + " '" + printable(pattern) +
-            "' is not a regular expression loratune can use (ECMAScript syntax): " + e.what(),
-        ErrorKind::kUnsupported);
-  }
+  check_regex(pattern, what);
+  return cache.emplace(pattern, std::regex(pattern)).first->second;
 }
 
 bool full_match(const std::string& pattern, const std::string& path, const char* what) {
@@ -71,6 +95,24 @@ int64_t layer_index(const std::string& path, const std::vector<std::string>& pat
 }
 
 }  // namespace
+
+void check_regex(const std::string& pattern, const std::string& what) {
+  const std::string diff = python_difference(pattern);
+  if (!diff.empty()) {
+    throw Error(what + " '" + printable(pattern) + "': " + diff +
+                    " means something else to Python's re, with which PEFT matches; write it "
+                    "without",
+                ErrorKind::kUnsupported);
+  }
+  try {
+    std::regex re(pattern);
+  } catch (const std::regex_error& e) {
+    throw Error(
+        what + " '" + printable(pattern) +
+            "' is not a regular expression loratune can use (ECMAScript syntax): " + e.what(),
+        ErrorKind::kUnsupported);
+  }
+}
 
 bool is_targeted(const LoraSpec& spec, const std::string& path) {
   if (!spec.exclude_regex.empty() && full_match(spec.exclude_regex, path, "exclude_modules")) {
