@@ -209,6 +209,20 @@ TEST(ShardedWriter, SplitsWritesIndexAndReadsBack) {
   EXPECT_EQ(Checkpoint::open(dir).names(), std::vector<std::string>{"only"});
 }
 
+// model.safetensors beside an index: the single file is read, as
+// transformers' from_pretrained looks for it first.
+TEST(Checkpoint, ASingleFileBesideAnIndexIsTheOneRead) {
+  const std::string dir = make_temp_dir("both");
+  ShardedWriter w(dir, 30);
+  w.add("a", pattern_tensor(at::kFloat, {6}));
+  w.add("b", pattern_tensor(at::kFloat, {6}));
+  ASSERT_EQ(w.finish().size(), 3u);  // two shards and the index
+  save_file({{"c", pattern_tensor(at::kHalf, {4})}}, dir + "/model.safetensors");
+  EXPECT_EQ(Checkpoint::open(dir).names(), std::vector<std::string>{"c"});
+  std::filesystem::remove(dir + "/model.safetensors");
+  EXPECT_EQ(Checkpoint::open(dir).names(), (std::vector<std::string>{"a", "b"}));
+}
+
 TEST(ShardedWriter, UnfinishedWriterLeavesNothing) {
   const std::string dir = make_temp_dir("shard");
   {

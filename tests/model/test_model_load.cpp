@@ -203,6 +203,46 @@ TEST(LoadErrors, MisshapenTensorNamesExpectedAndActualShape) {
       << msg;
 }
 
+// A tied model whose checkpoint also stores lm_head.weight: an equal copy
+// loads (tied); a different one is refused (transformers 5 would untie and
+// use it, 4.x would tie), as is one of another shape.
+TEST(LoadErrors, TiedModelWithADifferentStoredHeadIsRefused) {
+  const std::string same = copy_model("llama-rope3-tied", "tied_same");
+  edit_weights(same, [](io::NamedTensors& t) {
+    at::Tensor e;
+    for (auto& p : t) {
+      if (p.first == "model.embed_tokens.weight") e = p.second;
+    }
+    t.emplace_back("lm_head.weight", e.clone());
+  });
+  model::CausalLM m = model::load_model(same);
+  EXPECT_TRUE(m->lm_head_weight().is_same(m->model->embed_tokens->weight));
+
+  const std::string diff = copy_model("llama-rope3-tied", "tied_diff");
+  edit_weights(diff, [](io::NamedTensors& t) {
+    at::Tensor e;
+    for (auto& p : t) {
+      if (p.first == "model.embed_tokens.weight") e = p.second;
+    }
+    at::Tensor h = e.clone();
+    h[e.size(0) - 1][0] += 1;  // the last row of the last block differs
+    t.emplace_back("lm_head.weight", h);
+  });
+  const std::string msg = load_error(diff);
+  EXPECT_NE(msg.find("tie_word_embeddings is true but the checkpoint's lm_head.weight differs "
+                     "from model.embed_tokens.weight"),
+            std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find("set tie_word_embeddings to false"), std::string::npos) << msg;
+
+  const std::string shape = copy_model("llama-rope3-tied", "tied_shape");
+  edit_weights(shape, [](io::NamedTensors& t) {
+    t.emplace_back("lm_head.weight", at::zeros({5, 5}));
+  });
+  EXPECT_NE(load_error(shape).find("lm_head.weight is [5, 5], not model.embed_tokens.weight's"),
+            std::string::npos);
+}
+
 TEST(LoadErrors, BadOptionsAreRejected) {
   EXPECT_THROW(model::parse_dtype("float8"), Error);
   EXPECT_THROW(model::load_model(tiny_model_dir("qwen2"), {at::kFloat, "tpu"}), Error);

@@ -308,10 +308,12 @@ Checkpoint Checkpoint::open(const std::string& path) {
   std::string single;
   if (fs::is_directory(path)) {
     const fs::path dir(path);
-    if (fs::exists(dir / "model.safetensors.index.json")) {
-      index = (dir / "model.safetensors.index.json").string();
-    } else if (fs::exists(dir / "model.safetensors")) {
+    // model.safetensors first when both exist, as transformers'
+    // from_pretrained looks for it before the index.
+    if (fs::exists(dir / "model.safetensors")) {
       single = (dir / "model.safetensors").string();
+    } else if (fs::exists(dir / "model.safetensors.index.json")) {
+      index = (dir / "model.safetensors.index.json").string();
     } else {
       std::vector<std::string> found;
       for (const auto& e : fs::directory_iterator(dir)) {

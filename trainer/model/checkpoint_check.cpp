@@ -1,7 +1,10 @@
 // trainer/model/checkpoint_check.cpp — config.json against the checkpoint's
 // safetensors headers, before anything is allocated (see loader.h).
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/equal.h>
 #include <c10/core/ScalarType.h>
 
+#include <algorithm>
 #include <map>
 #include <set>
 #include <sstream>
@@ -182,6 +185,45 @@ int64_t parameter_count(const ModelConfig& config) {
   return n;
 }
 
+// A tied model's checkpoint may still store lm_head.weight (transformers'
+// ignored key). When it equals the embedding, nothing is lost by tying. When
+// it differs, transformers 5 unties the two and uses lm_head.weight (4.x tied
+// them): loratune would silently use the embedding, and a merge would write
+// the tied config beside the other head. Refused then, saying which way out.
+// The values are compared in the mapped files, a block of rows at a time
+// (same dtype: no copy), only when such a tensor is present.
+std::string tied_head_problem(const ModelConfig& c, const io::Checkpoint& ckpt) {
+  if (!c.tie_word_embeddings) return "";
+  std::string head;
+  for (const char* n : {"lm_head.weight", "language_model.lm_head.weight"}) {
+    if (ckpt.contains(n)) head = n;
+  }
+  const std::string embed = checkpoint_name(c, "model.embed_tokens.weight");
+  if (head.empty() || !ckpt.contains(embed)) return "";
+  const io::TensorInfo& hi = ckpt.info(head);
+  const io::TensorInfo& ei = ckpt.info(embed);
+  const std::string fix =
+      ": set tie_word_embeddings to false in config.json to use " + head + ", or remove it";
+  if (hi.shape != ei.shape) {
+    return "tie_word_embeddings is true but the checkpoint's " + head + " is " +
+           shape_str(hi.shape) + ", not " + embed + "'s " + shape_str(ei.shape) + fix;
+  }
+  if (!at::isFloatingType(hi.scalar_type) || !at::isFloatingType(ei.scalar_type)) return "";
+  const at::Tensor h = ckpt.tensor(head), e = ckpt.tensor(embed);  // [V,D] mapped views
+  const bool same_dtype = hi.scalar_type == ei.scalar_type;
+  const int64_t rows = std::max<int64_t>(1, (int64_t{1} << 22) / std::max<int64_t>(1, h.size(1)));
+  for (int64_t r = 0; r < h.size(0); r += rows) {
+    const int64_t n = std::min(rows, h.size(0) - r);
+    const at::Tensor a = h.narrow(0, r, n), b = e.narrow(0, r, n);  // [n,D]
+    const bool equal = same_dtype ? at::equal(a, b) : at::equal(a.to(at::kFloat), b.to(at::kFloat));
+    if (!equal) {
+      return "tie_word_embeddings is true but the checkpoint's " + head + " differs from " + embed +
+             " (transformers 5 then unties them and uses " + head + ")" + fix;
+    }
+  }
+  return "";
+}
+
 std::vector<std::string> checkpoint_problems(const ModelConfig& config,
                                              const io::Checkpoint& ckpt) {
   std::vector<std::string> problems;
@@ -286,6 +328,9 @@ std::vector<std::string> checkpoint_problems(const ModelConfig& config,
   }
   if (!not_float.empty()) {
     problems.push_back("weights must be floating point: " + list_names(not_float));
+  }
+  if (problems.empty()) {
+    if (std::string tied = tied_head_problem(c, ckpt); !tied.empty()) problems.push_back(tied);
   }
   return problems;
 }
