@@ -4,6 +4,7 @@
 // from the PEFT-written fixtures (tests/python/ref_peft.py) and are edited.
 #include <ATen/ops/allclose.h>
 #include <ATen/ops/matmul.h>
+#include <ATen/ops/zeros.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -120,6 +121,17 @@ std::vector<Case> cases() {
        {"adapter_model.safetensors: tensor 'base_model.model.model.layers.0.",
         ", which target_modules does not select (PEFT would not create a LoRA layer there)",
         "problems in all"}},
+      {"lm_head factors for a tied model",
+       "llama_all_linear",
+       "llama-rope3-tied",
+       nullptr,
+       [](Tensors& t) {
+         t.emplace_back("base_model.model.lm_head.lora_A.weight", at::zeros({8, 64}));
+         t.emplace_back("base_model.model.lm_head.lora_B.weight", at::zeros({1000, 8}));
+       },
+       5,
+       {"tensor 'base_model.model.lm_head.lora_A.weight' is for lm_head: this model ties "
+        "lm_head to embed_tokens (tie_word_embeddings)"}},
       {"layers_to_transform narrower than the tensors",
        "qwen3_subset_rslora",
        "qwen3",

@@ -81,6 +81,10 @@ std::string unexpected(const std::string& name, const std::set<std::string>& bas
     return t + " is for " + path + ", which target_modules does not select (PEFT would " +
            "not create a LoRA layer there)";
   }
+  if (path == "lm_head" || ends_with(path, ".lm_head")) {
+    return t + " is for " + printable(path) + ": this model ties lm_head to embed_tokens " +
+           "(tie_word_embeddings), so it has no lm_head projection for LoRA";
+  }
   std::string hint = closest_match(path, base_list);
   return t + " is for " + printable(path) + ", which is not a projection of the base model" +
          (hint.empty() ? "" : " (closest: " + hint + ")");
