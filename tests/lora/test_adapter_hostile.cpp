@@ -132,6 +132,14 @@ std::vector<Case> cases() {
        5,
        {"tensor 'base_model.model.lm_head.lora_A.weight' is for lm_head: this model ties "
         "lm_head to embed_tokens (tie_word_embeddings)"}},
+      {"target_modules names a module that holds projections",
+       "qwen2_patterns",
+       "qwen2",
+       [](nlohmann::json& c) { c["target_modules"].push_back("self_attn"); },
+       nullptr,
+       5,
+       {"adapter_config.json: target_modules selects model.layers.0.self_attn, which holds "
+        "projections rather than being one (PEFT refuses it too)"}},
       {"layers_to_transform narrower than the tensors",
        "qwen3_subset_rslora",
        "qwen3",

@@ -6,6 +6,7 @@
 #include <cctype>
 #include <map>
 #include <regex>
+#include <set>
 
 #include "trainer/io/error.h"
 #include "trainer/lora/lora.h"
@@ -165,6 +166,26 @@ std::vector<AdaptedModule> plan_lora(const LoraSpec& spec,
                     lora_scale(alpha, r, spec.use_rslora), spec.use_dora});
   }
   const bool all_linear = spec.target_modules.size() == 1 && spec.target_modules[0] == "all-linear";
+  if (!all_linear) {
+    // PEFT raises ("Target module Qwen2Attention(...) is not supported") when
+    // a name or regex selects a module that holds projections rather than
+    // being one: the projections' proper prefixes (model, model.layers,
+    // model.layers.0, model.layers.0.self_attn, ...).
+    std::set<std::string> containers;
+    for (const auto& lin : linears) {
+      for (size_t dot = lin.path.find('.'); dot != std::string::npos;
+           dot = lin.path.find('.', dot + 1)) {
+        containers.insert(lin.path.substr(0, dot));
+      }
+    }
+    for (const auto& c : containers) {
+      if (!is_targeted(spec, c)) continue;
+      throw Error(source + " selects " + printable(c) +
+                      ", which holds projections rather than being one (PEFT refuses it too); "
+                      "name the projections, such as q_proj, or use all-linear",
+                  kind);
+    }
+  }
   if (every_name_must_match && spec.target_regex.empty() && !all_linear) {
     std::vector<std::string> names;
     for (const auto& lin : linears) names.push_back(last_component(lin.path));
