@@ -120,6 +120,28 @@ TEST(TokenizerApi, EosIdsFromGenerationConfig) {
   EXPECT_EQ(single->eos_ids(), (std::vector<int32_t>{eom}));
 }
 
+// tokenizer_config.json's added_tokens_decoder is applied over tokenizer.json's
+// added_tokens (transformers adds it again): where the two disagree on a
+// token's options, the config's win. Ids from transformers 5.24.
+TEST(TokenizerApi, ConfigAddedTokenOptionsWinOverTokenizerJson) {
+  const std::string text = "rs <|eot_id|>   x";
+  EncodeOptions plain;
+  plain.add_special_tokens = false;
+  Json cfg = Json::parse(test::read_file(model_dir("llama3") + "/tokenizer_config.json"));
+  Json& eot = cfg["added_tokens_decoder"]["128009"];
+  ASSERT_EQ(eot["content"], "<|eot_id|>");
+  eot["lstrip"] = true;
+  eot["rstrip"] = true;
+  auto cfg_strips = load_tokenizer(variant("llama3", "tokenizer_config.json", cfg));
+  EXPECT_EQ(cfg_strips->encode(text, plain), (std::vector<int32_t>{5544, 128009, 87}));
+  Json tj = Json::parse(test::read_file(model_dir("llama3") + "/tokenizer.json"));
+  for (Json& t : tj["added_tokens"]) {
+    if (t["content"] == "<|eot_id|>") t["lstrip"] = t["rstrip"] = true;
+  }
+  auto json_strips = load_tokenizer(variant("llama3", "tokenizer.json", tj));
+  EXPECT_EQ(json_strips->encode(text, plain), (std::vector<int32_t>{5544, 220, 128009, 256, 865}));
+}
+
 TEST(TokenizerApi, ChatTemplatesStringAndNamedList) {
   Json cfg = Json::parse(test::read_file(model_dir("qwen3") + "/tokenizer_config.json"));
   auto plain = load_tokenizer(model_dir("qwen3"));

@@ -319,6 +319,19 @@ std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& dir, const std::
     tok->added_by_content[t.content] = t.id;
     tok->added_.push_back(t);
   }
+  // transformers adds tokenizer_config.json's added_tokens_decoder again
+  // over tokenizer.json's: a token already there keeps its id and takes the
+  // config's options (lstrip, rstrip, normalized, single_word, special).
+  if (!rebuilt && cfg.added_tokens_decoder) {
+    for (const AddedToken& t : *cfg.added_tokens_decoder) {
+      auto it = tok->added_by_content.find(t.content);
+      if (it == tok->added_by_content.end()) continue;
+      AddedToken& cur = tok->added_[tok->added_by_id.at(it->second)];
+      const int32_t id = cur.id;
+      cur = t;
+      cur.id = id;
+    }
+  }
 
   // Named special tokens (config, else class default) become special added tokens.
   SpecialTokens sp;
