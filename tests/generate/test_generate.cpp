@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <filesystem>
 #include <limits>
 
 #include "common/test_env.h"
@@ -133,6 +134,45 @@ TEST(Generate, CliPrintsJsonWithTheLibrarysIds) {
   auto line = r.out.substr(r.out.find('{'));
   auto j = nlohmann::json::parse(line.substr(0, line.find('\n')));
   EXPECT_EQ(j["ids"].get<std::vector<int64_t>>(), want);
+}
+
+// Which EOS ids `generate` stops at, as transformers' generate finds them:
+// generation_config.json's when the file exists (even when it names none),
+// config.json's only without the file. The stop id here is the first greedy
+// token, so stopping shows as a one-token reply.
+TEST(Generate, CliStopsAtTheEosIdsTransformersUses) {
+  model::CausalLM m = model::load_model(model_dir("llama-bias"));
+  m->eval();
+  generate::SamplingOptions opt;
+  opt.max_new_tokens = 6;
+  opt.ignore_eos = true;
+  const int64_t first = generate::generate(*m, {9, 8, 7}, opt).at(0);
+  const std::string dir = test::make_temp_dir("gen_eos") + "/m";
+  std::filesystem::copy(model_dir("llama-bias"), dir);
+  nlohmann::json cfg = nlohmann::json::parse(test::read_file(dir + "/config.json"));
+  cfg["eos_token_id"] = first;
+  test::write_file(dir + "/config.json", cfg.dump());
+  auto reply = [&]() {
+    auto r = test::run(test::quote(test::loratune_bin()) + " generate --model " + test::quote(dir) +
+                       " --ids '9 8 7' --max-new-tokens 6 --json");
+    EXPECT_EQ(r.status, 0) << r.out;
+    auto line = r.out.substr(r.out.find('{'));
+    return nlohmann::json::parse(line.substr(0, line.find('\n')))["ids"].size();
+  };
+  test::write_file(dir + "/generation_config.json",
+                   "{\"eos_token_id\": " + std::to_string(first) + "}");
+  EXPECT_EQ(reply(), 1u);
+  test::write_file(dir + "/generation_config.json", "{\"pad_token_id\": 0}");
+  EXPECT_EQ(reply(), 6u);  // the file names no EOS: config.json's is not used
+  std::filesystem::remove(dir + "/generation_config.json");
+  EXPECT_EQ(reply(), 1u);  // no file: config.json's
+  test::write_file(dir + "/generation_config.json", "{\"eos_token_id\": [\"x\"]}");
+  auto bad = test::run(test::quote(test::loratune_bin()) + " generate --model " + test::quote(dir) +
+                       " --ids '9 8 7' --max-new-tokens 6");
+  EXPECT_EQ(bad.status, 5) << bad.out;
+  EXPECT_NE(bad.out.find("generation_config.json: eos_token_id must be a token id or a list"),
+            std::string::npos)
+      << bad.out;
 }
 
 }  // namespace

@@ -78,16 +78,30 @@ void check_context(const GenerateArgs& a, int64_t context) {
   }
 }
 
-// EOS ids from generation_config.json (int or list), else config.json.
+// The ids generation stops at, found as transformers' generate finds them:
+// generation_config.json's eos_token_id (int or list) when that file exists,
+// even if it names none (then config.json is not consulted); config.json's
+// only without the file. None: generation runs to --max-new-tokens.
 std::vector<int64_t> model_eos_ids(const std::string& dir) {
   for (const char* name : {"generation_config.json", "config.json"}) {
     fs::path p = fs::path(dir) / name;
     if (!fs::exists(p)) continue;
     auto j = io::read_json(p.string());
-    if (!j.contains("eos_token_id") || j["eos_token_id"].is_null()) continue;
+    if (!j.is_object() || !j.contains("eos_token_id") || j["eos_token_id"].is_null()) return {};
     const auto& e = j["eos_token_id"];
-    if (e.is_number_integer()) return {e.get<int64_t>()};
-    if (e.is_array()) return e.get<std::vector<int64_t>>();
+    auto bad = [&]() {
+      return Error(p.string() + ": eos_token_id must be a token id or a list of them, got " +
+                       printable(e.dump(), 60),
+                   ErrorKind::kCorrupt);
+    };
+    auto id = [&](const nlohmann::json& v) {
+      if (!v.is_number_integer() || v.get<int64_t>() < 0) throw bad();
+      return v.get<int64_t>();
+    };
+    if (!e.is_array()) return {id(e)};
+    std::vector<int64_t> ids;
+    for (const auto& v : e) ids.push_back(id(v));
+    return ids;
   }
   return {};
 }
@@ -281,7 +295,8 @@ void add_generate_command(CLI::App& app) {
       "chat file or token ids. With none of them: an interactive chat that reads one user "
       "message per line from stdin, renders the whole conversation with the chat template and "
       "streams each reply; /reset clears the conversation, /exit or end of input ends it. "
-      "Uses a KV cache; stops at the model's EOS ids (generation_config.json); text is "
+      "Uses a KV cache; stops at the model's EOS ids (generation_config.json, or config.json "
+      "without that file, as transformers); text is "
       "printed as it is produced.");
   cmd->add_option("--model", a->model_dir, "Model directory (Hugging Face layout) or a .gguf file")
       ->required();
@@ -345,9 +360,6 @@ void add_generate_command(CLI::App& app) {
                          fs::exists(fs::path(a->model_dir) / "tokenizer.model");
     if (has_tok) tok = tokenizer::load_tokenizer(a->model_dir);
     a->sampling.eos_ids = model_eos_ids(a->model_dir);
-    if (tok && a->sampling.eos_ids.empty()) {
-      for (int32_t e : tok->eos_ids()) a->sampling.eos_ids.push_back(e);
-    }
     auto need_tok = [&](const char* what) {
       if (!tok)
         throw Error(std::string(what) + " needs a tokenizer; " + a->model_dir +
