@@ -123,7 +123,11 @@ enum class ControlTokens {
   // Non-special added tokens (Qwen's <think>, <tool_call>) stay recognised
   // everywhere: a reasoning model must learn to emit <think> as its token.
   // Equals transformers' apply_chat_template(..., sanitize_control_tokens=True)
-  // with tokenizer.chat_control_tokens = [] (special tokens only).
+  // with tokenizer.chat_control_tokens = [] (special tokens only). Without
+  // that setting transformers also sanitizes the non-special added tokens
+  // the template's text contains (Qwen3's <think>, </think>), and its markers
+  // then defeat templates that split content at them: a Qwen3 assistant turn
+  // "<think>r</think>a" renders with extra newlines there, unlike at inference.
   kTemplateOnly,
   // Exactly transformers' default apply_chat_template(tokenize=True): the
   // whole text is tokenized once with every added token recognised, so a
@@ -160,7 +164,7 @@ struct ChatEncoding {
 // pieces as plain text (split_special_tokens), each piece after the first
 // encoded after a "\n" that is removed again (the SentencePiece prefix-space
 // trick), so the result equals apply_chat_template(...,
-// sanitize_control_tokens=True).
+// sanitize_control_tokens=True) with chat_control_tokens = [] (see above).
 // The mask marks every token whose byte range overlaps an assistant span,
 // like transformers' return_assistant_tokens_mask. Throws loratune::Error
 // when the template refuses the conversation.
