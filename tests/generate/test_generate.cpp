@@ -120,20 +120,29 @@ TEST(Generate, PromptPastTheContextIsAnError) {
   EXPECT_THROW(generate::generate(*m, {1, 2}, opt), Error);
 }
 
-TEST(Generate, CliPrintsJsonWithTheLibrarysIds) {
+// The library's greedy ids for the prompt 9 8 7 of llama-bias, never stopping.
+std::vector<int64_t> library_greedy(int64_t n) {
   model::CausalLM m = model::load_model(model_dir("llama-bias"));
   m->eval();
   generate::SamplingOptions opt;
-  opt.max_new_tokens = 10;
+  opt.max_new_tokens = n;
   opt.ignore_eos = true;
-  auto want = generate::generate(*m, {9, 8, 7}, opt);
-  auto r = test::run(test::quote(test::loratune_bin()) + " generate --model " +
-                     test::quote(model_dir("llama-bias")) +
-                     " --ids '9 8 7' --max-new-tokens 10 --ignore-eos --json");
-  ASSERT_EQ(r.status, 0) << r.out;
+  return generate::generate(*m, {9, 8, 7}, opt);
+}
+
+// The ids `loratune generate --model DIR --ids '9 8 7' ARGS --json` prints.
+std::vector<int64_t> cli_ids(const std::string& dir, const std::string& args) {
+  auto r = test::run(test::quote(test::loratune_bin()) + " generate --model " + test::quote(dir) +
+                     " --ids '9 8 7' " + args + " --json");
+  EXPECT_EQ(r.status, 0) << r.out;
+  if (r.status != 0) return {};
   auto line = r.out.substr(r.out.find('{'));
-  auto j = nlohmann::json::parse(line.substr(0, line.find('\n')));
-  EXPECT_EQ(j["ids"].get<std::vector<int64_t>>(), want);
+  return nlohmann::json::parse(line.substr(0, line.find('\n')))["ids"].get<std::vector<int64_t>>();
+}
+
+TEST(Generate, CliPrintsJsonWithTheLibrarysIds) {
+  EXPECT_EQ(cli_ids(model_dir("llama-bias"), "--max-new-tokens 10 --ignore-eos"),
+            library_greedy(10));
 }
 
 // Which EOS ids `generate` stops at, as transformers' generate finds them:
@@ -141,24 +150,13 @@ TEST(Generate, CliPrintsJsonWithTheLibrarysIds) {
 // config.json's only without the file. The stop id here is the first greedy
 // token, so stopping shows as a one-token reply.
 TEST(Generate, CliStopsAtTheEosIdsTransformersUses) {
-  model::CausalLM m = model::load_model(model_dir("llama-bias"));
-  m->eval();
-  generate::SamplingOptions opt;
-  opt.max_new_tokens = 6;
-  opt.ignore_eos = true;
-  const int64_t first = generate::generate(*m, {9, 8, 7}, opt).at(0);
+  const int64_t first = library_greedy(1).at(0);
   const std::string dir = test::make_temp_dir("gen_eos") + "/m";
   std::filesystem::copy(model_dir("llama-bias"), dir);
   nlohmann::json cfg = nlohmann::json::parse(test::read_file(dir + "/config.json"));
   cfg["eos_token_id"] = first;
   test::write_file(dir + "/config.json", cfg.dump());
-  auto reply = [&]() {
-    auto r = test::run(test::quote(test::loratune_bin()) + " generate --model " + test::quote(dir) +
-                       " --ids '9 8 7' --max-new-tokens 6 --json");
-    EXPECT_EQ(r.status, 0) << r.out;
-    auto line = r.out.substr(r.out.find('{'));
-    return nlohmann::json::parse(line.substr(0, line.find('\n')))["ids"].size();
-  };
+  auto reply = [&]() { return cli_ids(dir, "--max-new-tokens 6").size(); };
   test::write_file(dir + "/generation_config.json",
                    "{\"eos_token_id\": " + std::to_string(first) + "}");
   EXPECT_EQ(reply(), 1u);
