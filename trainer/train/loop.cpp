@@ -6,13 +6,14 @@
 #include <ATen/ops/isfinite.h>
 #include <ATen/ops/logical_and.h>
 #include <ATen/ops/zeros.h>
+#include <torch/csrc/autograd/function.h>  // Node (torch 2.11 has no node.h)
 #include <torch/csrc/autograd/function_hook.h>
-#include <torch/csrc/autograd/node.h>
 #include <torch/csrc/autograd/variable.h>
 
 #include <algorithm>
 #include <atomic>
 #include <mutex>
+#include <utility>
 
 #include "trainer/dist/dist.h"
 #include "trainer/io/error.h"
@@ -165,7 +166,10 @@ class Trainer::GradReducer {
   std::vector<Bucket> buckets_;    // bucket 0 at the end of flat_
   std::vector<size_t> bucket_of_;  // per parameter
   std::vector<char> seen_;         // per parameter: final this step (armed)
-  std::vector<std::pair<c10::intrusive_ptr<torch::autograd::Node>, uintptr_t>> hooks_;
+  // The accumulator (std::shared_ptr<Node> up to torch 2.11, c10::intrusive_ptr
+  // after) and its hook's key.
+  using NodePtr = decltype(torch::autograd::impl::grad_accumulator(std::declval<at::Tensor>()));
+  std::vector<std::pair<NodePtr, uintptr_t>> hooks_;
   std::mutex mu_;
   size_t next_ = 0;  // the next bucket to start
   size_t started_in_backward_ = 0;
