@@ -15,7 +15,6 @@
 #include <ATen/ops/zeros.h>
 
 #include <cmath>
-#include <regex>
 
 #include "trainer/io/error.h"
 
@@ -28,8 +27,7 @@ template <typename V>
 const V* pattern_value(const std::vector<std::pair<std::string, V>>& patterns,
                        const std::string& path, const char* field) {
   for (const auto& [key, value] : patterns) {
-    check_regex(key, std::string(field) + " key");
-    if (std::regex_match(path, std::regex("(.*\\.)?(" + key + ")"))) return &value;
+    if (regex_full_match("(.*\\.)?(" + key + ")", path, field)) return &value;
   }
   return nullptr;
 }

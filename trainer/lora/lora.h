@@ -125,6 +125,9 @@ bool is_targeted(const LoraSpec& spec, const std::string& module_path);
 // \n \r \t \f \v \x \u (\A, \Z are anchors to Python, letters to
 // ECMAScript).
 void check_regex(const std::string& pattern, const std::string& what);
+// Whether all of `text` matches `pattern` (check_regex'd, compiled once per
+// pattern text and thread).
+bool regex_full_match(const std::string& pattern, const std::string& text, const char* what);
 
 // One projection that gets an adapter, with the rank, alpha and scale that
 // `spec` gives it (rank_pattern / alpha_pattern applied).

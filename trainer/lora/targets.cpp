@@ -115,6 +115,10 @@ void check_regex(const std::string& pattern, const std::string& what) {
   }
 }
 
+bool regex_full_match(const std::string& pattern, const std::string& text, const char* what) {
+  return full_match(pattern, text, what);
+}
+
 bool is_targeted(const LoraSpec& spec, const std::string& path) {
   if (!spec.exclude_regex.empty() && full_match(spec.exclude_regex, path, "exclude_modules")) {
     return false;
